@@ -1,4 +1,6 @@
-"""Detector registry. ``MODELS.build(name, num_classes=K, scale=..., **params)``."""
+"""Detector registry. ``MODELS.build(name, num_classes=K, scale=..., cls_loss=fn, **params)``."""
 from detectors.registry import Registry
 
 MODELS = Registry("detector")
+
+from detectors.models import retinanet  # noqa: E402,F401  (registers "retinanet")

@@ -1,0 +1,94 @@
+"""Backbones with a feature pyramid (P3-P7) for the dense detectors.
+
+Two scales from one code path:
+
+- ``tiny``: a narrow, BatchNorm'd conv net (strides 8/16/32 for C3-C5) sized so a
+  RetinaNet trains on 2 CPU cores in minutes. No pretrained weights exist
+  offline, so it is trained from scratch.
+- ``paper``: ResNet-50 (torchvision, random init: nothing can be downloaded here)
+  with a 256-channel FPN, the RetinaNet paper's setting (arXiv 1708.02002, sec. 4).
+
+Both return an ``OrderedDict`` of feature maps ``p3..p7`` and expose
+``out_channels`` and ``strides``, the contract the heads rely on.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List
+
+import torch
+from torch import nn
+from torchvision.models import resnet50
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+PYRAMID_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyBody(nn.Module):
+    """Five stride-2 stages; ``layer3..layer5`` give C3 (stride 8) to C5 (stride 32).
+
+    Each stage is a strided conv followed by one stride-1 conv: the smallest body
+    that still has a receptive field covering the largest generated objects.
+    """
+
+    def __init__(self, widths: List[int]) -> None:
+        super().__init__()
+        w1, w2, w3, w4, w5 = widths
+        self.layer1 = _conv_bn(3, w1, 2)
+        self.layer2 = nn.Sequential(_conv_bn(w1, w2, 2), _conv_bn(w2, w2, 1))
+        self.layer3 = nn.Sequential(_conv_bn(w2, w3, 2), _conv_bn(w3, w3, 1))
+        self.layer4 = nn.Sequential(_conv_bn(w3, w4, 2), _conv_bn(w4, w4, 1))
+        self.layer5 = nn.Sequential(_conv_bn(w4, w5, 2), _conv_bn(w5, w5, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - IntermediateLayerGetter walks children
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4, self.layer5):
+            x = layer(x)
+        return x
+
+
+class PyramidBackbone(nn.Module):
+    """Wraps torchvision's ``BackboneWithFPN`` and names the levels p3..p7."""
+
+    def __init__(self, body_with_fpn: BackboneWithFPN) -> None:
+        super().__init__()
+        self.body = body_with_fpn
+        self.out_channels = body_with_fpn.out_channels
+        self.strides = PYRAMID_STRIDES
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        feats = list(self.body(x).values())
+        return OrderedDict((f"p{i + 3}", f) for i, f in enumerate(feats))
+
+
+def tiny_fpn_backbone(widths: List[int], fpn_width: int) -> PyramidBackbone:
+    body = TinyBody(widths)
+    fpn = BackboneWithFPN(
+        body,
+        return_layers={"layer3": "c3", "layer4": "c4", "layer5": "c5"},
+        in_channels_list=list(widths[2:]),
+        out_channels=fpn_width,
+        # P6 from P5 (torchvision's choice; the paper takes C5): keeps P6/P7 narrow.
+        extra_blocks=LastLevelP6P7(fpn_width, fpn_width),
+    )
+    return PyramidBackbone(fpn)
+
+
+def resnet50_fpn_backbone(fpn_width: int = 256) -> PyramidBackbone:
+    body = resnet50(weights=None)
+    fpn = BackboneWithFPN(
+        body,
+        return_layers={"layer2": "c3", "layer3": "c4", "layer4": "c5"},
+        in_channels_list=[512, 1024, 2048],
+        out_channels=fpn_width,
+        extra_blocks=LastLevelP6P7(fpn_width, fpn_width),
+    )
+    return PyramidBackbone(fpn)

@@ -1,0 +1,239 @@
+"""RetinaNet (Lin et al., "Focal Loss for Dense Object Detection", arXiv 1708.02002).
+
+Backbone + FPN (P3-P7), separate classification and box subnets shared across
+levels, 9 anchors per location (3 scales x 3 ratios), IoU >= 0.5 positive,
+< 0.4 negative, ignored between, classification bias initialised to the prior
+pi = 0.01, losses normalised by the number of positive anchors, batched NMS.
+
+API as torchvision's detectors: ``model(images, targets=None)``; train mode
+returns unweighted ``loss_cls`` / ``loss_box``; eval mode a list of dicts with
+``boxes`` (float [N,4] xyxy, pixels of the input image), ``scores``, ``labels``.
+The classification loss is injected (``cls_loss``), so CE, balanced CE and
+focal loss are compared on exactly the same model.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import batched_nms
+
+from detectors.assigners import max_iou_assign
+from detectors.boxes import BoxCoder, clip_boxes
+from detectors.losses import BOX_LOSSES, CLS_LOSSES
+from detectors.models import MODELS
+from detectors.models.backbones import resnet50_fpn_backbone, tiny_fpn_backbone
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _subnet(width_in: int, width: int, num_convs: int, norm: Optional[str]) -> nn.Sequential:
+    layers: List[nn.Module] = []
+    for i in range(num_convs):
+        layers.append(nn.Conv2d(width_in if i == 0 else width, width, 3, padding=1))
+        if norm == "gn":
+            layers.append(nn.GroupNorm(min(32, width // 4) or 1, width))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class RetinaHead(nn.Module):
+    """Class and box subnets (paper fig. 3): ``num_convs`` x conv3x3(width) + a final conv.
+
+    Returns per-image flattened predictions over all levels, ordered level,
+    then location (row-major), then anchor: the order torchvision's
+    ``AnchorGenerator`` emits anchors in. Shapes: logits [B, sum(HWA), K],
+    deltas [B, sum(HWA), 4].
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, width: int,
+                 num_convs: int, norm: Optional[str], prior_prob: float) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_subnet = _subnet(in_channels, width, num_convs, norm)
+        self.box_subnet = _subnet(in_channels, width, num_convs, norm)
+        self.cls_out = nn.Conv2d(width, num_anchors * num_classes, 3, padding=1)
+        self.box_out = nn.Conv2d(width, num_anchors * 4, 3, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        # Prior init (paper sec. 4.1): every anchor starts at foreground probability
+        # pi, so the many easy negatives do not swamp the first iterations.
+        nn.init.constant_(self.cls_out.bias, -math.log((1.0 - prior_prob) / prior_prob))
+
+    @staticmethod
+    def _flatten(x: Tensor, last: int) -> Tensor:
+        b, _, h, w = x.shape
+        return x.view(b, -1, last, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, last)
+
+    def forward(self, feats: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        logits = [self._flatten(self.cls_out(self.cls_subnet(f)), self.num_classes) for f in feats]
+        deltas = [self._flatten(self.box_out(self.box_subnet(f)), 4) for f in feats]
+        return torch.cat(logits, 1), torch.cat(deltas, 1)
+
+
+class RetinaNet(nn.Module):
+    """One-stage detector; every component injected by keyword.
+
+    Args:
+        backbone: module returning an ordered dict of pyramid features, with
+            ``out_channels``.
+        head: module mapping the feature list to (logits, deltas).
+        anchor_generator: torchvision ``AnchorGenerator`` matching the head's order.
+        transform: torchvision ``GeneralizedRCNNTransform`` (resize, normalise,
+            batch; maps boxes back to the input size).
+        cls_loss: ``fn(logits [M,K], targets [M,K], reduction=...)`` from
+            ``detectors.losses``; box_loss likewise on deltas.
+    """
+
+    def __init__(self, *, backbone: nn.Module, head: nn.Module, anchor_generator: AnchorGenerator,
+                 transform: GeneralizedRCNNTransform, cls_loss: Callable[..., Tensor],
+                 box_loss: Callable[..., Tensor], box_coder: Optional[BoxCoder] = None,
+                 pos_iou: float = 0.5, neg_iou: float = 0.4, allow_low_quality: bool = True,
+                 score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 100,
+                 topk_candidates: int = 1000) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.anchor_generator, self.transform = anchor_generator, transform
+        self.cls_loss, self.box_loss = cls_loss, box_loss
+        self.box_coder = box_coder or BoxCoder()
+        self.pos_iou, self.neg_iou, self.allow_low_quality = pos_iou, neg_iou, allow_low_quality
+        self.score_thresh, self.nms_iou, self.max_dets = score_thresh, nms_iou, max_dets
+        self.topk_candidates = topk_candidates
+
+    def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
+        if self.training and targets is None:
+            raise ValueError("RetinaNet in train mode needs targets")
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, targets = self.transform(images, targets)
+        feats = list(self.backbone(image_list.tensors).values())
+        logits, deltas = self.head(feats)
+        anchors = self.anchor_generator(image_list, feats)
+        if self.training:
+            return self.compute_loss(targets, logits, deltas, anchors)
+        level_sizes = [f.shape[-2] * f.shape[-1] * self.anchor_generator.num_anchors_per_location()[0]
+                       for f in feats]
+        detections = self.postprocess(logits, deltas, anchors, level_sizes, image_list.image_sizes)
+        return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+    @torch.no_grad()
+    def assign(self, targets: List[Dict[str, Tensor]], anchors: List[Tensor]) -> List[Tensor]:
+        """Per image, the matched gt index of each anchor (or BACKGROUND / IGNORE)."""
+        return [max_iou_assign(a, t["boxes"], self.pos_iou, self.neg_iou, self.allow_low_quality)
+                for a, t in zip(anchors, targets)]
+
+    def loss_targets(self, targets, logits, deltas, anchors):
+        """Flatten the batch into (cls logits, one-hot targets) over non-ignored
+        anchors and (deltas, regression targets) over positives."""
+        matched = self.assign(targets, anchors)
+        cls_pred, cls_tgt, box_pred, box_tgt = [], [], [], []
+        for b, (m, t, a) in enumerate(zip(matched, targets, anchors)):
+            pos = m >= 0
+            valid = m >= -1  # BACKGROUND (-1) and positives; IGNORE (-2) drops out
+            onehot = torch.zeros_like(logits[b])
+            onehot[pos, t["labels"][m[pos]]] = 1.0
+            cls_pred.append(logits[b][valid])
+            cls_tgt.append(onehot[valid])
+            box_pred.append(deltas[b][pos])
+            box_tgt.append(self.box_coder.encode(a[pos], t["boxes"][m[pos]]))
+        return torch.cat(cls_pred), torch.cat(cls_tgt), torch.cat(box_pred), torch.cat(box_tgt)
+
+    def compute_loss(self, targets, logits, deltas, anchors) -> Dict[str, Tensor]:
+        cls_pred, cls_tgt, box_pred, box_tgt = self.loss_targets(targets, logits, deltas, anchors)
+        # Normalise by the number of positive anchors in the batch (paper sec. 3.3),
+        # not by all anchors: the sum is dominated by a few hard examples.
+        num_pos = max(1.0, float(box_tgt.shape[0]))
+        return {
+            "loss_cls": self.cls_loss(cls_pred, cls_tgt, reduction="sum") / num_pos,
+            "loss_box": self.box_loss(box_pred, box_tgt.to(box_pred.dtype), reduction="sum") / num_pos,
+        }
+
+    def postprocess(self, logits, deltas, anchors, level_sizes, image_sizes) -> List[Dict[str, Tensor]]:
+        """Top-k candidates per level above ``score_thresh``, decode, batched NMS per class."""
+        num_classes = logits.shape[-1]
+        results = []
+        for b, (h, w) in enumerate(image_sizes):
+            boxes_all, scores_all, labels_all = [], [], []
+            for lg, dl, an in zip(logits[b].split(level_sizes), deltas[b].split(level_sizes),
+                                  anchors[b].split(level_sizes)):
+                scores = torch.sigmoid(lg).flatten()
+                keep = torch.nonzero(scores > self.score_thresh).squeeze(1)
+                scores = scores[keep]
+                if scores.numel() > self.topk_candidates:
+                    scores, order = scores.topk(self.topk_candidates)
+                    keep = keep[order]
+                anchor_idx, labels = keep // num_classes, keep % num_classes
+                boxes = clip_boxes(self.box_coder.decode(dl[anchor_idx], an[anchor_idx]), h, w)
+                boxes_all.append(boxes)
+                scores_all.append(scores)
+                labels_all.append(labels)
+            boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
+            keep = batched_nms(boxes, scores, labels, self.nms_iou)[: self.max_dets]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results
+
+
+# Scale presets. ``paper`` is the RetinaNet paper's ResNet-50-FPN with 4 x conv(256)
+# heads at 600 px (its ablation setting); ``tiny`` is sized for 2 CPU cores.
+# ``anchor_base`` is the anchor size in units of the level's stride: the paper's
+# 32 px on P3 (stride 8) is 4; tiny images hold small objects, so tiny uses 2.
+SCALES = {
+    "tiny": dict(widths=[16, 32, 48, 64, 96], fpn_width=32, head_width=32, head_convs=2,
+                 head_norm="gn", min_size=128, max_size=512, anchor_base=2.0),
+    "paper": dict(widths=None, fpn_width=256, head_width=256, head_convs=4,
+                  head_norm=None, min_size=600, max_size=1000, anchor_base=4.0),
+}
+
+
+def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128)) -> AnchorGenerator:
+    """3 scales (2^0, 2^(1/3), 2^(2/3)) x 3 ratios (1:2, 1:1, 2:1) per level (paper sec. 4)."""
+    octaves = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    sizes = tuple(tuple(anchor_base * s * o for o in octaves) for s in strides)
+    return AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
+
+
+@MODELS.register("retinanet")
+def build_retinanet(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable] = None,
+                    box_loss: str = "smooth_l1", box_loss_beta: float = 1.0 / 9,
+                    anchor_base: Optional[float] = None, pos_iou: float = 0.5, neg_iou: float = 0.4,
+                    allow_low_quality: bool = True, head_width: Optional[int] = None,
+                    head_convs: Optional[int] = None, head_norm: Optional[str] = "scale",
+                    fpn_width: Optional[int] = None, prior_prob: float = 0.01,
+                    min_size: Optional[int] = None, max_size: Optional[int] = None,
+                    score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 100,
+                    topk_candidates: int = 1000) -> RetinaNet:
+    """Build a RetinaNet. ``None`` (and ``head_norm="scale"``) take the scale's preset.
+
+    ``cls_loss`` defaults to focal loss with the paper's gamma 2, alpha 0.25.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale '{scale}' (known: {', '.join(SCALES)})")
+    cfg = dict(SCALES[scale])
+    overrides = dict(anchor_base=anchor_base, head_width=head_width, head_convs=head_convs,
+                     fpn_width=fpn_width, min_size=min_size, max_size=max_size)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if head_norm != "scale":
+        cfg["head_norm"] = head_norm
+    if scale == "paper":
+        backbone = resnet50_fpn_backbone(cfg["fpn_width"])
+    else:
+        backbone = tiny_fpn_backbone(cfg["widths"], cfg["fpn_width"])
+    head = RetinaHead(backbone.out_channels, 9, num_classes, cfg["head_width"],
+                      cfg["head_convs"], cfg["head_norm"], prior_prob)
+    box_fn = BOX_LOSSES.get(box_loss)
+    if box_loss == "smooth_l1":
+        box_fn = partial(box_fn, beta=box_loss_beta)
+    return RetinaNet(
+        backbone=backbone, head=head,
+        anchor_generator=retinanet_anchor_generator(cfg["anchor_base"], backbone.strides),
+        transform=GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], IMAGENET_MEAN, IMAGENET_STD),
+        cls_loss=cls_loss or CLS_LOSSES.get("focal"), box_loss=box_fn,
+        pos_iou=pos_iou, neg_iou=neg_iou, allow_low_quality=allow_low_quality,
+        score_thresh=score_thresh, nms_iou=nms_iou, max_dets=max_dets, topk_candidates=topk_candidates)
