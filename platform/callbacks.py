@@ -1,0 +1,194 @@
+"""Ray Tune callbacks of the driver: MLflow + results store, and the progress view.
+
+They run in the driver process only (Tune calls callbacks there), which makes
+the driver the single writer to MLflow's SQLite store and to the results store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Dict, List, Optional, TextIO
+
+from ray.tune import Callback
+
+# Keys Tune adds to every result; everything else in a result is ours.
+TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "hostname",
+             "node_ip", "time_since_restore", "iterations_since_restore", "date", "config", "trial_id",
+             "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "done", "experiment_id",
+             "episodes_total", "timesteps_total", "timesteps_since_restore", "warmup_time"}
+ARTIFACTS = ("detections.json", "eval.json", "speed.json", "model.pt")
+
+
+def our_metrics(result: Dict) -> Dict[str, float]:
+    return {k: float(v) for k, v in result.items()
+            if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def trial_error_text(trial) -> str:
+    """The last line of the worker's traceback (Tune writes it to the trial's error file)."""
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        with open(path) as f:
+            lines = [ln.strip() for ln in f.read().strip().splitlines() if ln.strip()]
+        if lines:
+            return lines[-1]
+    return "trial failed (no error file)"
+
+
+class StudyCallback(Callback):
+    """Child MLflow run per trial, per-epoch metrics, final artifacts, one store row per trial."""
+
+    def __init__(self, study_name: str, tracker, store, force: bool = False) -> None:
+        self.study_name, self.tracker, self.store, self.force = study_name, tracker, store, force
+        self.runs: Dict[str, str] = {}          # Tune trial id -> MLflow run id
+        self.started: Dict[str, datetime] = {}
+        self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}
+        self.attempts: Dict[str, int] = {}
+        self.finished: List[dict] = []
+        self.failed: List[dict] = []
+
+    def _child(self, trial) -> str:
+        tid = trial.trial_id
+        if tid not in self.runs:
+            spec = trial.config["trial"]
+            # --force runs again on purpose: a fresh child run rather than appending to the old one.
+            self.runs[tid] = self.tracker.start_child(spec, reuse=not self.force)
+            self.started[tid] = datetime.now(timezone.utc)
+            self.store.mark_running(self.study_name, spec, self.runs[tid])
+        return self.runs[tid]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
+        self._child(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        metrics = our_metrics(result)
+        if not metrics:
+            return
+        step = int(metrics.get("epoch", result.get("training_iteration", 0)))
+        if metrics.get("done"):
+            metrics.pop("done")
+        else:
+            self.epochs.setdefault(trial.trial_id, {})[step] = metrics
+        self.tracker.log_metrics(self._child(trial), metrics, step)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        spec, run_id = trial.config["trial"], self._child(trial)
+        final = our_metrics(trial.last_result or {})
+        final.pop("done", None)
+        ckpt_dir = trial.checkpoint.path if trial.checkpoint else None
+        data = self._trial_data(ckpt_dir)
+        self.tracker.log_dict(run_id, spec, "resolved_config.json")
+        if ckpt_dir:
+            self.tracker.log_artifacts(run_id, [os.path.join(ckpt_dir, f) for f in ARTIFACTS])
+        if "per_class_ap" in data:
+            table = {"class": list(data["per_class_ap"]), "AP": list(data["per_class_ap"].values())}
+            self.tracker.log_dict(run_id, table, "per_class_ap.json")
+        epoch_rows = [{"step": s, **m} for s, m in sorted(self.epochs.get(trial.trial_id, {}).items())]
+        self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id,
+                                   self.started.get(trial.trial_id), datetime.now(timezone.utc))
+        self.tracker.end_child(run_id, "FINISHED")
+        self.finished.append({"trial": spec, "metrics": final})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        spec, run_id = trial.config["trial"], self._child(trial)
+        error = trial_error_text(trial)
+        self.store.record_failed(self.study_name, spec, error, run_id, self.attempts.get(trial.trial_id, 1))
+        self.tracker.end_child(run_id, "FAILED", {"detbench.error": error})
+        self.failed.append({"trial": spec, "error": error})
+
+    @staticmethod
+    def _trial_data(ckpt_dir: Optional[str]) -> dict:
+        """Per-class AP, PR curves and speed figures the worker left in its final checkpoint."""
+        data = {}
+        for name in ("eval.json", "speed.json"):
+            path = os.path.join(ckpt_dir, name) if ckpt_dir else ""
+            if path and os.path.exists(path):
+                with open(path) as f:
+                    obj = json.load(f)
+                if name == "speed.json":
+                    data["speed"] = obj
+                else:
+                    data.update({k: v for k, v in obj.items() if k not in ("summary",)})
+        return data
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class ProgressCallback(Callback):
+    """A concise progress view in place of Tune's tables.
+
+    One line when a trial starts, finishes or fails, and a status line at most
+    every ``every`` seconds: done / running / pending / failed, best metric so
+    far, elapsed and an ETA from the mean duration of finished trials.
+    """
+
+    def __init__(self, total: int, concurrency: int, metric: str = "AP50",
+                 every: float = 30.0, out: TextIO = sys.stdout) -> None:
+        self.total, self.concurrency, self.metric = total, max(1, concurrency), metric
+        self.every, self.out = every, out
+        self.t0 = time.monotonic()
+        self.last_line = 0.0
+        self.begun: Dict[str, float] = {}
+        self.durations: List[float] = []
+        self.done = self.failed = 0
+        self.best: Optional[tuple] = None
+
+    def _say(self, text: str) -> None:
+        print(f"[{_fmt(time.monotonic() - self.t0):>6}] {text}", file=self.out, flush=True)
+
+    def status(self) -> str:
+        running = len(self.begun)
+        pending = self.total - self.done - self.failed - running
+        elapsed = time.monotonic() - self.t0
+        eta = "?"
+        if self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            eta = "~" + _fmt(mean * (pending + running * 0.5) / self.concurrency)
+        best = f"best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else f"best {self.metric} -"
+        return (f"{self.done}/{self.total} done, {running} running, {pending} pending, {self.failed} failed"
+                f" | {best} | elapsed {_fmt(elapsed)}, ETA {eta}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.begun[trial.trial_id] = time.monotonic()
+        self._say(f"start  {trial.config['trial']['trial_key']}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" in result and not result.get("done"):
+            key = trial.config["trial"]["trial_key"]
+            ap = result.get(f"val/{self.metric}")
+            shown = f", val {self.metric} {ap:.3f}" if ap is not None else ""
+            self._say(f"       {key}: epoch {int(result['epoch']) + 1}, loss {result.get('train/loss', float('nan')):.4f}{shown}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        began = self.begun.pop(trial.trial_id, time.monotonic())
+        self.durations.append(time.monotonic() - began)
+        self.done += 1
+        key = trial.config["trial"]["trial_key"]
+        value = (trial.last_result or {}).get(self.metric)
+        if value is not None and (self.best is None or value > self.best[0]):
+            self.best = (value, key)
+        shown = f"{self.metric} {value:.3f}" if value is not None else "no metric"
+        self._say(f"done   {key}: {shown} in {_fmt(self.durations[-1])}")
+        self._say(self.status())
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.begun.pop(trial.trial_id, None)
+        self.failed += 1
+        self._say(f"FAILED {trial.config['trial']['trial_key']}: {trial_error_text(trial)}")
+        self._say(self.status())
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._say(f"retry  {trial.config['trial']['trial_key']}: {trial_error_text(trial)}")
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self.last_line >= self.every:
+            self.last_line = now
+            self._say(self.status())

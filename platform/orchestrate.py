@@ -1,0 +1,142 @@
+"""Run a validated study on Ray Tune: cache check, dataset, Ray, MLflow, store, report.
+
+Only plain trial dicts cross into Ray; the trainable is
+``detectors.trainable.tune_trainable``. Trials whose config hash already
+finished (results store) are skipped unless ``--force``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from typing import List
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ray_logs_to_file(path: str) -> None:
+    """Ray's own log lines go to a file under the run directory, not the terminal."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        lg = logging.getLogger(name)
+        lg.handlers = [handler]
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+
+
+def _start_ray(address: str | None, log_dir: str) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray. Returns True if we started it."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
+    if address:
+        # Ship the worker package to the cluster; driver code never travels.
+        ray.init(address=address, runtime_env={"py_modules": [os.path.join(REPO_ROOT, "detectors")]}, **kwargs)
+        return False
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+    return True
+
+
+def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None, log_dir: str):
+    """One Tune trial per trial dict; returns the ResultGrid."""
+    from ray import tune
+
+    from detectors.trainable import tune_trainable
+
+    res = study.resources
+    resources = {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+    run_config = tune.RunConfig(
+        name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        storage_path=os.path.join(study.output.runs_dir, study.name, "tune"),
+        failure_config=tune.FailureConfig(max_failures=res.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=callbacks,
+        verbose=0,
+        log_to_file=True,
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(tune_trainable, resources),
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or res.max_concurrent,
+                                    trial_name_creator=lambda t: t.config["trial"]["config_hash"][:12],
+                                    trial_dirname_creator=lambda t: t.config["trial"]["config_hash"][:12]),
+        run_config=run_config,
+    )
+    return tuner.fit()
+
+
+def prepare_dataset(study, trials: List[dict]) -> None:
+    """Generate (or find cached) the synthetic set once, before any worker starts."""
+    from detectors.data.resolve import PATH_KEYS, ensure_dataset
+
+    first = trials[0]["dataset"]
+    t0 = time.monotonic()
+    paths = ensure_dataset(first)
+    if first.get("kind") == "synthetic":
+        print(f"dataset: synthetic, {paths['train_images'].rsplit('/', 2)[-2]} ready in {time.monotonic() - t0:.1f}s")
+    for t in trials:
+        t["dataset"].update({k: paths[k] for k in PATH_KEYS})
+
+
+def run_study(study, trials: List[dict], args) -> int:
+    """Run what is not cached, then summarise and build the report. Returns the exit code."""
+    from platform.store import Store
+    from platform.summary import print_summary, write_report
+
+    store = Store(study.tracking.store_url)
+    finished = set() if args.force else store.finished_hashes(study.name)
+    todo = [t for t in trials if t["config_hash"] not in finished]
+    print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
+    if not todo:
+        print("everything was cached: no trial ran (use --force to run them again)")
+        print_summary(store, study)
+        write_report(store, study)
+        return 0
+
+    import ray
+
+    from platform.callbacks import ProgressCallback, StudyCallback
+    from platform.expand import detectors_code_version
+    from platform.tracking import StudyTracker
+
+    run_dir = os.path.join(study.output.runs_dir, study.name)
+    os.makedirs(run_dir, exist_ok=True)
+    prepare_dataset(study, todo)
+    tracker = StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
+    parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
+                                                           "force": bool(args.force)}, detectors_code_version())
+    store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
+                       mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
+    ray_log = os.path.join(run_dir, "ray.log")
+    _ray_logs_to_file(ray_log)
+    started_ray = _start_ray(args.address, run_dir)
+    concurrency = args.max_concurrent or study.resources.max_concurrent or max(
+        1, int((os.cpu_count() or 1) // max(study.resources.cpus_per_trial, 1e-9)))
+    recorder = StudyCallback(study.name, tracker, store, force=args.force)
+    progress = ProgressCallback(len(todo), concurrency)
+    print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
+    interrupted = False
+    try:
+        run_trials(study, todo, [recorder, progress], args.max_concurrent, run_dir)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if started_ray:
+            ray.shutdown()
+    interrupted = interrupted or len(recorder.finished) + len(recorder.failed) < len(todo)
+    status = "KILLED" if interrupted else ("FAILED" if recorder.failed else "FINISHED")
+    tracker.end_parent(status)
+
+    print_summary(store, study)
+    for f in recorder.failed:
+        print(f"failed: {f['trial']['trial_key']}: {f['error']}")
+    write_report(store, study)
+    print(f"MLflow UI: {tracker.ui_command()}")
+    if interrupted:
+        print(f"interrupted: {len(recorder.finished)} finished trials are kept; run the same command to resume")
+        return 130
+    return 1 if recorder.failed else 0
