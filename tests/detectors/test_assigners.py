@@ -1,0 +1,120 @@
+"""detectors.assigners.max_iou_assign on tiny hand-drawn cases (boxes xyxy)."""
+import pytest
+import torch
+
+from detectors.assigners import BACKGROUND, IGNORE, max_iou_assign
+
+BG, IG = BACKGROUND, IGNORE
+
+
+def _t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_one_gt_four_anchors():
+    gt = _t([[0, 0, 10, 10]])  # area 100
+    anchors = _t(
+        [
+            [0, 0, 10, 10],  # identical: IoU 100 / 100 = 1.0 -> matched to gt 0
+            [0, 0, 10, 4.5],  # inside, area 45: IoU 45 / (100 + 45 - 45) = 0.45 -> 0.4 <= IoU < 0.5: ignore
+            [20, 20, 30, 30],  # disjoint: IoU 0 -> background
+            [50, 0, 60, 10],  # disjoint: IoU 0 -> background
+        ]
+    )
+    for low_quality in (True, False):
+        out = max_iou_assign(anchors, gt, pos_iou=0.5, neg_iou=0.4, allow_low_quality=low_quality)
+        assert out.dtype == torch.int64
+        assert out.tolist() == [0, IG, BG, BG]
+
+
+def test_thresholds_inclusive_exclusive():
+    gt = _t([[0, 0, 10, 10]])
+    anchors = _t(
+        [
+            [0, 0, 10, 5],  # IoU 50 / 100 = 0.5 == pos_iou -> positive (>=)
+            [0, 0, 10, 4],  # IoU 40 / 100 = 0.4 == neg_iou -> not background (< is strict): ignore
+            [0, 0, 10, 3.9],  # IoU 39 / 100 = 0.39 -> background
+        ]
+    )
+    out = max_iou_assign(anchors, gt, allow_low_quality=False)
+    assert out.tolist() == [0, IG, BG]
+
+
+def test_low_quality_match_only_when_allowed():
+    gt = _t([[0, 0, 10, 10]])
+    anchors = _t(
+        [
+            [5, 0, 15, 10],  # overlap 5 x 10 = 50, union 100 + 100 - 50 = 150: IoU 1/3 < 0.4
+            [-5, 0, 5, 10],  # mirror image: also 1/3, a tie for the gt's best anchor
+            [30, 30, 40, 40],  # disjoint: 0
+        ]
+    )
+    # without low-quality matches the gt gets no anchor at all
+    assert max_iou_assign(anchors, gt, allow_low_quality=False).tolist() == [BG, BG, BG]
+    # with them both tied best anchors go to the gt, the disjoint one stays background
+    assert max_iou_assign(anchors, gt, allow_low_quality=True).tolist() == [0, 0, BG]
+
+
+def test_low_quality_promotes_an_ignored_anchor():
+    gt = _t([[0, 0, 10, 10]])
+    anchors = _t([[0, 0, 10, 4.5], [40, 40, 50, 50]])  # IoU 0.45 (would be ignored), 0
+    assert max_iou_assign(anchors, gt, allow_low_quality=False).tolist() == [IG, BG]
+    assert max_iou_assign(anchors, gt, allow_low_quality=True).tolist() == [0, BG]
+
+
+def test_gt_overlapping_no_anchor_gets_none():
+    # best IoU 0: every anchor "ties" for best; matching them all would turn
+    # the whole image into positives of that gt
+    gt = _t([[100, 100, 110, 110]])
+    anchors = _t([[0, 0, 10, 10], [20, 20, 30, 30]])
+    assert max_iou_assign(anchors, gt, allow_low_quality=True).tolist() == [BG, BG]
+
+
+def test_two_gts_compete_for_one_anchor_higher_iou_wins():
+    anchor = _t([[0, 0, 10, 10]])  # area 100
+    low = [0, 0, 10, 6]  # inside the anchor, area 60: IoU 60 / 100 = 0.6
+    high = [0, 0, 10, 8]  # area 80: IoU 0.8
+    for low_quality in (True, False):
+        # the winner is the higher IoU, whichever index it has
+        assert max_iou_assign(anchor, _t([low, high]), allow_low_quality=low_quality).tolist() == [1]
+        assert max_iou_assign(anchor, _t([high, low]), allow_low_quality=low_quality).tolist() == [0]
+
+
+def test_low_quality_anchor_goes_to_the_gt_it_is_best_for():
+    # gt A = (0,0,10,10), gt B = (0,0,10,12); anchors X = (0,0,10,11), Y = (0,0,10,12)
+    # IoU(A, X) = 100/110 = 0.909, IoU(A, Y) = 100/120 = 0.833   -> A's best anchor is X
+    # IoU(B, X) = 110/120 = 0.917, IoU(B, Y) = 120/120 = 1.0     -> B's best anchor is Y
+    # By argmax both anchors go to B (0.917 > 0.909) and A has none (what torchvision's
+    # Matcher returns); the low-quality rule gives X to A since X is A's best anchor.
+    gts = _t([[0, 0, 10, 10], [0, 0, 10, 12]])
+    anchors = _t([[0, 0, 10, 11], [0, 0, 10, 12]])
+    assert max_iou_assign(anchors, gts, allow_low_quality=False).tolist() == [1, 1]
+    assert max_iou_assign(anchors, gts, allow_low_quality=True).tolist() == [0, 1]
+
+
+def test_rpn_thresholds():
+    # Faster R-CNN RPN: >= 0.7 positive, < 0.3 negative
+    gt = _t([[0, 0, 10, 10]])
+    anchors = _t([[0, 0, 10, 8], [0, 0, 10, 5], [0, 0, 10, 2]])  # IoU 0.8, 0.5, 0.2
+    out = max_iou_assign(anchors, gt, pos_iou=0.7, neg_iou=0.3, allow_low_quality=False)
+    assert out.tolist() == [0, IG, BG]
+
+
+def test_empty_gt_all_background():
+    anchors = _t([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]])
+    out = max_iou_assign(anchors, torch.zeros(0, 4))
+    assert out.dtype == torch.int64
+    assert out.tolist() == [BG, BG, BG]
+
+
+def test_empty_anchors():
+    out = max_iou_assign(torch.zeros(0, 4), _t([[0, 0, 10, 10]]))
+    assert out.shape == (0,) and out.dtype == torch.int64
+
+
+def test_no_grad_and_bad_thresholds():
+    anchors = _t([[0, 0, 10, 10]]).requires_grad_(True)
+    gt = _t([[0, 0, 10, 10]]).requires_grad_(True)
+    assert not max_iou_assign(anchors, gt).requires_grad
+    with pytest.raises(ValueError):
+        max_iou_assign(anchors, gt, pos_iou=0.4, neg_iou=0.5)
