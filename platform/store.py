@@ -1,0 +1,312 @@
+"""The results store: studies, trials, metrics and per-trial data in SQL (SQLAlchemy 2 ORM).
+
+    store = Store("sqlite:////abs/runs/results.db")   # any SQLAlchemy URL (PostgreSQL too)
+
+The driver is the only writer; dashboards read through the read API at the
+bottom and never see the ORM classes. Metrics are stored long (one row per
+trial, name and step; ``step IS NULL`` for final metrics) so a new metric needs
+no schema change. Everything a finished trial produced is written in one
+transaction: a failure leaves the trial's earlier rows as they were.
+Timestamps are timezone-aware UTC on the way in and out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Union
+
+from sqlalchemy import (
+    DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint, create_engine,
+    delete, event, select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+Timestamp = Union[datetime, float, int, None]
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite stores naive text; we pin it to UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect) -> Optional[datetime]:
+        if value is None:
+            return None
+        value = _utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Optional[datetime], dialect) -> Optional[datetime]:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _utc(t: Timestamp) -> Optional[datetime]:
+    """datetime (naive means UTC) or Unix seconds -> aware UTC datetime."""
+    if t is None:
+        return None
+    if isinstance(t, (int, float)):
+        return datetime.fromtimestamp(t, tz=timezone.utc)
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    spec_json: Mapped[str] = mapped_column(Text)
+    study_file: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    mlflow_experiment_id: Mapped[Optional[str]] = mapped_column(String(64))
+    last_parent_run_id: Mapped[Optional[str]] = mapped_column(String(64))
+    trials: Mapped[List["TrialRow"]] = relationship(back_populates="study")
+
+
+class TrialRow(Base):
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("study_id", "config_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    trial_key: Mapped[str] = mapped_column(String(500))
+    variant: Mapped[str] = mapped_column(String(500))
+    seed: Mapped[int] = mapped_column(Integer)
+    config_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # running | finished | failed
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    duration_s: Mapped[Optional[float]] = mapped_column(Float)
+    mlflow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    study: Mapped[StudyRow] = relationship(back_populates="trials")
+
+
+class MetricRow(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_trial_id", "trial_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    value: Mapped[Optional[float]] = mapped_column(Float)  # NULL stands for NaN (SQLite cannot store NaN)
+    step: Mapped[Optional[int]] = mapped_column(Integer)    # NULL: a final metric
+
+
+class TrialDataRow(Base):
+    __tablename__ = "trial_data"
+    __table_args__ = (UniqueConstraint("trial_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(200))
+    json: Mapped[str] = mapped_column(Text)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # One writer (the driver) with short transactions: the default rollback journal
+    # is enough, works on network filesystems (WAL does not), and lets a read-only
+    # opener (``--dry-run``) read without creating -wal/-shm files. busy_timeout
+    # makes a reader that meets a write wait instead of failing.
+    for pragma in ("foreign_keys=ON", "busy_timeout=30000"):
+        cur.execute(f"PRAGMA {pragma}")
+    cur.close()
+
+
+def _number(v: Any) -> Optional[float]:
+    """A metric value as float (NaN -> None), or raise for non-numbers."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if hasattr(v, "item"):  # numpy / torch scalars
+            v = v.item()
+        else:
+            raise TypeError(f"metric value {v!r} is not a number")
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _metric_rows(trial_id: int, values: Mapping[str, Any], step: Optional[int]) -> List[MetricRow]:
+    """Numeric values become rows; None and strings (e.g. Tune's bookkeeping) are skipped."""
+    return [MetricRow(trial_id=trial_id, name=name, value=_number(v), step=step)
+            for name, v in values.items() if v is not None and not isinstance(v, str)]
+
+
+class Store:
+    """The results store. ``Store(url)`` creates missing tables; ``readonly=True`` never writes."""
+
+    def __init__(self, url: str, readonly: bool = False) -> None:
+        parsed = make_url(url)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        db = parsed.database
+        if sqlite and db and db != ":memory:" and not readonly:
+            os.makedirs(os.path.dirname(os.path.abspath(db)) or ".", exist_ok=True)
+        if sqlite and readonly and db and db != ":memory:":
+            url = f"sqlite:///file:{os.path.abspath(db)}?mode=ro&uri=true"
+        self.url = url
+        self.engine = create_engine(url)
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        if not readonly:
+            Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._session() as session, session.begin():
+            yield session
+
+    # ----------------------------------------------------------------- writes
+
+    def upsert_study(self, name: str, description: str, spec: Mapping[str, Any], study_file: Optional[str],
+                     mlflow_experiment_id: Optional[str] = None, last_parent_run_id: Optional[str] = None) -> int:
+        """Insert or update a study; MLflow ids given as None keep their stored values. Returns its id."""
+        with self._tx() as s:
+            row = s.scalar(select(StudyRow).where(StudyRow.name == name))
+            if row is None:
+                row = StudyRow(name=name, created_at=_now())
+                s.add(row)
+            row.description, row.spec_json, row.study_file = description, json.dumps(spec, sort_keys=True), study_file
+            row.updated_at = _now()
+            if mlflow_experiment_id is not None:
+                row.mlflow_experiment_id = str(mlflow_experiment_id)
+            if last_parent_run_id is not None:
+                row.last_parent_run_id = last_parent_run_id
+            s.flush()
+            return row.id
+
+    def _trial_row(self, s: Session, study_name: str, trial: Mapping[str, Any], status: str) -> TrialRow:
+        study = s.scalar(select(StudyRow).where(StudyRow.name == study_name))
+        if study is None:
+            raise KeyError(f"study '{study_name}' is not in the store (call upsert_study first)")
+        row = s.scalar(select(TrialRow).where(TrialRow.study_id == study.id,
+                                              TrialRow.config_hash == trial["config_hash"]))
+        if row is None:
+            row = TrialRow(study_id=study.id, config_hash=trial["config_hash"], attempts=0)
+            s.add(row)
+        row.trial_key, row.variant, row.seed = trial["trial_key"], trial["variant"], int(trial["seed"])
+        row.config_json, row.status = json.dumps(trial, sort_keys=True), status
+        return row
+
+    def mark_running(self, study_name: str, trial: Mapping[str, Any], mlflow_run_id: Optional[str]) -> None:
+        """The trial started (again): status running, start time now, attempts + 1."""
+        with self._tx() as s:
+            row = self._trial_row(s, study_name, trial, "running")
+            row.started_at, row.finished_at, row.duration_s = _now(), None, None
+            row.mlflow_run_id, row.error, row.attempts = mlflow_run_id, None, (row.attempts or 0) + 1
+
+    def record_finished(self, study_name: str, trial: Mapping[str, Any], final_metrics: Mapping[str, Any],
+                        epoch_metrics: List[Mapping[str, Any]], data: Mapping[str, Any],
+                        mlflow_run_id: Optional[str], started_at: Timestamp, finished_at: Timestamp) -> None:
+        """One transaction: the trial row (finished), its metrics and data replacing earlier ones.
+
+        ``final_metrics``: name -> number (stored with step NULL). ``epoch_metrics``:
+        dicts with ``"step"`` and name -> number. ``data``: key -> JSON-able object.
+        Non-numeric metric values other than None/str raise; so does non-JSON data,
+        and then nothing of this call is written.
+        """
+        started, finished = _utc(started_at), _utc(finished_at) or _now()
+        with self._tx() as s:
+            row = self._trial_row(s, study_name, trial, "finished")
+            s.flush()
+            s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+            s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id == row.id))
+            s.add_all(_metric_rows(row.id, final_metrics, None))
+            for epoch in epoch_metrics:
+                values = {k: v for k, v in epoch.items() if k != "step"}
+                s.add_all(_metric_rows(row.id, values, int(epoch["step"])))
+            s.add_all([TrialDataRow(trial_id=row.id, key=k, json=json.dumps(v)) for k, v in data.items()])
+            row.error, row.mlflow_run_id = None, mlflow_run_id
+            row.started_at = started or row.started_at
+            row.finished_at = finished
+            row.duration_s = (finished - row.started_at).total_seconds() if row.started_at else None
+            row.attempts = max(row.attempts or 0, 1)
+
+    def record_failed(self, study_name: str, trial: Mapping[str, Any], error: str,
+                      mlflow_run_id: Optional[str], attempts: int) -> None:
+        """The trial failed for good: status failed, the error text, its metrics and data removed."""
+        with self._tx() as s:
+            row = self._trial_row(s, study_name, trial, "failed")
+            s.flush()
+            s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+            s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id == row.id))
+            row.error, row.mlflow_run_id, row.attempts = error, mlflow_run_id, attempts
+            row.finished_at = _now()
+            row.duration_s = (row.finished_at - row.started_at).total_seconds() if row.started_at else None
+
+    # ----------------------------------------------------------------- reads
+
+    def finished_hashes(self, study_name: str) -> Set[str]:
+        with self._session() as s:
+            q = select(TrialRow.config_hash).join(StudyRow).where(StudyRow.name == study_name,
+                                                                  TrialRow.status == "finished")
+            return set(s.scalars(q))
+
+    def studies(self) -> List[Dict[str, Any]]:
+        with self._session() as s:
+            return [{"name": r.name, "description": r.description, "spec": json.loads(r.spec_json),
+                     "study_file": r.study_file, "created_at": r.created_at, "updated_at": r.updated_at,
+                     "mlflow_experiment_id": r.mlflow_experiment_id, "last_parent_run_id": r.last_parent_run_id}
+                    for r in s.scalars(select(StudyRow).order_by(StudyRow.name))]
+
+    def trials(self, study_name: str) -> List[Dict[str, Any]]:
+        """Every trial of the study (any status), in the order they were first recorded."""
+        with self._session() as s:
+            q = select(TrialRow).join(StudyRow).where(StudyRow.name == study_name).order_by(TrialRow.id)
+            return [{"trial_key": r.trial_key, "variant": r.variant, "seed": r.seed, "config_hash": r.config_hash,
+                     "config": json.loads(r.config_json), "status": r.status, "started_at": r.started_at,
+                     "finished_at": r.finished_at, "duration_s": r.duration_s, "mlflow_run_id": r.mlflow_run_id,
+                     "error": r.error, "attempts": r.attempts}
+                    for r in s.scalars(q)]
+
+    def _metrics(self, study_name: str, final: bool) -> List[Dict[str, Any]]:
+        with self._session() as s:
+            q = (select(TrialRow.trial_key, TrialRow.variant, TrialRow.seed, MetricRow.step, MetricRow.name,
+                        MetricRow.value)
+                 .join(TrialRow, MetricRow.trial_id == TrialRow.id).join(StudyRow)
+                 .where(StudyRow.name == study_name, TrialRow.status == "finished",
+                        MetricRow.step.is_(None) if final else MetricRow.step.is_not(None))
+                 .order_by(TrialRow.id, MetricRow.step, MetricRow.name))
+            rows = []
+            for key, variant, seed, step, name, value in s.execute(q):
+                row = {"trial_key": key, "variant": variant, "seed": seed, "name": name,
+                       "value": math.nan if value is None else value}
+                rows.append(row if final else {**row, "step": step})
+            return rows
+
+    def final_metrics(self, study_name: str) -> List[Dict[str, Any]]:
+        """Finished trials' final metrics: dicts with trial_key, variant, seed, name, value."""
+        return self._metrics(study_name, final=True)
+
+    def epoch_metrics(self, study_name: str) -> List[Dict[str, Any]]:
+        """Finished trials' per-epoch metrics: trial_key, variant, seed, step, name, value."""
+        return self._metrics(study_name, final=False)
+
+    def trial_data(self, study_name: str, key: str) -> Dict[str, Any]:
+        """``{trial_key: object}`` for one data key (per-class AP, PR curves...) of finished trials."""
+        with self._session() as s:
+            q = (select(TrialRow.trial_key, TrialDataRow.json).join(TrialRow, TrialDataRow.trial_id == TrialRow.id)
+                 .join(StudyRow).where(StudyRow.name == study_name, TrialRow.status == "finished",
+                                       TrialDataRow.key == key).order_by(TrialRow.id))
+            return {k: json.loads(text) for k, text in s.execute(q)}

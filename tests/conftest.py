@@ -1,0 +1,26 @@
+"""Make the repo's ``platform`` package importable in the test session.
+
+pytest imports the stdlib ``platform`` module before any test loads, so
+``import platform.spec`` would fail ("'platform' is not a package"). Here the
+repo root goes first on sys.path and the cached stdlib module is dropped, so
+the next ``import platform`` finds this repo's package. That package re-exports
+the whole stdlib API (see platform/__init__.py), so code that already holds the
+stdlib module, and code that imports ``platform`` later, both keep working.
+"""
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if REPO_ROOT in sys.path:
+    sys.path.remove(REPO_ROOT)
+sys.path.insert(0, REPO_ROOT)
+
+_loaded = sys.modules.get("platform")
+if _loaded is not None and not hasattr(_loaded, "__path__"):  # the stdlib module, not our package
+    del sys.modules["platform"]
+
+import platform  # noqa: E402
+
+assert os.path.dirname(os.path.abspath(platform.__file__)) == os.path.join(REPO_ROOT, "platform"), (
+    f"tests/conftest.py: 'import platform' found {platform.__file__}, not the repo's package")

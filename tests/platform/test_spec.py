@@ -1,0 +1,160 @@
+"""Study files: valid ones load fully resolved; each malformed one fails with one line naming file and key."""
+import os
+
+import pytest
+
+from platform.spec import StudyError, load_study
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+BASE = """\
+name: t
+dataset: {kind: synthetic, synthetic: {num_train: 8, num_val: 4}}
+detector: {name: retinanet}
+loss: {name: focal}
+"""
+
+
+def write(tmp_path, text, name="study.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "focal_gamma_sweep.yaml"])
+def test_repo_studies_load(name):
+    study = load_study(os.path.join(REPO_ROOT, "studies", name))
+    assert study.detector.name == "retinanet" and study.loss.name == "focal"
+    assert study.dataset.kind == "synthetic"
+
+
+def test_smoke_study_is_small_and_has_two_trials_worth_of_grid():
+    study = load_study(os.path.join(REPO_ROOT, "studies", "smoke.yaml"))
+    assert study.sweep.grid == {"loss.params.gamma": [0, 2]} and study.sweep.seeds == [0]
+    assert study.train.max_steps <= 10 and study.dataset.synthetic["num_train"] <= 32
+
+
+def test_gamma_sweep_pairs_match_the_paper_table_1b():
+    study = load_study(os.path.join(REPO_ROOT, "studies", "focal_gamma_sweep.yaml"))
+    pairs = [(v["loss.params.gamma"], v["loss.params.alpha"]) for v in study.sweep.variants]
+    assert pairs == [(0, 0.75), (0.5, 0.5), (1, 0.25), (2, 0.25), (5, 0.25)]
+    assert study.sweep.seeds == [0, 1]
+    assert (study.resources.cpus_per_trial, study.resources.max_concurrent) == (1, 2)
+
+
+def test_defaults_and_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = BASE + "train: {lr: 1e-3, loss_weights: {cls: 2}}\neval: {max_dets: 10}\n"
+    study = load_study(write(tmp_path, text))
+    assert study.train.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string; the study loader does not
+    assert study.train.loss_weights == {"cls": 2.0, "box": 1.0}  # naming one weight keeps the other
+    assert study.train.epochs == 6 and study.eval.max_dets == 10 and study.eval.speed.latency_images == 50
+    runs = str(tmp_path / "runs")
+    assert study.output.runs_dir == runs and study.output.reports_dir == str(tmp_path / "reports")
+    assert study.tracking.mlflow_uri == f"sqlite:///{runs}/mlflow.db"
+    assert study.tracking.store_url == f"sqlite:///{runs}/results.db"
+    assert study.dataset.cache_dir == os.path.join(runs, "datasets")
+    assert study.sweep.seeds == [0] and study.resources.max_failures == 1
+    assert not os.path.exists(runs)  # loading creates nothing
+
+
+def test_param_values_are_normalised_and_balanced_ce_alpha_forms(tmp_path):
+    study = load_study(write(tmp_path, BASE.replace("{name: focal}", "{name: focal, params: {gamma: 2}}")))
+    assert study.loss.params == {"gamma": 2.0} and isinstance(study.loss.params["gamma"], float)
+    for alpha in ("0.75", "[0.5, 1, 2, 1, 1]", "inverse_frequency"):
+        text = BASE.replace("{name: focal}", "{name: balanced_ce, params: {alpha: %s}}" % alpha)
+        assert load_study(write(tmp_path, text)).loss.params["alpha"] in (0.75, [0.5, 1.0, 2.0, 1.0, 1.0],
+                                                                            "inverse_frequency")
+
+
+def test_coco_paths_resolve_against_cwd(tmp_path, monkeypatch):
+    for d in ("train", "val"):
+        (tmp_path / d).mkdir()
+        (tmp_path / f"{d}.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    text = BASE.replace("{kind: synthetic, synthetic: {num_train: 8, num_val: 4}}",
+                        "{kind: coco, train_images: train, train_annotations: train.json, "
+                        "val_images: val, val_annotations: val.json}")
+    study = load_study(write(tmp_path, text))
+    assert study.dataset.train_images == str(tmp_path / "train")
+    assert study.dataset.val_annotations == str(tmp_path / "val.json")
+
+
+COCO_MISSING = BASE.replace("{kind: synthetic, synthetic: {num_train: 8, num_val: 4}}",
+                            "{kind: coco, train_images: /no/such/dir, train_annotations: /no/a.json, "
+                            "val_images: /no/v, val_annotations: /no/v.json}")
+
+# (id, file text, key path in the message, fragment of the message)
+MALFORMED = [
+    ("yaml-syntax", "name: t\n  detector: [1,\n", "line 2, column 11", "mapping values are not allowed"),
+    ("not-a-mapping", "- name: t\n", "", "top level must be a mapping"),
+    ("empty-file", "", "", "got an empty file"),
+    ("missing-name", BASE.replace("name: t\n", ""), "name", "required key is missing"),
+    ("bad-name", BASE.replace("name: t", "name: My Study"), "name", "must match"),
+    ("unknown-top-key", BASE + "trian: {epochs: 2}\n", "trian", "unknown key; did you mean 'train'?"),
+    ("unknown-nested-key", BASE + "eval: {speed: {enabeld: false}}\n", "eval.speed.enabeld", "unknown key"),
+    ("wrong-type", BASE + "train: {epochs: six}\n", "train.epochs", "expected an integer, got 'six'"),
+    ("quoted-number", BASE + "train: {lr: '0.01'}\n", "train.lr", "expected a number, got '0.01'"),
+    ("out-of-range", BASE + "train: {batch_size: 0}\n", "train.batch_size", "must be >= 1, got 0"),
+    ("bad-choice", BASE + "train: {optimizer: adam}\n", "train.optimizer", "expected 'sgd' or 'adamw'"),
+    ("section-not-mapping", BASE + "train: 5\n", "train", "expected a mapping"),
+    ("duplicate-key", BASE + "train: {}\ntrain: {}\n", "line 6, column 1", "duplicate key 'train'"),
+    ("unknown-detector", BASE.replace("retinanet", "retina"), "detector.name",
+     "unknown detector 'retina'; did you mean 'retinanet'? (known: "),
+    ("unknown-loss", BASE.replace("{name: focal}", "{name: focall}"), "loss.name",
+     "unknown classification loss 'focall'; did you mean 'focal'? (known: balanced_ce, ce, focal"),
+    ("unknown-loss-param", BASE.replace("{name: focal}", "{name: focal, params: {gama: 2}}"),
+     "loss.params.gama", "unknown parameter of classification loss 'focal'; did you mean 'gamma'?"),
+    ("reduction-is-not-a-param", BASE.replace("{name: focal}", "{name: focal, params: {reduction: sum}}"),
+     "loss.params.reduction", "unknown parameter"),
+    ("loss-param-type", BASE.replace("{name: focal}", "{name: focal, params: {gamma: two}}"),
+     "loss.params.gamma", "expected a number, got 'two'"),
+    ("unknown-detector-param", BASE.replace("{name: retinanet}", "{name: retinanet, params: {head_widht: 8}}"),
+     "detector.params.head_widht", "did you mean 'head_width'?"),
+    ("unknown-generator-key", BASE.replace("num_val: 4", "num_vall: 4"), "dataset.synthetic.num_vall",
+     "unknown generator setting; did you mean 'num_val'?"),
+    ("coco-path-missing", COCO_MISSING, "dataset.train_images", "no such directory: /no/such/dir"),
+    ("coco-path-required", BASE.replace("kind: synthetic, synthetic: {num_train: 8, num_val: 4}", "kind: coco"),
+     "dataset.train_images", "required for kind 'coco'"),
+    ("empty-seeds", BASE + "sweep: {seeds: []}\n", "sweep.seeds", "must not be empty"),
+    ("repeated-seed", BASE + "sweep: {seeds: [1, 1]}\n", "sweep.seeds", "seeds repeat"),
+    ("empty-grid-list", BASE + "sweep: {grid: {loss.params.gamma: []}}\n", "sweep.grid.loss.params.gamma",
+     "empty list"),
+    ("grid-not-a-list", BASE + "sweep: {grid: {loss.params.gamma: two}}\n", "sweep.grid.loss.params.gamma",
+     "expected a list of numbers, got 'two'"),
+    ("grid-unknown-key", BASE + "sweep: {grid: {train.lrr: [0.1]}}\n", "sweep.grid.train.lrr",
+     "no such key in the study config; did you mean 'train.lr'?"),
+    ("grid-unknown-param", BASE + "sweep: {grid: {loss.params.gama: [1, 2]}}\n", "sweep.grid.loss.params.gama",
+     "no such key in the study config; did you mean 'loss.params.gamma'?"),
+    ("grid-not-sweepable", BASE + "sweep: {grid: {resources.max_concurrent: [1, 2]}}\n",
+     "sweep.grid.resources.max_concurrent", "cannot sweep"),
+    ("grid-value-type", BASE + "sweep: {grid: {loss.params.gamma: [0, two]}}\n",
+     "sweep.grid.loss.params.gamma[1]", "expected a number, got 'two'"),
+    ("grid-value-range", BASE + "sweep: {grid: {train.epochs: [2, 0]}}\n", "sweep.grid.train.epochs[1]",
+     "must be >= 1, got 0"),
+    ("grid-value-twice", BASE + "sweep: {grid: {train.epochs: [2, 2]}}\n", "sweep.grid.train.epochs[1]",
+     "listed twice"),
+    ("variant-unknown-key", BASE + "sweep: {variants: [{loss.params.gamma: 1, loss.params.alfa: 0.5}]}\n",
+     "sweep.variants[0].loss.params.alfa", "no such key"),
+    ("variant-value-type", BASE + "sweep: {variants: [{loss.params.gamma: 1}, {train.schedule: linear}]}\n",
+     "sweep.variants[1].train.schedule", "expected 'cosine', 'step' or 'constant', got 'linear'"),
+    ("variant-and-grid", BASE + "sweep: {grid: {train.epochs: [1]}, variants: [{train.epochs: 2}]}\n",
+     "sweep.variants[0].train.epochs", "also swept in sweep.grid"),
+]
+
+
+@pytest.mark.parametrize("text,path,fragment", [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED])
+def test_malformed_study_is_one_line_naming_file_and_key(tmp_path, text, path, fragment):
+    source = write(tmp_path, text)
+    with pytest.raises(StudyError) as info:
+        load_study(source)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{source}: {path}: " if path else f"{source}: "), message
+    assert fragment in message, message
+    assert info.value.file == source and info.value.path == path
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(StudyError, match=r"nope\.yaml: no such file"):
+        load_study(str(tmp_path / "nope.yaml"))

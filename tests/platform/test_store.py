@@ -1,0 +1,140 @@
+"""The results store on a temporary SQLite file: writes, one-transaction records, the read API."""
+import math
+import os
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from platform.store import Store
+
+
+def trial(key="gamma=2/seed=0", h="a" * 64, seed=0):
+    return {"study": "s", "trial_key": key, "variant": key.split("/")[0], "seed": seed, "config_hash": h,
+            "loss": {"name": "focal", "params": {"gamma": 2.0}}}
+
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path}/sub/results.db")  # the parent directory is created
+    s.upsert_study("s", "a study", {"name": "s", "sweep": {"seeds": [0]}}, "studies/s.yaml")
+    yield s
+    s.close()
+
+
+def rows(tmp_path, sql):
+    with sqlite3.connect(tmp_path / "sub" / "results.db") as con:
+        return con.execute(sql).fetchall()
+
+
+def finish(store, t=None, **kw):
+    args = dict(final_metrics={"AP": 0.31, "AP50": 0.5, "speed/latency_ms": 12.5, "note": "skipped", "x": None},
+                epoch_metrics=[{"step": 0, "train/loss": 1.5, "val/AP": 0.1}, {"step": 1, "train/loss": 0.9}],
+                data={"per_class_ap": {"circle": 0.4, "square": 0.2}, "pr_curve": [[0.0, 1.0], [1.0, 0.5]]},
+                mlflow_run_id="run1", started_at=T0, finished_at=T0 + timedelta(seconds=90))
+    args.update(kw)
+    store.record_finished("s", t or trial(), **args)
+
+
+def test_tables_and_study_row(store, tmp_path):
+    names = {r[0] for r in rows(tmp_path, "select name from sqlite_master where type='table'")}
+    assert {"studies", "trials", "metrics", "trial_data"} <= names
+    store.upsert_study("s", "changed", {"name": "s"}, "studies/s.yaml", mlflow_experiment_id="7",
+                       last_parent_run_id="p1")
+    store.upsert_study("s", "changed again", {"name": "s"}, "studies/s.yaml")  # None keeps the MLflow ids
+    (study,) = store.studies()
+    assert (study["name"], study["description"], study["spec"]) == ("s", "changed again", {"name": "s"})
+    assert (study["mlflow_experiment_id"], study["last_parent_run_id"]) == ("7", "p1")
+    assert study["created_at"].tzinfo is not None and study["updated_at"] >= study["created_at"]
+
+
+def test_record_finished_and_read_back(store):
+    store.mark_running("s", trial(), "run1")
+    assert store.trials("s")[0]["status"] == "running" and store.finished_hashes("s") == set()
+    finish(store)
+    assert store.finished_hashes("s") == {"a" * 64}
+    (t,) = store.trials("s")
+    assert (t["trial_key"], t["variant"], t["seed"], t["status"]) == ("gamma=2/seed=0", "gamma=2", 0, "finished")
+    assert t["config"]["loss"]["params"] == {"gamma": 2.0} and t["mlflow_run_id"] == "run1"
+    assert t["started_at"] == T0 and t["finished_at"] == T0 + timedelta(seconds=90)
+    assert t["started_at"].tzinfo == timezone.utc and t["duration_s"] == 90.0 and t["attempts"] == 1
+    final = {r["name"]: r["value"] for r in store.final_metrics("s")}
+    assert final == {"AP": 0.31, "AP50": 0.5, "speed/latency_ms": 12.5}  # strings and None are skipped
+    assert store.final_metrics("s")[0].keys() == {"trial_key", "variant", "seed", "name", "value"}
+    epochs = [(r["step"], r["name"], r["value"]) for r in store.epoch_metrics("s")]
+    assert epochs == [(0, "train/loss", 1.5), (0, "val/AP", 0.1), (1, "train/loss", 0.9)]
+    assert store.trial_data("s", "per_class_ap") == {"gamma=2/seed=0": {"circle": 0.4, "square": 0.2}}
+    assert store.trial_data("s", "pr_curve") == {"gamma=2/seed=0": [[0.0, 1.0], [1.0, 0.5]]}
+    assert store.trial_data("s", "nothing") == {}
+
+
+def test_recording_again_replaces_rows(store, tmp_path):
+    finish(store)
+    finish(store, final_metrics={"AP": 0.4}, epoch_metrics=[], data={"per_class_ap": {"circle": 1.0}})
+    assert [(r["name"], r["value"]) for r in store.final_metrics("s")] == [("AP", 0.4)]
+    assert store.epoch_metrics("s") == []
+    assert rows(tmp_path, "select count(*) from metrics") == [(1,)]
+    assert rows(tmp_path, "select count(*) from trial_data") == [(1,)]
+    assert rows(tmp_path, "select count(*) from trials") == [(1,)]
+
+
+def test_nan_metric_survives(store):
+    finish(store, final_metrics={"AP": float("nan")})
+    assert math.isnan(store.final_metrics("s")[0]["value"])
+
+
+def test_failure_inside_record_finished_writes_nothing(store, tmp_path):
+    store.mark_running("s", trial(), "run1")
+    with pytest.raises(TypeError):
+        finish(store, data={"per_class_ap": {"a": 1.0}, "bad": {1, 2, 3}})  # a set is not JSON
+    (t,) = store.trials("s")
+    assert t["status"] == "running" and t["finished_at"] is None
+    assert rows(tmp_path, "select count(*) from metrics") == [(0,)]
+    assert rows(tmp_path, "select count(*) from trial_data") == [(0,)]
+    assert store.finished_hashes("s") == set()
+
+
+def test_failure_keeps_an_earlier_result_intact(store):
+    finish(store)
+    with pytest.raises(TypeError):
+        finish(store, final_metrics={"AP": "0.9x", "AP50": [1]})  # a list is not a number
+    assert {r["name"]: r["value"] for r in store.final_metrics("s")}["AP"] == 0.31
+    assert len(store.epoch_metrics("s")) == 3 and store.finished_hashes("s") == {"a" * 64}
+
+
+def test_record_failed(store):
+    other = trial("gamma=5/seed=0", "b" * 64)
+    store.mark_running("s", other, "run2")
+    store.mark_running("s", other, "run2")  # a retry
+    assert store.trials("s")[0]["attempts"] == 2
+    store.record_failed("s", other, "NonFiniteLossError: non-finite loss at step 3", "run2", attempts=2)
+    finish(store)
+    by_key = {t["trial_key"]: t for t in store.trials("s")}
+    failed = by_key["gamma=5/seed=0"]
+    assert (failed["status"], failed["attempts"], failed["mlflow_run_id"]) == ("failed", 2, "run2")
+    assert failed["error"].startswith("NonFiniteLossError") and failed["finished_at"].tzinfo is not None
+    assert store.finished_hashes("s") == {"a" * 64}  # failed trials are not cached
+    assert {r["trial_key"] for r in store.final_metrics("s")} == {"gamma=2/seed=0"}
+
+
+def test_unknown_study(store):
+    assert store.finished_hashes("nope") == set() and store.trials("nope") == []
+    with pytest.raises(KeyError, match="upsert_study"):
+        store.mark_running("nope", trial(), None)
+
+
+def test_readonly_store_writes_nothing(tmp_path, store):
+    finish(store)
+    store.close()
+    path = tmp_path / "sub" / "results.db"
+    before = sorted(os.listdir(path.parent))
+    ro = Store(f"sqlite:///{path}", readonly=True)
+    assert ro.finished_hashes("s") == {"a" * 64}
+    ro.close()
+    assert sorted(os.listdir(path.parent)) == before
+    with pytest.raises(Exception):
+        Store(f"sqlite:///{tmp_path}/absent/results.db", readonly=True).finished_hashes("s")
+    assert not (tmp_path / "absent").exists()
