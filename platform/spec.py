@@ -1,25 +1,22 @@
-"""Study files: YAML parsed into typed pydantic models, every problem one line.
+"""Study files: YAML parsed into typed pydantic models; every problem is one line.
 
     study = load_study("studies/focal_gamma_sweep.yaml")
 
 Pydantic checks structure, types and ranges (``extra="forbid"`` and strict
-types everywhere, so a typo or a quoted number is an error, not a silent
-default). A second pass checks what needs the worker package: detector and
-loss names against their registries, their parameter names and value types,
-the synthetic generator's keys, COCO paths on disk. Then every swept key and
-value is substituted into the config and the result validated again, so a
-sweep cannot name a key that does not exist or a value of the wrong type.
-
-Every failure is a :class:`StudyError` whose ``str`` is one line,
-``<file>: <dotted.key.path>: <message>``. The worker registries (and with them
-torch) are imported only once the structure is valid, so most typos are
-reported without that import.
+types everywhere: a typo or a quoted number is an error, not a silent default).
+A second pass checks what only the worker package knows: detector and loss
+names and parameters (registries), the synthetic generator's settings, COCO
+files on disk. ``platform.expand.check_sweep`` then substitutes every swept
+value and validates again. Failures are :class:`StudyError`, whose ``str`` is
+``<file>: <dotted.key.path>: <message>``. Torch is imported (with the
+registries) only once the structure is valid, so most typos are reported fast.
 """
 from __future__ import annotations
 
 import copy
 import difflib
 import json
+import math
 import os
 import re
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union, get_args, get_origin
@@ -54,7 +51,7 @@ class ConfigInvalid(Exception):
 # --------------------------------------------------------------------------- schema
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 def _abspath(v: Optional[str]) -> Optional[str]:
@@ -306,7 +303,7 @@ def dotted(loc: Tuple) -> str:
 
 # --------------------------------------------------------------------------- pydantic errors
 
-_EXPECTED = {"int_type": "integer", "int_from_float": "integer", "float_type": "number",
+_EXPECTED = {"int_type": "integer", "int_from_float": "integer", "float_type": "number", "finite_number": "number",
              "bool_type": "boolean", "string_type": "string", "list_type": "list", "dict_type": "mapping",
              "model_type": "mapping", "model_attributes_type": "mapping"}
 _SINGULAR = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
@@ -388,7 +385,7 @@ def _param_kind(default: Any, annotation: str = "") -> Tuple[str, bool]:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _coerce(value: Any, kind: str, nullable: bool, loc: Tuple) -> Any:
@@ -482,6 +479,7 @@ def _check_dataset(ds: DatasetSpec) -> None:
                                     f"(known: {', '.join(sorted(defaults))})", unknown_key=True)
             out[key] = _coerce(value, *_param_kind(defaults[key]), loc)
         ds.synthetic = out
+        _check_generator_values(out)
         return
     if ds.synthetic:
         raise ConfigInvalid(("dataset", "synthetic"), "only used with kind 'synthetic'")
@@ -492,3 +490,17 @@ def _check_dataset(ds: DatasetSpec) -> None:
         want_dir = key.endswith("images")
         if not (os.path.isdir(path) if want_dir else os.path.isfile(path)):
             raise ConfigInvalid(("dataset", key), f"no such {'directory' if want_dir else 'file'}: {path}")
+
+
+def _check_generator_values(params: Dict[str, Any]) -> None:
+    """The generator's own range checks (``resolve_params``), pinned on the key they name."""
+    try:
+        from detectors.data.synthetic import resolve_params
+    except ImportError:
+        return
+    try:
+        resolve_params(params)
+    except ValueError as e:
+        msg = str(e).removeprefix("synthetic: ")
+        named = [k for k in params if f"'{k}'" in msg]
+        raise ConfigInvalid(("dataset", "synthetic") + tuple(named[:1]), msg) from None

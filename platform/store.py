@@ -83,8 +83,8 @@ class TrialRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     config_hash: Mapped[str] = mapped_column(String(64))
-    trial_key: Mapped[str] = mapped_column(String(500))
-    variant: Mapped[str] = mapped_column(String(500))
+    trial_key: Mapped[str] = mapped_column(Text)  # long with many swept keys
+    variant: Mapped[str] = mapped_column(Text)
     seed: Mapped[int] = mapped_column(Integer)
     config_json: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))  # running | finished | failed
@@ -148,6 +148,7 @@ class Store:
     """The results store. ``Store(url)`` creates missing tables; ``readonly=True`` never writes."""
 
     def __init__(self, url: str, readonly: bool = False) -> None:
+        self._args = (url, readonly)
         parsed = make_url(url)
         sqlite = parsed.get_backend_name() == "sqlite"
         db = parsed.database
@@ -165,6 +166,14 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # Pickles as its URL (the engine holds connections and weak references), so an
+    # object holding a Store, e.g. a Tune callback saved with the experiment, can be pickled.
+    def __getstate__(self) -> dict:
+        return {"url": self._args[0], "readonly": self._args[1]}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["url"], state["readonly"])
 
     def __enter__(self) -> "Store":
         return self

@@ -1,6 +1,7 @@
 """The results store on a temporary SQLite file: writes, one-transaction records, the read API."""
 import math
 import os
+import pickle
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
@@ -138,3 +139,10 @@ def test_readonly_store_writes_nothing(tmp_path, store):
     with pytest.raises(Exception):
         Store(f"sqlite:///{tmp_path}/absent/results.db", readonly=True).finished_hashes("s")
     assert not (tmp_path / "absent").exists()
+
+
+def test_store_pickles_as_its_url(store):
+    finish(store)
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.finished_hashes("s") == {"a" * 64}
+    copy.close()
