@@ -20,6 +20,10 @@ def _ray_logs_to_file(path: str) -> None:
     """Ray's own log lines go to a file under the run directory, not the terminal."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    # Tune's newer console output prints tables whatever the verbosity; the
+    # classic one honours verbose=0, and ProgressCallback prints instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         lg = logging.getLogger(name)
         lg.handlers = [handler]
@@ -69,17 +73,18 @@ def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None,
     return tuner.fit()
 
 
-def prepare_dataset(study, trials: List[dict]) -> None:
-    """Generate (or find cached) the synthetic set once, before any worker starts."""
-    from detectors.data.resolve import PATH_KEYS, ensure_dataset
+def prepare_dataset(trials: List[dict]) -> List[dict]:
+    """Generate (or find cached) each synthetic set once, before any worker starts."""
+    from detectors.data.synthetic import generate
+    from platform.expand import resolve_dataset_paths
 
-    first = trials[0]["dataset"]
-    t0 = time.monotonic()
-    paths = ensure_dataset(first)
-    if first.get("kind") == "synthetic":
-        print(f"dataset: synthetic, {paths['train_images'].rsplit('/', 2)[-2]} ready in {time.monotonic() - t0:.1f}s")
-    for t in trials:
-        t["dataset"].update({k: paths[k] for k in PATH_KEYS})
+    def make(params: dict) -> dict:
+        t0 = time.monotonic()
+        paths = generate(params, trials[0]["dataset"]["cache_dir"])
+        print(f"dataset: {os.path.basename(paths['root'])} ready in {time.monotonic() - t0:.1f}s")
+        return paths
+
+    return resolve_dataset_paths(trials, make)
 
 
 def run_study(study, trials: List[dict], args) -> int:
@@ -105,14 +110,14 @@ def run_study(study, trials: List[dict], args) -> int:
 
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
-    prepare_dataset(study, todo)
+    ray_log = os.path.join(run_dir, "ray.log")
+    _ray_logs_to_file(ray_log)
+    todo = prepare_dataset(todo)
     tracker = StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
     parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
                                                            "force": bool(args.force)}, detectors_code_version())
     store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
                        mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
-    ray_log = os.path.join(run_dir, "ray.log")
-    _ray_logs_to_file(ray_log)
     started_ray = _start_ray(args.address, run_dir)
     concurrency = args.max_concurrent or study.resources.max_concurrent or max(
         1, int((os.cpu_count() or 1) // max(study.resources.cpus_per_trial, 1e-9)))
