@@ -1,0 +1,152 @@
+"""The headline command end to end, as a user runs it: real Ray Tune, real MLflow
+(SQLite in a temp dir), the real results store and the real report, counted.
+
+One module-scoped sequence keeps Ray start-ups to a minimum:
+  1. the smoke study (2 trials) -> 2 child runs under 1 parent, 2 finished store rows, a report;
+  2. the same command again -> no trial runs, "everything was cached", no new MLflow run;
+  3. one grid value changed -> only the new trial runs;
+and separately a trial that raises is retried, then recorded as failed while the other finishes.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from detectors.data.synthetic import generate
+from platform.store import Store
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(*args, timeout=300):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "platform.run", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_study(path, runs, gammas, **extra):
+    with open(os.path.join(REPO, "studies", "smoke.yaml")) as f:
+        study = yaml.safe_load(f)
+    study["sweep"]["grid"] = {"loss.params.gamma": gammas}
+    study["output"] = {"runs_dir": str(runs / "runs"), "reports_dir": str(runs / "reports")}
+    study.update(extra)
+    path.write_text(yaml.safe_dump(study))
+    return str(path)
+
+
+def mlflow_runs(runs_dir):
+    client = MlflowClient(f"sqlite:///{runs_dir}/mlflow.db")
+    exp = client.get_experiment_by_name("smoke")
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    study = write_study(root / "smoke.yaml", root, [0, 2])
+    proc = run_cli(study)
+    return root, study, proc
+
+
+def test_smoke_study_runs_every_trial_through_ray_mlflow_and_the_store(first_run):
+    root, _, proc = first_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "2 trials, 0 cached, 2 to run" in out
+    assert "2/2 done, 0 running, 0 pending, 0 failed" in out
+    assert "report: " in out and "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out
+    # Tune's own tables stay out of the terminal; Ray's logs go to a file.
+    assert "Trial status" not in out and "Configuration for experiment" not in out
+    assert os.path.exists(root / "runs" / "smoke" / "ray.log")
+
+    parents, children = mlflow_runs(root / "runs")
+    assert len(parents) == 1 and len(children) == 2
+    parent_id = parents[0].info.run_id
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert parents[0].info.status == "FINISHED"
+    client = MlflowClient(f"sqlite:///{root}/runs/mlflow.db")
+    for child in children:
+        assert "AP50" in child.data.metrics and "speed/latency_ms_p50" in child.data.metrics
+        assert child.data.params["loss.name"] == "focal"
+        # per-epoch metrics are a history, not one value
+        assert len(client.get_metric_history(child.info.run_id, "train/loss")) >= 1
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"detections.json", "eval.json", "model.pt", "resolved_config.json", "per_class_ap.json"} <= artifacts
+
+    store = Store(f"sqlite:///{root}/runs/results.db")
+    trials = store.trials("smoke")
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"finished"}
+    assert {t["mlflow_run_id"] for t in trials} == {c.info.run_id for c in children}
+    names = {r["name"] for r in store.final_metrics("smoke")}
+    assert {"AP", "AP50", "AP75", "speed/train_img_s", "speed/gflops"} <= names
+    assert len(store.trial_data("smoke", "per_class_ap")) == 2
+
+    page = (root / "reports" / "smoke" / "index.html").read_text()
+    for t in trials:
+        assert t["trial_key"] in page
+
+
+def test_rerun_is_fully_cached(first_run):
+    root, study, _ = first_run
+    proc = run_cli(study, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 trials, 2 cached, 0 to run" in proc.stdout
+    assert "everything was cached" in proc.stdout
+    parents, children = mlflow_runs(root / "runs")
+    assert len(parents) == 1 and len(children) == 2  # nothing new in MLflow
+
+
+def test_changed_grid_value_runs_only_the_new_trial(first_run):
+    root, _, _ = first_run
+    study = write_study(root / "smoke_changed.yaml", root, [0, 1])  # gamma 2 -> 1
+    proc = run_cli(study)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 trials, 1 cached, 1 to run" in proc.stdout
+    assert "start  gamma=1/seed=0" in proc.stdout and "start  gamma=0/seed=0" not in proc.stdout
+    _, children = mlflow_runs(root / "runs")
+    assert len(children) == 3
+    assert len(Store(f"sqlite:///{root}/runs/results.db").trials("smoke")) == 3
+
+
+def test_failing_trial_is_retried_then_recorded_while_others_finish(tmp_path):
+    # A COCO-format dataset on disk; one variant's annotation file names an image
+    # that does not exist. Validation cannot see that (the files exist), so the
+    # worker raises DatasetError, Tune retries once, and the trial is recorded failed.
+    paths = generate({"num_train": 8, "num_val": 4, "seed": 5}, str(tmp_path / "data"))
+    with open(paths["train_annotations"]) as f:
+        bad = json.load(f)
+    bad["images"].append({"id": 9999, "file_name": "missing.png", "width": 128, "height": 128})
+    bad_path = tmp_path / "instances_train_bad.json"
+    bad_path.write_text(json.dumps(bad))
+    study = write_study(tmp_path / "failing.yaml", tmp_path, [2],
+                        dataset={"kind": "coco", **{k: paths[k] for k in
+                                 ("train_images", "train_annotations", "val_images", "val_annotations")}})
+    with open(study) as f:
+        spec = yaml.safe_load(f)
+    spec["sweep"]["grid"]["dataset.train_annotations"] = [paths["train_annotations"], str(bad_path)]
+    spec["resources"]["max_failures"] = 1
+    with open(study, "w") as f:
+        yaml.safe_dump(spec, f)
+
+    proc = run_cli(study)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "retry" in proc.stdout and "FAILED" in proc.stdout
+    assert "1/2 done" in proc.stdout and "1 failed" in proc.stdout
+    store = Store(f"sqlite:///{tmp_path}/runs/results.db")
+    by_status = {t["status"]: t for t in store.trials("smoke")}
+    assert set(by_status) == {"finished", "failed"}
+    failed = by_status["failed"]
+    assert "missing.png" in failed["error"] and "9999" in failed["error"]
+    assert failed["attempts"] == 2  # the first try and one retry
+    _, children = mlflow_runs(tmp_path / "runs")
+    assert len(children) == 2  # the retry continued its own child run
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
