@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from detectors.data.coco import CocoDetection, collate
 from detectors.data.resolve import ensure_dataset
+from detectors.diagnostics import classification_loss_diagnostics
 from detectors.evaluate import evaluate_coco, to_coco_results
 from detectors.losses import CLS_LOSSES, inverse_frequency_alpha
 from detectors.models import MODELS
@@ -239,12 +240,18 @@ def finish(trial, model, val_ds, ev, train_img_s, epoch, step, device, report) -
     speed_cfg = trial["eval"].get("speed", {})
     speed = measure_speed(model, val_ds, device, **speed_cfg) if speed_cfg.get("enabled", True) else {}
     speed["train_img_s"] = train_img_s
+    diagnostics = None
+    if hasattr(model, "classification_terms"):
+        diagnostics = classification_loss_diagnostics(model, val_ds, trial["train"]["batch_size"], device)
+        diagnostics.update(loss=trial["loss"]["name"], params=trial["loss"].get("params", {}))
     final_dir = os.path.join(trial["trial_dir"], "final")
     os.makedirs(final_dir, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(final_dir, "model.pt"))
     _write_json(os.path.join(final_dir, "detections.json"), ev["detections"])
     _write_json(os.path.join(final_dir, "eval.json"), {k: v for k, v in ev.items() if k != "detections"})
     _write_json(os.path.join(final_dir, "speed.json"), speed)
+    if diagnostics is not None:
+        _write_json(os.path.join(final_dir, "diagnostics.json"), diagnostics)
     final = {k: v for k, v in ev["metrics"].items() if v is not None}
     final.update({f"speed/{k}": v for k, v in speed.items()})
     final.update(epoch=epoch, step=step, done=1)

@@ -19,7 +19,7 @@ TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_
              "node_ip", "time_since_restore", "iterations_since_restore", "date", "config", "trial_id",
              "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "done", "experiment_id",
              "episodes_total", "timesteps_total", "timesteps_since_restore", "warmup_time"}
-ARTIFACTS = ("detections.json", "eval.json", "speed.json", "model.pt")
+ARTIFACTS = ("detections.json", "eval.json", "speed.json", "diagnostics.json", "model.pt")
 
 
 def our_metrics(result: Dict) -> Dict[str, float]:
@@ -102,17 +102,20 @@ class StudyCallback(Callback):
 
     @staticmethod
     def _trial_data(ckpt_dir: Optional[str]) -> dict:
-        """Per-class AP, PR curves and speed figures the worker left in its final checkpoint."""
+        """What the worker left in its final checkpoint, for the report pages: metrics,
+        per-class AP, PR curves (eval.json), speed, loss diagnostics, val detections."""
         data = {}
-        for name in ("eval.json", "speed.json"):
+        for name, key in (("eval.json", None), ("speed.json", "speed"),
+                          ("diagnostics.json", "loss_diagnostics"), ("detections.json", "detections")):
             path = os.path.join(ckpt_dir, name) if ckpt_dir else ""
-            if path and os.path.exists(path):
-                with open(path) as f:
-                    obj = json.load(f)
-                if name == "speed.json":
-                    data["speed"] = obj
-                else:
-                    data.update({k: v for k, v in obj.items() if k not in ("summary",)})
+            if not (path and os.path.exists(path)):
+                continue
+            with open(path) as f:
+                obj = json.load(f)
+            if key is None:
+                data.update({k: v for k, v in obj.items() if k != "summary"})
+            else:
+                data[key] = obj
         return data
 
 

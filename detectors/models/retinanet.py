@@ -124,6 +124,17 @@ class RetinaNet(nn.Module):
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
     @torch.no_grad()
+    def classification_terms(self, images: List[Tensor], targets: List[Dict[str, Tensor]]) -> Tuple[Tensor, Tensor]:
+        """Logits [M, K] and one-hot targets [M, K] of the non-ignored anchors, as the loss sees them
+        (for the loss diagnostics; runs in whatever mode the model is in)."""
+        image_list, targets = self.transform(images, targets)
+        feats = list(self.backbone(image_list.tensors).values())
+        logits, deltas = self.head(feats)
+        anchors = self.anchor_generator(image_list, feats)
+        cls_pred, cls_tgt, _, _ = self.loss_targets(targets, logits, deltas, anchors)
+        return cls_pred, cls_tgt
+
+    @torch.no_grad()
     def assign(self, targets: List[Dict[str, Tensor]], anchors: List[Tensor]) -> List[Tensor]:
         """Per image, the matched gt index of each anchor (or BACKGROUND / IGNORE)."""
         return [max_iou_assign(a, t["boxes"], self.pos_iou, self.neg_iou, self.allow_low_quality)
