@@ -98,3 +98,14 @@ def test_cli_runs_a_trial_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines[-1]["done"] == 1 and lines[-1]["step"] == 1
+
+
+def test_tiny_retinanet_learns_to_an_ap50_floor(tmp_path):
+    # Measured (2026-11-22, 1 thread): 600 steps (200 images x 12 epochs, batch 4) reach
+    # AP50 0.199 (seed 0) and 0.190 (seed 1) on this generated set in about 22 s; an
+    # untrained model scores 0.0. The floor is half the measured value.
+    trial = make_trial(tmp_path, {"num_train": 200, "num_val": 50, "seed": 11}, epochs=12, lr=2e-3,
+                       warmup_iters=30)
+    final = run_trial(trial)
+    assert final["step"] == 600
+    assert final["AP50"] >= 0.10
