@@ -152,8 +152,12 @@ class ProgressCallback(Callback):
         elapsed = time.monotonic() - self.t0
         eta = "?"
         if self.durations:
+            # Mean duration of finished trials for the pending ones, and what is left
+            # of it for the running ones, spread over the concurrent slots.
             mean = sum(self.durations) / len(self.durations)
-            eta = "~" + _fmt(mean * (pending + running * 0.5) / self.concurrency)
+            now = time.monotonic()
+            left = sum(max(0.0, mean - (now - t)) for t in self.begun.values()) + pending * mean
+            eta = "~" + _fmt(left / self.concurrency)
         best = f"best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else f"best {self.metric} -"
         return (f"{self.done}/{self.total} done, {running} running, {pending} pending, {self.failed} failed"
                 f" | {best} | elapsed {_fmt(elapsed)}, ETA {eta}")
