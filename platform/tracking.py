@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 from importlib import metadata
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -137,7 +137,3 @@ class StudyTracker:
     def run_url(self, run_id: str) -> str:
         return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}"
 
-
-def child_run_ids(client: MlflowClient, experiment_id: str) -> List[str]:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{HASH_TAG}` != ''", max_results=10000)
-    return [r.info.run_id for r in runs]
