@@ -47,6 +47,7 @@ class StudyCallback(Callback):
         self.started: Dict[str, datetime] = {}
         self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}
         self.attempts: Dict[str, int] = {}
+        self._hash: Dict[str, str] = {}         # Tune trial id -> config hash
         self.finished: List[dict] = []
         self.failed: List[dict] = []
 
@@ -56,6 +57,7 @@ class StudyCallback(Callback):
             spec = trial.config["trial"]
             # --force runs again on purpose: a fresh child run rather than appending to the old one.
             self.runs[tid] = self.tracker.start_child(spec, reuse=not self.force)
+            self._hash[tid] = spec["config_hash"]
             self.started[tid] = datetime.now(timezone.utc)
             self.store.mark_running(self.study_name, spec, self.runs[tid])
         return self.runs[tid]
@@ -99,6 +101,15 @@ class StudyCallback(Callback):
         self.store.record_failed(self.study_name, spec, error, run_id, self.attempts.get(trial.trial_id, 1))
         self.tracker.end_child(run_id, "FAILED", {"detbench.error": error})
         self.failed.append({"trial": spec, "error": error})
+
+    def close_unfinished(self) -> int:
+        """After an interruption: mark child runs of trials that neither finished nor
+        failed as KILLED (a re-run resumes them in the same child run)."""
+        done = {f["trial"]["config_hash"] for f in self.finished + self.failed}
+        open_runs = [(tid, rid) for tid, rid in self.runs.items() if self._hash.get(tid) not in done]
+        for _, run_id in open_runs:
+            self.tracker.end_child(run_id, "KILLED")
+        return len(open_runs)
 
     @staticmethod
     def _trial_data(ckpt_dir: Optional[str]) -> dict:

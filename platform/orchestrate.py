@@ -133,6 +133,8 @@ def run_study(study, trials: List[dict], args) -> int:
         if started_ray:
             ray.shutdown()
     interrupted = interrupted or len(recorder.finished) + len(recorder.failed) < len(todo)
+    if interrupted:
+        recorder.close_unfinished()
     status = "KILLED" if interrupted else ("FAILED" if recorder.failed else "FINISHED")
     tracker.end_parent(status)
 

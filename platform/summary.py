@@ -23,5 +23,6 @@ def write_report(store, study) -> str:
     from dashboards import build_reports
 
     path = build_reports(store, study.name, study.output.reports_dir)
-    print(f"report: {os.path.relpath(path)}")
+    shown = os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
+    print(f"report: {shown}")
     return path

@@ -150,3 +150,47 @@ def test_failing_trial_is_retried_then_recorded_while_others_finish(tmp_path):
     _, children = mlflow_runs(tmp_path / "runs")
     assert len(children) == 2  # the retry continued its own child run
     assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
+
+
+def test_ctrl_c_keeps_finished_trials_and_a_rerun_resumes(tmp_path):
+    import signal
+    import time
+
+    study = write_study(tmp_path / "interrupt.yaml", tmp_path, [0, 1, 2, 3])
+    with open(study) as f:
+        spec = yaml.safe_load(f)
+    spec["train"].update(max_steps=None, epochs=3)
+    spec["dataset"]["synthetic"] = {"num_train": 120, "num_val": 8}
+    with open(study, "w") as f:
+        yaml.safe_dump(spec, f)
+
+    # Like Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+    proc = subprocess.Popen([sys.executable, "-m", "platform.run", study], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines, deadline = [], time.monotonic() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if "2/4 done" in line or time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out
+    assert "interrupted: 2 finished trials are kept" in out
+
+    store = Store(f"sqlite:///{tmp_path}/runs/results.db")
+    assert len(store.finished_hashes("smoke")) == 2
+    parents, children = mlflow_runs(tmp_path / "runs")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    statuses = sorted(c.info.status for c in children)
+    # trials that had started when SIGINT came are KILLED; none is left RUNNING
+    assert statuses[:2] == ["FINISHED", "FINISHED"] and set(statuses[2:]) <= {"KILLED"}
+
+    again = run_cli(study)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 trials, 2 cached, 2 to run" in again.stdout
+    assert len(store.finished_hashes("smoke")) == 4
+    _, children = mlflow_runs(tmp_path / "runs")
+    # the interrupted trials finished in their own child runs: still 4, all finished
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 4
