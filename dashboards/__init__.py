@@ -1,4 +1,8 @@
-"""Report pages built from the results store alone (static HTML, works offline)."""
-from dashboards.pages import build_reports
+"""Report pages built from the results store alone (static HTML, works offline from file://).
 
-__all__ = ["build_reports"]
+    from dashboards import build_reports
+    build_reports(store, "focal_gamma_sweep", "reports")   # -> reports/focal_gamma_sweep/index.html
+"""
+from dashboards.pages import build_reports, build_study
+
+__all__ = ["build_reports", "build_study"]

@@ -1,62 +1,263 @@
-"""Static report pages: ``reports/<study>/index.html`` and ``reports/index.html``.
+"""Static report pages of a study, built from the results store alone.
 
-Pages read only the results store, so they can be rebuilt at any time with
-``python -m platform.report STUDY``.
+    build_reports(store, "focal_gamma_sweep", "reports")  # -> reports/focal_gamma_sweep/index.html
+
+writes ``reports/<study>/{index,accuracy,speed,loss}.html``, ``reports/index.html``
+(every study) and ``reports/plotly.min.js`` (once; every page loads it with a
+relative link, so the pages work offline from file://). Rebuild at any time
+with ``python -m platform.report STUDY``.
 """
 from __future__ import annotations
 
-import html
+import math
 import os
-from typing import List
+from typing import Dict, List
 
+import numpy as np
 import pandas as pd
 
-from dashboards.tables import variant_table
-
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}</style>
-</head><body>{body}</body></html>"""
-
-
-def _write(path: str, title: str, body: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(PAGE.format(title=html.escape(title), body=body))
-    os.replace(tmp, path)
+from dashboards import figures
+from dashboards.analysis import Analysis
+from dashboards.context import AP_METRICS, SPEED_METRICS, PageContext
+from dashboards.data import fmt_value, load_study
+from dashboards.html import Figures, esc, mean_ci, num, table, write_page, write_plotly_js
+from dashboards.stats import t_interval
+from dashboards.overview import build_all_index, build_study_index
 
 
-def trials_frame(store, study_name: str) -> pd.DataFrame:
-    rows = store.final_metrics(study_name)
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows).pivot_table(index=["variant", "trial_key", "seed"], columns="name", values="value")
-    return df.reset_index()
-
-
-def build_study_page(store, study_name: str, reports_dir: str) -> str:
-    rows: List[dict] = variant_table(store, study_name)
-    trials = store.trials(study_name)
-    body = [f"<h1>{html.escape(study_name)}</h1>", "<h2>Variants (mean over seeds)</h2>",
-            pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.3f}") if rows else "<p>no results</p>",
-            "<h2>Trials</h2>",
-            pd.DataFrame([{k: t.get(k) for k in ("trial_key", "status", "duration_s", "mlflow_run_id", "error")}
-                          for t in trials]).to_html(index=False) if trials else "<p>no trials</p>"]
-    path = os.path.join(reports_dir, study_name, "index.html")
-    _write(path, study_name, "\n".join(body))
+def _page(ctx: PageContext, name: str, label: str, body: str, figs: Figures) -> str:
+    path = os.path.join(ctx.study_dir, name)
+    ctx.sizes[name] = write_page(path, f"{ctx.sd.name}: {label.lower()}", ctx.nav(label),
+                                 f"<h1>{esc(ctx.sd.name)}: {esc(label.lower())}</h1>{body}",
+                                 ctx.plotly_src, ctx.built, ctx.source())
+    ctx.plots[name] = figs.count
     return path
 
 
-def build_index(store, reports_dir: str) -> str:
-    items = "".join(f'<li><a href="{html.escape(s["name"])}/index.html">{html.escape(s["name"])}</a></li>'
-                    for s in store.studies())
-    path = os.path.join(reports_dir, "index.html")
-    _write(path, "detbench reports", f"<h1>detbench studies</h1><ul>{items}</ul>")
-    return path
+def _missing(what: str) -> str:
+    return f'<p class="na">No {esc(what)} stored for this study.</p>'
+
+
+# ------------------------------------------------------------------ accuracy
+
+def _mean_curves(sd, per_class_ap: Dict[str, dict], pr: Dict[str, dict], iou: str) -> Dict[str, Dict[str, list]]:
+    """variant -> {class: mean precision over seeds, "mean": mean over classes with ground truth}."""
+    out: Dict[str, Dict[str, list]] = {}
+    for v in sd.variants:
+        keys = [t["trial_key"] for t in sd.finished if t["variant"] == v and t["trial_key"] in pr]
+        if not keys:
+            continue
+        classes = list(pr[keys[0]][iou])
+        curves = {c: np.mean([pr[k][iou][c] for k in keys if c in pr[k][iou]], axis=0) for c in classes}
+        with_gt = [c for c in classes if any((per_class_ap.get(k) or {}).get(c) is not None for k in keys)]
+        with_gt = with_gt or classes
+        out[v] = {"mean": np.mean([curves[c] for c in with_gt], axis=0).round(4).tolist(),
+                  **{c: curves[c].round(4).tolist() for c in classes}}
+    return out
+
+
+def build_accuracy(ctx: PageContext) -> str:
+    sd, an, figs = ctx.sd, ctx.an, Figures("accuracy")
+    parts: List[str] = []
+    present = [m for m in AP_METRICS if m in sd.final]
+    summaries = {m: an.summary(m) for m in present}
+    rows = [{"variant": esc(v), "seeds": len(sd.seeds(v)),
+             **{m: mean_ci(s.iloc[i]["mean"], s.iloc[i]["lo"], s.iloc[i]["hi"]) for m, s in summaries.items()}}
+            for i, v in enumerate(sd.variants)]
+    parts.append("<h2>COCO metrics (mean over seeds ± 95% CI half-width)</h2>" + table(pd.DataFrame(rows)))
+    if "APl" not in sd.final or sd.final["APl"].isna().all():
+        parts.append('<p class="note">APl is undefined here: the val split has no object larger than 96² px.</p>')
+    if sd.variants:
+        parts.append(figs.div(figures.metric_bars(summaries, sd.variants), height=420))
+        key = sd.primary_param()
+        xs = {v: sd.variant_params.get(v, {}).get(key) for v in sd.variants} if key else {v: v for v in sd.variants}
+        numeric = bool(key) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs.values())
+        if not numeric:
+            xs = {v: v for v in sd.variants}
+        others = [k for k in sd.swept if k != key]
+        note = (f' <span class="note">(paired with {esc(", ".join(others))}: see the variant names)</span>'
+                if others else "")
+        parts.append(f"<h2>The swept parameter against AP{note}</h2>")
+        parts.append(figs.div(figures.swept_param(sd.metric("AP"), summaries.get("AP", an.summary("AP")), xs,
+                                                  key or "variant", "AP", numeric), height=420))
+    pca, pr = sd.data("per_class_ap"), sd.data("pr_curves")
+    parts.append("<h2>Per-class AP (mean over seeds)</h2>")
+    if pca:
+        frame = pd.DataFrame([{"variant": t["variant"], **{c: (np.nan if a is None else a)
+                                                            for c, a in pca[t["trial_key"]].items()}}
+                              for t in sd.finished if t["trial_key"] in pca])
+        matrix = frame.groupby("variant", sort=False).mean().reindex([v for v in sd.variants
+                                                                      if v in set(frame["variant"])])
+        parts.append(figs.div(figures.heatmap(matrix, "AP@[.5:.95] per class and variant")))
+    else:
+        parts.append(_missing("per-class AP"))
+    parts.append("<h2>Precision-recall curves</h2><p class=note>From COCOeval's precision array (area all, "
+                 "100 detections), averaged over seeds; the menu picks a class, <i>mean</i> averages the classes "
+                 "that have ground truth (the curve whose area is AP50 or AP75).</p>")
+    if pr:
+        recall = next(iter(pr.values()))["recall"]
+        for iou, label in (("iou50", "0.5"), ("iou75", "0.75")):
+            parts.append(figs.div(figures.pr_curves(recall, _mean_curves(sd, pca, pr, iou), label, sd.variants),
+                                  height=440))
+    else:
+        parts.append(_missing("PR curves"))
+    ep = sd.epochs[sd.epochs["name"].isin(["val/AP", "val/AP50"])]
+    if not ep.empty:
+        parts.append("<h2>Validation AP during training</h2>")
+        parts.append(figs.div(figures.epoch_curves(ep, sorted(ep["name"].unique()), sd.variants,
+                                                   "Val AP per epoch (mean over seeds)", x="epoch"),
+                              height=380))
+    return _page(ctx, "accuracy.html", "Accuracy", "".join(parts), figs)
+
+
+# ------------------------------------------------------------------ speed
+
+def build_speed(ctx: PageContext) -> str:
+    sd, an, figs = ctx.sd, ctx.an, Figures("speed")
+    present = [(m, label) for m, label in SPEED_METRICS if m in sd.final]
+    summaries = {label: an.summary(m) for m, label in present}
+    means = pd.DataFrame({"variant": sd.variants})
+    for m in ("speed/latency_ms_p50", "AP"):
+        s = an.summary(m)
+        means[m], means[f"{m}_half"] = s["mean"].values, s["half"].fillna(0.0).values
+    front = set(figures.pareto_front(means.dropna(), "speed/latency_ms_p50", "AP")) if sd.variants else set()
+    rows = []
+    for i, v in enumerate(sd.variants):
+        row = {"variant": esc(v), "seeds": len(sd.seeds(v))}
+        for m, label in present:
+            r = summaries[label].iloc[i]
+            digits, scale = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
+            row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, scale)
+        row["Pareto (latency, AP)"] = "✓" if v in front else ""
+        rows.append(row)
+    threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
+    parts = ["<h2>Speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
+             f"<p class=note>Measured by each worker on its own CPU share "
+             f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at batch 1, "
+             "throughput at the study's speed batch size, FLOPs from torch.utils.flop_counter, peak memory is the "
+             "worker's resident set size. Trials that ran side by side share the machine: compare with care.</p>"]
+    if present:
+        parts.append(figs.div(figures.small_multiples(summaries, sd.variants, "Speed figures per variant (95% CI)")))
+    if sd.variants and "AP" in sd.final and "speed/latency_ms_p50" in sd.final:
+        parts.append("<h2>Speed against accuracy</h2>")
+        parts.append(figs.div(figures.speed_accuracy(means, sd.final, "speed/latency_ms_p50", "AP",
+                                                     "latency p50 (ms)", "AP", sd.variants), height=460))
+    return _page(ctx, "speed.html", "Speed", "".join(parts), figs)
+
+
+# ------------------------------------------------------------------ losses
+
+def _diagnostics_section(ctx: PageContext, figs: Figures) -> str:
+    diag = ctx.sd.data("loss_diagnostics")
+    if not diag:
+        return _missing("loss diagnostics")
+    out = ""
+    if any("negative" in d and "positive" in d for d in diag.values()):
+        out += _figure4_section(ctx, figs, {k: d for k, d in diag.items() if "negative" in d and "positive" in d})
+    if any("score_iou" in d for d in diag.values()):
+        out += _score_iou_section(ctx, figs, {k: d["score_iou"] for k, d in diag.items() if "score_iou" in d})
+    return out or _missing("loss diagnostics this page knows how to plot")
+
+
+def _score_iou_section(ctx: PageContext, figs: Figures, pairs: Dict[str, dict]) -> str:
+    """GFL studies: score vs IoU per positive (data ``loss_diagnostics["score_iou"] = {"score": [...], "iou": [...]}``)."""
+    sd = ctx.sd
+    points, rows = {}, []
+    for v in sd.variants:
+        keys = [t["trial_key"] for t in sd.finished if t["variant"] == v and t["trial_key"] in pairs]
+        if not keys:
+            continue
+        iou = [x for k in keys for x in pairs[k]["iou"]]
+        score = [x for k in keys for x in pairs[k]["score"]]
+        points[v] = {"iou": iou, "score": score}
+        r = float(np.corrcoef(iou, score)[0, 1]) if len(iou) > 1 and np.std(iou) > 0 and np.std(score) > 0 else math.nan
+        rows.append({"variant": esc(v), "positives (all seeds)": num(len(iou)), "Pearson r (score, IoU)": num(r)})
+    return ("<h2>Score against localisation quality</h2><p class=note>GFL paper (Li et al., arXiv 2006.04388), "
+            "sec. 1: with a separate quality branch the score a detection is ranked by and its IoU can disagree; "
+            "a joint score should follow the IoU. Every val positive, seeds pooled.</p>"
+            + table(pd.DataFrame(rows)) + figs.div(figures.score_vs_iou(points, list(points)), height=480))
+
+
+def _figure4_section(ctx: PageContext, figs: Figures, diag: Dict[str, dict]) -> str:
+    sd = ctx.sd
+    parts = ["<h2>Where the classification loss comes from</h2><p class=note>Focal loss paper, Figure 4 "
+             "(Lin et al., arXiv 1708.02002, sec. 5.1): each trained model runs over the val split; the loss of "
+             "every positive and every negative anchor is sorted from low to high, normalised to sum to one and "
+             "accumulated. A curve that stays low until the right edge means a few hard anchors carry the loss. "
+             "Computed by the workers; curves are the mean over seeds.</p>"]
+    curves: Dict[str, Dict[str, dict]] = {}
+    rows, shares = [], []
+    for v in sd.variants:
+        keys = [t["trial_key"] for t in sd.finished if t["variant"] == v and t["trial_key"] in diag]
+        if not keys:
+            continue
+        ds = [diag[k] for k in keys]
+        curves[v] = {part: {"fraction": ds[0][part]["fraction"],
+                            "cumulative_loss": np.mean([d[part]["cumulative_loss"] for d in ds], axis=0).round(5).tolist()}
+                     for part in ("positive", "negative") if all(part in d for d in ds)}
+        share = [d.get("easy_negative_share", math.nan) for d in ds]
+        shares += [{"variant": v, "seed": t["seed"], "value": diag[t["trial_key"]].get("easy_negative_share", math.nan)}
+                   for t in sd.finished if t["trial_key"] in keys]
+        ci = t_interval(share)
+        params = ", ".join(f"{k} {fmt_value(x)}" for k, x in (ds[0].get("params") or {}).items())
+        rows.append({"variant": esc(v), "loss": esc(f"{ds[0].get('loss', '?')} ({params})"),
+                     "easy-negative share of the loss (p_t > 0.9) ± 95% CI": mean_ci(ci["mean"], ci["lo"], ci["hi"], 4),
+                     "positive anchors": num(int(np.mean([d.get("num_positive", 0) for d in ds]))),
+                     "negative anchors": num(int(np.mean([d.get("num_negative", 0) for d in ds]))),
+                     "val images": num(ds[0].get("images"))})
+    parts.append(table(pd.DataFrame(rows), left=["loss"]))
+    variants = [v for v in sd.variants if v in curves]
+    parts.append(figs.div(figures.loss_cdf(curves, variants, {}), height=440))
+    sh = pd.DataFrame(shares)
+    s = pd.DataFrame([{"variant": v, **t_interval(sh.loc[sh["variant"] == v, "value"].tolist())} for v in variants])
+    parts.append(figs.div(figures.mean_and_points(s, sh, "Share of the total classification loss from easy "
+                                                         "negatives (p_t > 0.9)", "share of loss"), height=360))
+    return "".join(parts)
+
+
+def build_loss(ctx: PageContext) -> str:
+    sd, figs = ctx.sd, Figures("loss")
+    parts = []
+    ep = sd.epochs[sd.epochs["name"].isin(["train/loss", "train/loss_cls", "train/loss_box"])]
+    parts.append("<h2>Training loss</h2>")
+    if not ep.empty:
+        names = [n for n in ("train/loss", "train/loss_cls", "train/loss_box") if n in set(ep["name"])]
+        parts.append(figs.div(figures.epoch_curves(ep, names, sd.variants, "Training loss at the end of each "
+                                                   "epoch (unweighted terms, mean over seeds)", x="epoch"),
+                              height=380))
+    else:
+        parts.append(_missing("per-epoch losses"))
+    parts.append(_diagnostics_section(ctx, figs))
+    return _page(ctx, "loss.html", "Losses", "".join(parts), figs)
+
+
+# ------------------------------------------------------------------ entry point
+
+def build_study(store, study_name: str, reports_dir: str, resamples: int | None = None) -> PageContext:
+    """All pages of one study plus the all-studies index; returns the context (paths, sizes, plot counts)."""
+    sd = load_study(store, study_name)
+    sd.info["store_url"] = _safe_url(getattr(store, "url", ""))
+    an = Analysis(sd) if resamples is None else Analysis(sd, resamples)
+    ctx = PageContext(sd, an, os.path.abspath(reports_dir))
+    write_plotly_js(ctx.reports_dir)
+    build_study_index(ctx)
+    build_accuracy(ctx)
+    build_speed(ctx)
+    build_loss(ctx)
+    ctx.sizes["../index.html"], ctx.plots["../index.html"] = build_all_index(store, ctx.reports_dir, ctx.built), 0
+    return ctx
 
 
 def build_reports(store, study_name: str, reports_dir: str) -> str:
-    path = build_study_page(store, study_name, reports_dir)
-    build_index(store, reports_dir)
-    return path
+    """Build a study's pages and the all-studies index; returns the path of the study's index.html."""
+    return os.path.join(build_study(store, study_name, reports_dir).study_dir, "index.html")
+
+
+def _safe_url(url: str) -> str:
+    """The store URL without a password (PostgreSQL URLs may carry one)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return ""

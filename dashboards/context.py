@@ -1,0 +1,66 @@
+"""What every page of a study shares: the data, the analysis, links, labels."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Dict, List, Optional
+
+from dashboards.analysis import Analysis
+from dashboards.data import StudyData
+from dashboards.html import PLOTLY_JS, esc, nav
+
+PAGES = (("Overview", "index.html"), ("Accuracy", "accuracy.html"), ("Speed", "speed.html"),
+         ("Losses", "loss.html"))
+MLFLOW_RUN_URL = "http://127.0.0.1:5000/#/experiments/{exp}/runs/{run}"
+
+AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+SPEED_METRICS = (("speed/train_img_s", "train img/s"), ("speed/latency_ms_p50", "latency p50 ms"),
+                 ("speed/latency_ms_p95", "latency p95 ms"), ("speed/throughput_img_s", "throughput img/s"),
+                 ("speed/params", "params M"), ("speed/gflops", "GFLOPs/img"),
+                 ("speed/peak_rss_mb", "peak RSS MB"))
+
+
+@dataclass
+class PageContext:
+    sd: StudyData
+    an: Analysis
+    reports_dir: str
+    built: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    sizes: Dict[str, int] = field(default_factory=dict)        # page file -> bytes
+    plots: Dict[str, int] = field(default_factory=dict)        # page file -> number of figures
+
+    @property
+    def study_dir(self) -> str:
+        return os.path.join(self.reports_dir, self.sd.name)
+
+    @property
+    def plotly_src(self) -> str:
+        return f"../{PLOTLY_JS}"
+
+    def nav(self, here: str) -> str:
+        return nav((("All studies", "../index.html"),) + PAGES, here)
+
+    def source(self) -> str:
+        url = self.sd.info.get("store_url") or ""
+        return f"study '{self.sd.name}'" + (f", {url}" if url else "")
+
+    def mlflow_uri(self) -> Optional[str]:
+        return (self.sd.spec.get("tracking") or {}).get("mlflow_uri")
+
+    def mlflow_ui_command(self) -> str:
+        uri = self.mlflow_uri() or "<tracking uri of the study>"
+        return f"mlflow ui --backend-store-uri '{uri}' --host 127.0.0.1 --port 5000"
+
+    def run_link(self, run_id: Optional[str]) -> str:
+        exp = self.sd.info.get("mlflow_experiment_id")
+        if not run_id:
+            return '<span class="na">–</span>'
+        if not exp:
+            return esc(run_id[:12])
+        url = MLFLOW_RUN_URL.format(exp=exp, run=run_id)
+        return f'<a href="{esc(url)}" title="{esc(run_id)}">{esc(run_id[:8])}</a>'
+
+    def variants_with(self, key: str) -> List[str]:
+        have = {t["variant"] for t in self.sd.finished if t["trial_key"] in self.sd.data(key)}
+        return [v for v in self.sd.variants if v in have]

@@ -1,0 +1,224 @@
+"""``reports/<study>/index.html`` (what was compared, the result, paper comparison, trials)
+and ``reports/index.html`` (every study, its last run, its headline)."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict
+
+import pandas as pd
+
+from dashboards import figures
+from dashboards.analysis import Analysis, verdict
+from dashboards.context import PageContext
+from dashboards.data import fmt_value, load_study
+from dashboards.html import Figures, esc, interval, kv, mean_ci, nav, num, table, write_page
+from dashboards.paper import comparisons
+
+
+def _fmt_time(t) -> str:
+    return t.strftime("%Y-%m-%d %H:%M UTC") if t is not None else "–"
+
+
+def _duration(seconds: float) -> str:
+    if not seconds or not math.isfinite(seconds):
+        return "–"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def setup_section(ctx: PageContext) -> str:
+    """What was compared, on what data, with what budget."""
+    sd, cfg = ctx.sd, ctx.sd.config()
+    swept = "".join(f"<li><code>{esc(k)}</code>: "
+                    f"{esc(', '.join(fmt_value(sd.variant_params.get(v, {}).get(k)) for v in sd.variants))}</li>"
+                    for k in sd.swept) or "<li>nothing (one variant)</li>"
+    ds = cfg.get("dataset", {})
+    if ds.get("kind") == "synthetic":
+        syn = ds.get("synthetic") or {}
+        data = (f"generated synthetic set: {syn.get('num_train', '?')} train / {syn.get('num_val', '?')} val images, "
+                f"{syn.get('image_size', '?')} px, {syn.get('num_classes', '?')} classes "
+                f"(generator seed {syn.get('seed', '?')})")
+    else:
+        data = f"COCO format: train <code>{esc(ds.get('train_annotations'))}</code>, val <code>{esc(ds.get('val_annotations'))}</code>"
+        data = data if ds else "–"
+    tr, ev = cfg.get("train", {}), cfg.get("eval", {})
+    budget = (f"{tr.get('epochs', '?')} epochs" + (f" (at most {tr['max_steps']} steps)" if tr.get("max_steps") else "")
+              + f", batch {tr.get('batch_size', '?')}, {tr.get('optimizer', '?')} lr {tr.get('lr', '?')}, "
+              f"{tr.get('schedule', '?')} schedule; {cfg.get('num_threads', '?')} CPU thread(s) per trial")
+    seeds = sorted({t["seed"] for t in sd.trials})
+    durations = [t["duration_s"] for t in sd.trials if t["duration_s"]]
+    starts = [t["started_at"] for t in sd.trials if t["started_at"]]
+    ends = [t["finished_at"] for t in sd.trials if t["finished_at"]]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else math.nan
+    det, loss = cfg.get("detector", {}), cfg.get("loss", {})
+    counts = pd.Series([t["status"] for t in sd.trials]).value_counts().to_dict() if sd.trials else {}
+    rows = [
+        ("compared", f"{len(sd.variants)} variants over <ul style='margin:0'>{swept}</ul>"),
+        ("detector", esc(f"{det.get('name', '?')} ({det.get('scale', '?')})")
+         + (f" <code>{esc(det.get('params'))}</code>" if det.get("params") else "")),
+        ("loss", esc(loss.get("name", "?")) + (" (parameters swept)" if any(k.startswith("loss.") for k in sd.swept)
+                                               else f" <code>{esc(loss.get('params'))}</code>")),
+        ("data", data),
+        ("budget per trial", esc(budget)),
+        ("evaluation", esc(f"pycocotools COCOeval on the val split; score > {ev.get('score_thresh', '?')}, "
+                           f"NMS IoU {ev.get('nms_iou', '?')}, at most {ev.get('max_dets', '?')} detections/image")),
+        ("seeds", esc(", ".join(map(str, seeds)) or "–")),
+        ("trials", esc(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none")
+         + f"; compute {_duration(sum(durations))}, wall clock {_duration(wall)}"),
+        ("study file", f"<code>{esc(sd.info.get('study_file') or '–')}</code>"),
+    ]
+    return "<h2>What was compared</h2>" + kv(rows)
+
+
+def variants_table(ctx: PageContext) -> str:
+    an, sd = ctx.an, ctx.sd
+    cols = {"AP": an.summary("AP"), "AP50": an.summary("AP50"), "AP75": an.summary("AP75"),
+            "train img/s": an.summary("speed/train_img_s"), "latency p50 ms": an.summary("speed/latency_ms_p50")}
+    h = an.headline()
+    failed = pd.Series([t["variant"] for t in sd.failed]).value_counts().to_dict() if sd.failed else {}
+    rows = []
+    for i, v in enumerate(sd.variants):
+        row = {"variant": esc(v) + (" ★" if h and v == h["winner"] else ""), "seeds": len(sd.seeds(v))}
+        for name, s in cols.items():
+            r = s.iloc[i]
+            digits = 1 if name in ("train img/s", "latency p50 ms") else 3
+            row[name + " ± 95% CI"] = mean_ci(r["mean"], r["lo"], r["hi"], digits)
+        row["failed trials"] = failed.get(v, 0)
+        rows.append(row)
+    return table(pd.DataFrame(rows))
+
+
+def result_section(ctx: PageContext, figs: Figures) -> str:
+    an = ctx.an
+    h = an.headline()
+    if not h:
+        return "<h2>Result</h2><p>No finished trials yet.</p>"
+    w = h["winner_ci"]
+    parts = [f"<p><b>Winner: {esc(h['winner'])}</b>, AP {mean_ci(w['mean'], w['lo'], w['hi'])} "
+             f"(mean over {int(w['n'])} seed{'s' if w['n'] != 1 else ''}, 95% t interval).</p>"]
+    if h.get("runner_up"):
+        p, b = h["paired"], h["boot"]
+        parts.append(f"<p>Runner-up: {esc(h['runner_up'])}; lead {h['lead']:+.4f} AP. {esc(verdict(h))}</p>")
+        rows = [{"test": "paired over matching seeds",
+                 "winner - runner-up (95% CI)": interval(p["mean"], p["lo"], p["hi"], 4),
+                 "detail": esc(f"seeds {p['seeds']}; paired t test p = {p['p']:.3f}" if math.isfinite(p["p"])
+                               else f"seeds {p['seeds']}; too few pairs for an interval")}]
+        if b:
+            rows.append({"test": "bootstrap over val images", "winner - runner-up (95% CI)":
+                         interval(h["lead"], b["lo"], b["hi"], 4),
+                         "detail": esc(f"winner ahead in {100 * b['p_better']:.0f}% of {b['n']} resamples")})
+        else:
+            rows.append({"test": "bootstrap over val images", "winner - runner-up (95% CI)": num(None),
+                         "detail": esc(f"not available: {an.boot_note}")})
+        parts.append(table(pd.DataFrame(rows), left=["detail"]))
+        if an.bootstrap() is not None:
+            parts.append(f'<p class="note">Bootstrap: {esc(an.boot_note)}.</p>')
+    parts.append("<h3>Variants</h3>" + variants_table(ctx))
+    s, pts = an.summary("AP"), ctx.sd.metric("AP")
+    parts.append(figs.div(figures.mean_and_points(s, pts, "AP per variant: mean with 95% CI, and each seed", "AP"), height=380))
+    return '<h2>Result</h2><div class="box">' + "".join(parts) + "</div>"
+
+
+def paper_section(ctx: PageContext, figs: Figures) -> str:
+    out = []
+    for c in comparisons(ctx.sd, ctx.an.difference):
+        t, o, sc = c["table"], c["ordering"], c["scale"]
+        unit = "AP (%)" if sc == 100 else t["metric"]
+        head = (f"<h3>{esc(t['paper'])}, {esc(t['source'])}: {esc(t['title'])}</h3>"
+                f"<p class=note>{esc(t['citation'])}; {esc(t['setting'])}. Data: dashboards/paper/{esc(t['file'])}. "
+                f"Reference: the paper's best matched variant, {esc(c['reference'])}. Our gaps are in our own units; "
+                f"relative gaps (% of the reference) compare across the two scales.</p>")
+        if o:
+            held = '<span class="ok">held</span>' if o["held"] else '<span class="no">not held</span>'
+            best = '<span class="ok">same</span>' if o["best_held"] else '<span class="no">different</span>'
+            head += (f"<p>Ordering {held}: paper {esc(' > '.join(o['paper']))}; ours {esc(' > '.join(o['ours']))} "
+                     f"(Kendall tau {o['tau']:.2f}); best variant {best}.</p>")
+        rows = []
+        for r in c["rows"]:
+            mark = r["mark"]
+            cls = "ok" if mark == "reproduced" else ("na" if mark == "reference" else "no")
+            pg = "–" if mark == "reference" else "close" if t.get("relation") == "close" else (
+                f"{r['paper_gap']:+.1f} ({100 * r['paper_rel']:+.1f}%)" if r["paper_gap"] is not None else "–")
+            og = "–" if mark == "reference" else (interval(r["our_gap"], r["lo"], r["hi"]) +
+                                                  (f" ({100 * r['our_rel']:+.1f}%)" if math.isfinite(r["our_rel"]) else ""))
+            rows.append({"variant": esc(r["variant"]), f"paper {unit}": num(r["paper"], 1), "paper gap": pg,
+                         f"ours {unit}": num(r["ours"], 2), "our gap [95% CI]": og,
+                         "mark": f'<span class="{cls}">{esc(mark)}</span> <span class="note">{esc(r["why"])}</span>'})
+        methods = sorted({r["method"] for r in c["rows"] if r["method"]})
+        head += f"<p class=note>Our CIs: {esc('; '.join(methods) or 'none')}.</p>"
+        out.append(head + table(pd.DataFrame(rows), left=["mark"]))
+        if len(c["rows"]) > 1 and t.get("relation") != "close":
+            out.append(figs.div(figures.paper_gaps(c["rows"], f"{t['source']}: gap to {c['reference']}, "
+                                                              "paper vs ours"), height=380))
+    if not out:
+        return ""
+    return "<h2>Paper comparison</h2>" + "".join(out)
+
+
+def trials_section(ctx: PageContext) -> str:
+    sd = ctx.sd
+    ap = dict(zip(sd.final["trial_key"], sd.final["AP"])) if "AP" in sd.final else {}
+    rows = [{"trial": esc(t["trial_key"]), "status": esc(t["status"]), "AP": num(ap.get(t["trial_key"])),
+             "duration": _duration(t["duration_s"] or math.nan), "attempts": t["attempts"],
+             "MLflow run": ctx.run_link(t["mlflow_run_id"]),
+             "error": esc((t["error"] or "")[:200])} for t in sd.trials]
+    return (f"<h2>Trials ({len(sd.trials)})</h2>" + table(pd.DataFrame(rows), left=["status", "error"]) +
+            f"<p class=note>MLflow links open the study's runs in the MLflow UI while it runs on this machine: "
+            f"<code>{esc(ctx.mlflow_ui_command())}</code> (the command <code>python -m platform.run</code> prints "
+            f"at the end of a study).</p>")
+
+
+def build_study_index(ctx: PageContext) -> str:
+    figs = Figures("overview")
+    links = " · ".join(f'<a href="{href}">{label}</a>' for label, href in
+                       (("Accuracy", "accuracy.html"), ("Speed", "speed.html"), ("Loss diagnostics", "loss.html")))
+    body = (f"<h1>{esc(ctx.sd.name)}</h1><p class=lead>{esc(ctx.sd.info.get('description') or '')}</p>"
+            f"<p>Pages: {links} · <a href='../index.html'>all studies</a></p>"
+            + setup_section(ctx) + result_section(ctx, figs) + paper_section(ctx, figs) + trials_section(ctx))
+    path = os.path.join(ctx.study_dir, "index.html")
+    ctx.sizes["index.html"] = write_page(path, f"{ctx.sd.name}: overview", ctx.nav("Overview"), body,
+                                         ctx.plotly_src, ctx.built, ctx.source())
+    ctx.plots["index.html"] = figs.count
+    return path
+
+
+# ------------------------------------------------------------------ all studies
+
+def study_headline(store, name: str) -> Dict[str, Any]:
+    """Counts, last run and the winner by mean AP (seed interval only: no bootstrap here)."""
+    sd = load_study(store, name)
+    an = Analysis(sd)
+    an.boot_note = "not computed for the index"
+    h = an.headline()
+    ends = [t["finished_at"] for t in sd.trials if t["finished_at"]]
+    return {"sd": sd, "headline": h, "last": max(ends) if ends else sd.info.get("updated_at")}
+
+
+def build_all_index(store, reports_dir: str, built: str) -> int:
+    rows = []
+    for info in store.studies():
+        s = study_headline(store, info["name"])
+        sd, h = s["sd"], s["headline"]
+        page = os.path.join(reports_dir, info["name"], "index.html")
+        name = (f'<a href="{esc(info["name"])}/index.html">{esc(info["name"])}</a>' if os.path.exists(page)
+                else esc(info["name"]))
+        statuses = pd.Series([t["status"] for t in sd.trials]).value_counts().to_dict() if sd.trials else {}
+        if h:
+            w = h["winner_ci"]
+            head = f"{esc(h['winner'])}: AP {mean_ci(w['mean'], w['lo'], w['hi'])}"
+            if h.get("runner_up"):
+                sig = {True: "significant", False: "not significant", None: "not testable"}[h["significant_seeds"]]
+                head += f"; lead {h['lead']:+.3f} over {esc(h['runner_up'])} ({sig} over seeds)"
+        else:
+            head = '<span class="na">no finished trials</span>'
+        rows.append({"study": name, "description": esc(info["description"] or ""),
+                     "variants": len(sd.variants), "trials": esc(", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))),
+                     "last run": _fmt_time(s["last"]), "headline (winner by mean AP, 95% CI)": head})
+    body = ("<h1>detbench studies</h1><p class=lead>Every study in the results store. Each study's page has the "
+            "full comparison; its significance tests include the bootstrap over images.</p>" + table(pd.DataFrame(rows), left=["description", "trials", "last run", "headline (winner by mean AP, 95% CI)"]))
+    return write_page(os.path.join(reports_dir, "index.html"), "detbench reports", nav((("All studies", "index.html"),),
+                                                                                        "All studies"),
+                      body, "plotly.min.js", built, "all studies")
+

@@ -1,0 +1,140 @@
+"""Paper numbers beside ours: which paper table a study replays, and whether its ordering holds.
+
+The numbers live in ``dashboards/paper/*.yaml``, one file per paper, each table
+with its source (e.g. "Table 1b"), the metric, the config keys that identify a
+row and a ``match`` filter. A study is compared with a table when at least two
+of its variants match rows; matching goes by the trials' configs, never by the
+study's name.
+
+For each matched variant other than the paper's best (the reference), the
+paper's gap to the reference is set beside ours, both absolute and relative to
+the reference, with our gap's 95% CI. A row is *reproduced* when our CI
+excludes zero on the paper's side; for a gap the paper calls "close" (or a tie)
+when our CI includes zero.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import yaml
+from scipy import stats as _st
+
+from dashboards.data import StudyData, dotted_get
+
+PAPER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper")
+# Our AP-family metrics are fractions; papers print percent.
+PERCENT_METRICS = {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"}
+
+# (our_diff, lo, hi, method) for variant a minus variant b on a metric, or None
+DiffFn = Callable[[str, str, str], Optional[Tuple[float, float, float, str]]]
+
+
+def load_tables(paper_dir: str = PAPER_DIR) -> List[Dict[str, Any]]:
+    """Every table of every paper file, each with its paper's name, citation and setting."""
+    tables = []
+    for path in sorted(glob.glob(os.path.join(paper_dir, "*.yaml"))):
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+        for t in doc.get("tables", []):
+            match = t.get("match") or [{}]
+            tables.append(dict(t, match=match if isinstance(match, list) else [match], paper=doc["paper"],
+                               citation=doc.get("citation", ""), setting=doc.get("setting", ""),
+                               file=os.path.basename(path)))
+    return tables
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or a == b and type(a) is type(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _satisfies(config: Dict[str, Any], match: List[Dict[str, Any]]) -> bool:
+    return any(all(_same(dotted_get(config, k), v) for k, v in alt.items()) for alt in match)
+
+
+def match_variants(sd: StudyData, table: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """variant -> the table row it replays (only finished variants whose every trial matches)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for variant in sd.variants:
+        configs = [t["config"] for t in sd.finished if t["variant"] == variant]
+        if not configs or not all(_satisfies(c, table["match"]) for c in configs):
+            continue
+        for row in table["rows"]:
+            if all(all(_same(dotted_get(c, k), row.get(k)) for c in configs) for k in table["keys"]):
+                out[variant] = row
+                break
+    return out
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric in PERCENT_METRICS else 1.0
+
+
+def compare(sd: StudyData, table: Dict[str, Any], matched: Dict[str, Dict[str, Any]],
+            diff: DiffFn) -> Dict[str, Any]:
+    """The comparison rows and the ordering verdict for one matched table."""
+    metric, higher = table["metric"], table.get("higher_is_better", True)
+    close = table.get("relation") == "close"
+    scale = _scale(metric)
+    ours = {v: sd.metric(metric).query("variant == @v")["value"].mean() * scale for v in matched}
+    paper = {v: row.get("value") for v, row in matched.items()}
+    numbered = [v for v in matched if paper[v] is not None]
+    if close or not numbered:
+        ref = next(iter(matched))
+    else:
+        ref = (max if higher else min)(numbered, key=lambda v: paper[v])
+    rows = []
+    for v in matched:
+        p_gap = None if close or paper[v] is None or paper[ref] is None else paper[v] - paper[ref]
+        d = diff(v, ref, metric) if v != ref else None
+        our_gap, lo, hi, method = (d[0] * scale, d[1] * scale, d[2] * scale, d[3]) if d else (
+            math.nan, math.nan, math.nan, "")
+        mark, why = _mark(p_gap, our_gap, lo, hi, close) if v != ref else ("reference", "the paper's best")
+        rows.append({"variant": v, "paper": paper[v], "ours": ours[v], "paper_gap": p_gap,
+                     "paper_rel": None if p_gap is None else p_gap / paper[ref],
+                     "our_gap": our_gap, "our_rel": our_gap / ours[ref] if ours[ref] else math.nan,
+                     "lo": lo, "hi": hi, "method": method, "mark": mark, "why": why})
+    return {"table": table, "reference": ref, "rows": rows, "scale": scale,
+            "ordering": _ordering(numbered, paper, ours, higher)}
+
+
+def _mark(p_gap: Optional[float], gap: float, lo: float, hi: float, close: bool) -> Tuple[str, str]:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "not reproduced", "no confidence interval (one seed and no detections)"
+    includes_zero = lo <= 0 <= hi
+    if close or p_gap == 0:
+        return (("reproduced", "the paper reports them close; our CI includes 0") if includes_zero
+                else ("not reproduced", "the paper reports them close; our CI excludes 0"))
+    if includes_zero:
+        return "not reproduced", "our CI includes 0"
+    if (gap > 0) == (p_gap > 0):
+        return "reproduced", "same direction, our CI excludes 0"
+    return "not reproduced", "opposite direction, our CI excludes 0"
+
+
+def _ordering(variants: List[str], paper: Dict[str, Any], ours: Dict[str, float], higher: bool) -> Dict[str, Any]:
+    """Paper's and our ranking of the numbered variants, Kendall's tau, and whether order and best hold."""
+    if len(variants) < 2:
+        return {}
+    sign = -1 if higher else 1
+    paper_order = sorted(variants, key=lambda v: sign * paper[v])
+    our_order = sorted(variants, key=lambda v: sign * ours[v])
+    tau = _st.kendalltau([paper[v] for v in variants], [ours[v] for v in variants]).statistic
+    return {"paper": paper_order, "ours": our_order, "tau": float(tau) if tau == tau else math.nan,
+            "held": paper_order == our_order, "best_held": paper_order[0] == our_order[0]}
+
+
+def comparisons(sd: StudyData, diff: DiffFn, tables: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """Every paper table this study replays (>= 2 matched variants), compared."""
+    out = []
+    for table in load_tables() if tables is None else tables:
+        matched = match_variants(sd, table)
+        if len(matched) >= 2:
+            out.append(compare(sd, table, matched, diff))
+    return out

@@ -1,0 +1,144 @@
+"""A results store populated through the Store's own API with fake but plausible trials.
+
+Three focal-loss variants x 2 seeds, whose (gamma, alpha) pairs are rows of the
+focal loss paper's Table 1b, plus one trial that failed (its own variant).
+Detections are made from a small COCO ground truth on disk with a box jitter
+per variant (gamma 5 the tightest, gamma 0 the loosest), and every accuracy
+number is COCOeval's on those detections (detectors.evaluate), so the pages,
+the bootstrap and the stored metrics agree. The intended outcome:
+
+    AP: gamma=5 > gamma=2 > gamma=0, with clear gaps
+    paper (Table 1b): gamma=2 34.0 > gamma=5 32.2 > gamma=0 31.1
+    -> gamma=0 vs 2 "reproduced"; gamma=5 vs 2 "not reproduced" (opposite direction)
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta, timezone
+from typing import Dict, List
+
+import numpy as np
+
+STUDY = "fake_focal"
+CLASSES = ("square", "circle", "triangle")
+VARIANTS = {  # variant -> (gamma, alpha, box jitter in px, false positives per image)
+    "gamma=0,alpha=0.75": (0.0, 0.75, 4.0, 4),
+    "gamma=2,alpha=0.25": (2.0, 0.25, 2.0, 2),
+    "gamma=5,alpha=0.25": (5.0, 0.25, 0.6, 1),
+}
+FAILED = ("gamma=1,alpha=0.25", 1.0, 0.25, 0)   # variant, gamma, alpha, seed
+SEEDS = (0, 1)
+# Pages of the study and the number of plots each should render for the fake study:
+# index: AP per variant + the Table 1b gap chart; accuracy: metric bars, swept gamma,
+# per-class heatmap, PR at 0.5 and 0.75, val AP per epoch; speed: small multiples,
+# speed-accuracy; loss: training loss, Figure-4 curves, easy-negative share, score vs IoU.
+EXPECTED_PLOTS = {"index.html": 2, "accuracy.html": 6, "speed.html": 2, "loss.html": 4, "../index.html": 0}
+EPOCHS = 3
+
+
+def write_ground_truth(path: str, num_images: int = 30, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    for i in range(1, num_images + 1):
+        images.append({"id": i, "file_name": f"{i:04d}.png", "width": 128, "height": 128})
+        for _ in range(int(rng.integers(1, 4))):
+            w, h = rng.uniform(12, 60, 2)
+            x, y = rng.uniform(0, 128 - w), rng.uniform(0, 128 - h)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(rng.integers(1, 4)),
+                         "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h), "iscrowd": 0})
+    cats = [{"id": k + 1, "name": n} for k, n in enumerate(CLASSES)]
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    return path
+
+
+def fake_detections(gt: dict, jitter: float, false_pos: int, seed: int) -> List[dict]:
+    rng = np.random.default_rng(seed)
+    dets = []
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        dx, dy, dw, dh = rng.normal(0, jitter, 4)
+        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                     "bbox": [round(x + dx, 2), round(y + dy, 2), round(max(2.0, w + dw), 2),
+                              round(max(2.0, h + dh), 2)], "score": round(float(rng.uniform(0.5, 1.0)), 4)})
+    for img in gt["images"]:
+        for _ in range(false_pos):
+            x, y = rng.uniform(0, 100, 2)
+            dets.append({"image_id": img["id"], "category_id": int(rng.integers(1, 4)),
+                         "bbox": [round(float(x), 2), round(float(y), 2), 20.0, 20.0],
+                         "score": round(float(rng.uniform(0.05, 0.7)), 4)})
+    return dets
+
+
+def trial_dict(variant: str, gamma: float, alpha: float, seed: int, gt_path: str) -> Dict:
+    return {
+        "study": STUDY, "trial_key": f"{variant}/seed={seed}", "variant": variant, "seed": seed,
+        "config_hash": f"{variant}-{seed}".replace("=", "").replace(",", "-").replace(".", "p"),
+        "dataset": {"kind": "synthetic", "val_annotations": gt_path, "val_images": "/nonexistent",
+                    "synthetic": {"num_train": 64, "num_val": 30, "image_size": 128, "num_classes": 3, "seed": 0}},
+        "detector": {"name": "retinanet", "scale": "tiny", "params": {}},
+        "loss": {"name": "focal", "params": {"gamma": gamma, "alpha": alpha}},
+        "train": {"epochs": EPOCHS, "batch_size": 8, "optimizer": "adamw", "lr": 0.002, "schedule": "cosine"},
+        "eval": {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100},
+        "num_threads": 1, "trial_dir": f"/tmp/{variant}-{seed}",
+    }
+
+
+def _diagnostics(gamma: float, alpha: float, seed: int) -> dict:
+    frac = np.linspace(0, 1, 101)
+    neg = frac ** (1 + 3 * gamma)       # larger gamma: the loss sits in fewer, harder negatives
+    pos = frac ** (1 + 0.3 * gamma)
+    return {"loss": "focal", "params": {"gamma": gamma, "alpha": alpha}, "images": 30,
+            "positive": {"fraction": frac.round(4).tolist(), "cumulative_loss": pos.round(5).tolist()},
+            "negative": {"fraction": frac.round(4).tolist(), "cumulative_loss": neg.round(5).tolist()},
+            "easy_negative_share": round(0.5 / (1 + gamma) + 0.01 * seed, 4),
+            "num_positive": 310 + seed, "num_negative": 90_000 + seed,
+            # the GFL score-vs-IoU pairs (a focal study would not have them; here they exercise the plot)
+            "score_iou": {"iou": np.linspace(0.4, 0.95, 50).round(3).tolist(),
+                          "score": (np.linspace(0.4, 0.95, 50) ** (1 + gamma / 5)).round(3).tolist()}}
+
+
+def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, dict]:
+    """Write the fake study into ``store``; returns trial_key -> trial dict (failed one included)."""
+    from detectors.evaluate import evaluate_coco
+    from pycocotools.coco import COCO
+
+    gt_path = write_ground_truth(os.path.join(tmp_dir, "instances_val.json"))
+    with open(gt_path) as f:
+        gt = json.load(f)
+    coco = COCO(gt_path)
+    spec = {"name": STUDY, "tracking": {"mlflow_uri": f"sqlite:///{tmp_dir}/mlflow.db"}}
+    store.upsert_study(STUDY, "Fake focal-loss sweep for the dashboard tests.", spec,
+                       os.path.join(tmp_dir, f"{STUDY}.yaml"), mlflow_experiment_id=mlflow_experiment_id,
+                       last_parent_run_id="parent0")
+    t0 = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
+    trials = {}
+    for n, (variant, (gamma, alpha, jitter, fp)) in enumerate(VARIANTS.items()):
+        for seed in SEEDS:
+            trial = trial_dict(variant, gamma, alpha, seed, gt_path)
+            trials[trial["trial_key"]] = trial
+            run_id = f"run{n}{seed}" + "0" * 26
+            store.mark_running(STUDY, trial, run_id)
+            dets = fake_detections(gt, jitter, fp, seed=100 * n + seed)
+            ev = evaluate_coco(coco, dets)
+            speed = {"train_img_s": 150.0 - 10 * n + seed, "latency_ms_p50": 4.0 + n + 0.1 * seed,
+                     "latency_ms_p95": 6.0 + n, "throughput_img_s": 400.0 - 20 * n, "params": 366209.0,
+                     "gflops": 0.11, "peak_rss_mb": 900.0 + 10 * n, "threads": 1.0}
+            final = {**{k: v for k, v in ev["metrics"].items() if v is not None},
+                     **{f"speed/{k}": v for k, v in speed.items()}, "epoch": EPOCHS - 1, "step": 8 * EPOCHS}
+            ap = ev["metrics"]["AP"]
+            epochs = [{"step": 8 * (e + 1), "epoch": e, "train/loss": 2.0 / (e + 1) + 0.1 * n,
+                       "train/loss_cls": 1.2 / (e + 1), "train/loss_box": 0.8 / (e + 1), "lr": 0.002,
+                       "val/AP": ap * (e + 1) / EPOCHS, "val/AP50": min(1.0, 1.3 * ap * (e + 1) / EPOCHS)}
+                      for e in range(EPOCHS)]
+            data = {"metrics": ev["metrics"], "per_class_ap": ev["per_class_ap"], "pr_curves": ev["pr_curves"],
+                    "speed": speed, "loss_diagnostics": _diagnostics(gamma, alpha, seed), "detections": dets}
+            start = t0 + timedelta(minutes=3 * (2 * n + seed))
+            store.record_finished(STUDY, trial, final, epochs, data, run_id, start, start + timedelta(seconds=150))
+    variant, gamma, alpha, seed = FAILED
+    trial = trial_dict(variant, gamma, alpha, seed, gt_path)
+    trials[trial["trial_key"]] = trial
+    store.mark_running(STUDY, trial, "runfailed" + "0" * 23)
+    store.record_failed(STUDY, trial, "RuntimeError: loss is NaN at step 3", "runfailed" + "0" * 23, attempts=2)
+    return trials

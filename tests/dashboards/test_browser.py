@@ -1,0 +1,105 @@
+"""A real headless Chromium loads every report page from file:// and renders every plot.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``bash scripts/setup_test_browser.sh``)
+and the ``selenium`` package; the driver is the system one, so nothing is downloaded.
+Skipped where they are missing, except in CI (``CI`` set), where that is a failure.
+Screenshots go to ``$DETBENCH_TEST_ARTIFACTS`` (default ``reports/_test_artifacts/dashboards``,
+ignored by git), one per page.
+"""
+import os
+import shutil
+import time
+
+import pytest
+
+import fakes
+from fakes import EXPECTED_PLOTS
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ARTIFACTS = os.environ.get("DETBENCH_TEST_ARTIFACTS", os.path.join(REPO, "reports", "_test_artifacts", "dashboards"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def _missing() -> str:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "the selenium package is not installed (pip install -r requirements.txt)"
+    if not CHROMIUM or not os.path.exists(CHROMEDRIVER):
+        return "chromium / chromedriver not found (bash scripts/setup_test_browser.sh)"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    why = _missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser test cannot run in CI: {why}")
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                "--disable-default-apps", "--disable-sync", "--window-size=1280,900",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _rendered(driver, expected: int, timeout: float = 15.0) -> int:
+    """Wait until ``expected`` plots rendered (or time out); returns how many did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = driver.execute_script(
+            "return document.querySelectorAll('.js-plotly-plot .main-svg').length > 0 ?"
+            " document.querySelectorAll('.js-plotly-plot').length : 0")
+        if n >= expected or time.monotonic() > deadline:
+            return n
+        time.sleep(0.1)
+
+
+def _screenshot(driver, name: str) -> str:
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, min(max(height, 600), 8000))
+    time.sleep(0.3)  # responsive plots re-layout to the new window size
+    path = os.path.join(ARTIFACTS, name.replace("../", "all_studies_").replace("/", "_") + ".png")
+    driver.save_screenshot(path)
+    driver.set_window_size(1280, 900)
+    return path
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PLOTS))
+def test_page_renders_in_chromium(browser, fake_reports, name):
+    path = os.path.normpath(os.path.join(str(fake_reports["reports"]), fakes.STUDY, name))
+    browser.get_log("browser")  # drop what earlier pages left
+    browser.get("file://" + path)
+    assert browser.execute_script("return typeof Plotly") == "object", "plotly.min.js did not load"
+    expected = EXPECTED_PLOTS[name]
+    assert _rendered(browser, expected) == expected
+    assert len(browser.find_elements("css selector", ".plotly-graph-div")) == expected
+    severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, severe
+    shot = _screenshot(browser, f"{fakes.STUDY}_{name}")
+    assert os.path.getsize(shot) > 10_000
+
+
+def test_links_between_pages_work_from_file_urls(browser, fake_reports):
+    start = os.path.join(str(fake_reports["reports"]), "index.html")
+    browser.get("file://" + start)
+    browser.find_element("link text", fakes.STUDY).click()
+    assert browser.current_url.endswith(f"/{fakes.STUDY}/index.html")
+    for label, page in (("Accuracy", "accuracy.html"), ("Speed", "speed.html"), ("Losses", "loss.html")):
+        browser.find_element("css selector", f'nav a[href="{page}"]').click()
+        assert browser.current_url.endswith(f"/{fakes.STUDY}/{page}")
+        assert label.lower() in browser.title.lower() or page.split(".")[0] in browser.title.lower()
+    assert not [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]

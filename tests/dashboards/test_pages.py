@@ -1,0 +1,114 @@
+"""Report pages built from a store populated through the Store API (tests/dashboards/fakes.py)."""
+import os
+import re
+import subprocess
+import sys
+
+import fakes
+from fakes import EXPECTED_PLOTS
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def page(fake_reports, name):
+    return (fake_reports["reports"] / fakes.STUDY / name).read_text()
+
+
+def test_pages_exist_offline_with_one_plotly_js(fake_reports):
+    reports = fake_reports["reports"]
+    assert (reports / "plotly.min.js").stat().st_size > 1_000_000
+    for name in EXPECTED_PLOTS:
+        text = (reports / fakes.STUDY / name).read_text()
+        scripts = re.findall(r'<script src="([^"]+)"', text)
+        assert scripts == ["../plotly.min.js" if name != "../index.html" else "plotly.min.js"], name
+        assert "cdn" not in text.lower() and "https://" not in text, name
+        # every href is relative, except the MLflow UI links
+        for href in re.findall(r'href="([^"]+)"', text):
+            assert href.startswith("http://127.0.0.1:5000/") or "://" not in href, (name, href)
+        assert text.count('class="plotly-graph-div"') == EXPECTED_PLOTS[name], name
+    assert fake_reports["ctx"].plots == EXPECTED_PLOTS
+
+
+def test_every_trial_and_its_mlflow_run_on_the_overview(fake_reports):
+    text = page(fake_reports, "index.html")
+    store = fake_reports["store"]
+    trials = store.trials(fakes.STUDY)
+    assert len(trials) == len(fake_reports["trials"]) == 7
+    for t in trials:
+        assert t["trial_key"] in text
+        assert f"#/experiments/7/runs/{t['mlflow_run_id']}" in text
+    assert "failed" in text and "RuntimeError: loss is NaN at step 3" in text
+    assert "mlflow ui --backend-store-uri" in text
+    for name in ("accuracy.html", "speed.html", "loss.html"):
+        body = page(fake_reports, name)
+        for v in fakes.VARIANTS:
+            assert v in body, (name, v)
+
+
+def test_overview_states_winner_significance_and_setup(fake_reports):
+    text = page(fake_reports, "index.html")
+    assert "Winner: gamma=5,alpha=0.25" in text
+    assert "Runner-up: gamma=2,alpha=0.25" in text
+    assert "over images (bootstrap): significant" in text
+    assert "100 bootstrap resamples of the 30 val images" in text
+    assert "loss.params.gamma" in text and "3 epochs" in text and "64 train / 30 val images" in text
+    assert "1 failed, 6 finished" in text
+
+
+def test_paper_comparison_marks(fake_reports):
+    text = page(fake_reports, "index.html")
+    assert "Table 1b" in text and "Lin et al., arXiv 1708.02002" in text
+    assert "Table 1a" not in text  # only one variant (gamma 0) is a Table 1a row
+    rows = {m.group(1): m.group(2) for m in re.finditer(
+        r"<tr><td class=\"l\">(gamma=[^<]+)</td>.*?<span class=\"(?:ok|no|na)\">([a-z ]+)</span>", text)}
+    assert rows == {"gamma=0,alpha=0.75": "reproduced", "gamma=2,alpha=0.25": "reference",
+                    "gamma=5,alpha=0.25": "not reproduced"}
+    assert "Ordering <span class=\"no\">not held</span>" in text
+
+
+def test_all_studies_index(fake_reports):
+    text = (fake_reports["reports"] / "index.html").read_text()
+    assert f'href="{fakes.STUDY}/index.html"' in text
+    assert "gamma=5,alpha=0.25" in text and "1 failed, 6 finished" in text
+
+
+def test_variant_table_for_the_terminal_summary(fake_reports):
+    from dashboards.tables import variant_table
+
+    rows = variant_table(fake_reports["store"], fakes.STUDY)
+    assert [r["variant"] for r in rows] == ["gamma=5,alpha=0.25", "gamma=2,alpha=0.25", "gamma=0,alpha=0.75"]
+    assert all(r["seeds"] == 2 for r in rows)
+
+
+def test_empty_study_builds(tmp_path):
+    from platform.store import Store
+
+    from dashboards import build_reports
+
+    store = Store(f"sqlite:///{tmp_path}/r.db")
+    store.upsert_study("empty", "", {}, None)
+    path = build_reports(store, "empty", str(tmp_path / "reports"))
+    assert "No finished trials yet" in open(path).read()
+    for name in ("accuracy.html", "speed.html", "loss.html"):
+        assert (tmp_path / "reports" / "empty" / name).exists()
+
+
+def run_report(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "platform.report", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_report_cli(fake_reports, tmp_path):
+    url = f"sqlite:///{fake_reports['root']}/results.db"
+    proc = run_report(fakes.STUDY, "--store", url, "--reports-dir", str(tmp_path / "out"), "--resamples", "20")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / fakes.STUDY / "speed.html").exists()
+    assert "file://" in proc.stdout and "mlflow ui" in proc.stdout
+    bad = run_report("no_such_study", "--store", url)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "no_such_study" in bad.stderr and fakes.STUDY in bad.stderr
+    missing = run_report("x", "--store", f"sqlite:///{tmp_path}/nope.db")
+    assert missing.returncode == 2 and "no results store" in missing.stderr
+    assert not (tmp_path / "nope.db").exists()
+    badfile = run_report(str(tmp_path / "missing.yaml"))
+    assert badfile.returncode == 2 and badfile.stderr.startswith("error: ")
