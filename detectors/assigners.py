@@ -2,16 +2,21 @@
 
 Max-IoU assignment of RetinaNet (focal loss paper, arXiv 1708.02002, sec. 4
 "Inference and Training": IoU >= 0.5 foreground, < 0.4 background, in between
-ignored) and of the RPN (Faster R-CNN sec. 3.1.2, with 0.7 / 0.3). Runs under
-``torch.no_grad()``: assignment picks targets, it is not part of the graph.
+ignored) and of the RPN (Faster R-CNN sec. 3.1.2, with 0.7 / 0.3); ATSS's
+adaptive IoU threshold (Zhang et al., arXiv 1912.02424, Algorithm 1; the GFL
+paper's assigner) and FCOS's point-in-box rule with per-level size ranges
+(Tian et al., arXiv 1904.01355, sec. 3.2). All run under ``torch.no_grad()``:
+assignment picks targets, it is not part of the graph.
 """
 from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-__all__ = ["BACKGROUND", "IGNORE", "max_iou_assign"]
+__all__ = ["BACKGROUND", "IGNORE", "max_iou_assign", "atss_assign", "fcos_assign", "fcos_size_ranges"]
 
 # Negative codes so that every value >= 0 can be a gt index.
 BACKGROUND = -1  # classification target all zeros, no box loss
@@ -79,4 +84,146 @@ def max_iou_assign(
         lq_iou, lq_gt = masked.max(dim=0)  # [A]
         has_lq = lq_iou >= 0
         assigned[has_lq] = lq_gt[has_lq]
+    return assigned
+
+
+def _centres(boxes: Tensor) -> Tensor:
+    """``[N, 4]`` xyxy -> ``[N, 2]`` centres."""
+    return torch.stack(((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2), dim=1)
+
+
+def _inside(points: Tensor, boxes: Tensor, eps: float = 0.01) -> Tensor:
+    """``[P, G]``: point strictly inside the box (by more than ``eps`` px on every side, as mmdet)."""
+    x, y = points[:, 0, None], points[:, 1, None]
+    ltrb = torch.stack((x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y), dim=-1)
+    return ltrb.min(dim=-1).values > eps
+
+
+@torch.no_grad()
+def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes: Tensor,
+                topk: int = 9) -> Tensor:
+    """Adaptive Training Sample Selection (ATSS paper, Algorithm 1).
+
+    For every gt: on each pyramid level take the ``topk`` anchors whose centres
+    are closest (L2) to the gt centre; over all these candidates compute the
+    IoU with the gt and the threshold ``mean + std`` (``std`` unbiased, as the
+    reference implementation's ``torch.std``); a candidate is positive when its
+    IoU reaches the threshold *and* its centre lies inside the gt. An anchor
+    positive for several gts takes the one with the highest IoU (ties: the
+    lower gt index). Everything else is background; nothing is ignored.
+
+    Args:
+        anchors: float ``[A, 4]`` xyxy absolute pixels, ordered level by level.
+        num_anchors_per_level: anchors on each level, summing to ``A``.
+        gt_boxes: float ``[G, 4]`` xyxy absolute pixels.
+        topk: candidates per level and gt (paper: 9; fewer if the level is smaller).
+    Returns:
+        int64 ``[A]``: gt index ``>= 0`` or ``BACKGROUND``. ``G == 0`` -> all ``BACKGROUND``.
+    """
+    num_anchors = anchors.shape[0]
+    if sum(num_anchors_per_level) != num_anchors:
+        raise ValueError(f"num_anchors_per_level sums to {sum(num_anchors_per_level)}, "
+                         f"but there are {num_anchors} anchors")
+    assigned = torch.full((num_anchors,), BACKGROUND, dtype=torch.int64, device=anchors.device)
+    if gt_boxes.shape[0] == 0 or num_anchors == 0:
+        return assigned
+    anchors = anchors.to(gt_boxes.dtype)
+    iou = box_iou(anchors, gt_boxes)  # [A, G]
+    anchor_ctr = _centres(anchors)
+    dist = torch.cdist(anchor_ctr, _centres(gt_boxes))  # [A, G]
+
+    candidates: List[Tensor] = []  # per level, [k, G] anchor indices
+    start = 0
+    for n in num_anchors_per_level:
+        if n > 0:
+            k = min(topk, n)
+            candidates.append(dist[start:start + n].topk(k, dim=0, largest=False).indices + start)
+        start += n
+    cand = torch.cat(candidates)  # [K, G]
+    cand_iou = iou.gather(0, cand)  # [K, G]
+    if cand.shape[0] > 1:
+        thresh = cand_iou.mean(0) + cand_iou.std(0)
+    else:  # a single candidate: no spread to measure; it must merely overlap
+        thresh = torch.zeros_like(cand_iou[0])
+    inside = _inside(anchor_ctr, gt_boxes).gather(0, cand)  # [K, G]: candidate centre inside its gt
+    is_pos = (cand_iou >= thresh) & inside
+    gt_idx = torch.arange(gt_boxes.shape[0], device=gt_boxes.device).expand_as(cand)
+
+    # Positive (anchor, gt) pairs keep their IoU, the rest -1; then best gt per anchor.
+    pair_iou = torch.full_like(iou, -1.0)
+    pair_iou[cand[is_pos], gt_idx[is_pos]] = cand_iou[is_pos]
+    best_iou, best_gt = pair_iou.max(dim=1)
+    pos = best_iou >= 0
+    assigned[pos] = best_gt[pos]
+    return assigned
+
+
+def fcos_size_ranges(strides: Sequence[float], scale: float = 8.0) -> List[Tuple[float, float]]:
+    """FCOS's regression ranges: level ``i`` keeps ``max(l, t, r, b)`` in ``(scale*s_{i-1}, scale*s_i]``.
+
+    With strides 8..128 and ``scale = 8`` these are the paper's 0, 64, 128, 256,
+    512, inf; the first level starts at 0 and the last is open.
+    """
+    bounds = [0.0] + [scale * s for s in strides[:-1]] + [float("inf")]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@torch.no_grad()
+def fcos_assign(points: Tensor, num_points_per_level: Sequence[int], strides: Sequence[float],
+                gt_boxes: Tensor, size_ranges: Optional[Sequence[Tuple[float, float]]] = None,
+                center_radius: Optional[float] = 1.5) -> Tensor:
+    """FCOS point assignment (FCOS paper sec. 3.2, centre sampling from its later versions).
+
+    A point is positive for a gt when it lies inside the gt box (with
+    ``center_radius``: inside the box *and* within ``center_radius * stride``
+    of the gt centre on both axes) and the largest of its distances ``l, t, r,
+    b`` to the box sides falls in its level's range ``(lo, hi]``. A point
+    positive for several gts takes the one with the smallest area (ties: the
+    lower gt index), as the paper resolves ambiguous locations.
+
+    Args:
+        points: float ``[P, 2]`` (x, y) absolute pixels, ordered level by level.
+        num_points_per_level: points per level, summing to ``P``.
+        strides: one stride per level (pixels).
+        gt_boxes: float ``[G, 4]`` xyxy absolute pixels.
+        size_ranges: one ``(lo, hi)`` per level; ``None`` -> :func:`fcos_size_ranges`.
+        center_radius: centre-sampling radius in strides, ``None`` to use the whole box.
+    Returns:
+        int64 ``[P]``: gt index ``>= 0`` or ``BACKGROUND``.
+    """
+    num_points = points.shape[0]
+    if len(num_points_per_level) != len(strides):
+        raise ValueError(f"{len(num_points_per_level)} levels but {len(strides)} strides")
+    if sum(num_points_per_level) != num_points:
+        raise ValueError(f"num_points_per_level sums to {sum(num_points_per_level)}, "
+                         f"but there are {num_points} points")
+    ranges = list(size_ranges) if size_ranges is not None else fcos_size_ranges(strides)
+    if len(ranges) != len(strides):
+        raise ValueError(f"{len(ranges)} size ranges for {len(strides)} levels")
+    assigned = torch.full((num_points,), BACKGROUND, dtype=torch.int64, device=points.device)
+    if gt_boxes.shape[0] == 0 or num_points == 0:
+        return assigned
+    points = points.to(gt_boxes.dtype)
+    counts = torch.as_tensor(list(num_points_per_level), device=points.device)
+
+    def per_point(values) -> Tensor:  # one value per level -> one per point
+        return torch.repeat_interleave(torch.as_tensor(values, dtype=points.dtype, device=points.device), counts)
+
+    stride, lo, hi = per_point(strides), per_point([r[0] for r in ranges]), per_point([r[1] for r in ranges])
+
+    x, y = points[:, 0, None], points[:, 1, None]  # [P, 1]
+    ltrb = torch.stack((x - gt_boxes[:, 0], y - gt_boxes[:, 1], gt_boxes[:, 2] - x, gt_boxes[:, 3] - y), dim=-1)
+    ok = ltrb.min(dim=-1).values > 0  # [P, G] inside the box
+    if center_radius is not None:
+        ctr = _centres(gt_boxes)  # [G, 2]
+        r = center_radius * stride[:, None]
+        ok &= ((x - ctr[:, 0]).abs() < r) & ((y - ctr[:, 1]).abs() < r)
+    reach = ltrb.max(dim=-1).values
+    ok &= (reach > lo[:, None]) & (reach <= hi[:, None])
+
+    area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    cost = torch.where(ok, area.expand_as(ok), torch.full_like(ok, float("inf"), dtype=area.dtype))
+    best_area, best_gt = cost.min(dim=1)
+    pos = torch.isfinite(best_area)
+    assigned[pos] = best_gt[pos]
     return assigned

@@ -1,9 +1,9 @@
 """Loss functions and their registries.
 
-``CLS_LOSSES`` ("ce", "balanced_ce", "focal") and ``BOX_LOSSES`` ("smooth_l1",
+``CLS_LOSSES`` ("ce", "balanced_ce", "focal", "qfl") and ``BOX_LOSSES`` ("smooth_l1",
 "l1") map study-file names to pure functions. ``Registry.parameters(name)``
 exposes the tunable keyword parameters (ce: none; balanced_ce: alpha; focal:
-gamma, alpha; smooth_l1: beta) plus ``reduction``, which callers filter out.
+gamma, alpha; qfl: beta; smooth_l1: beta) plus ``reduction``, which callers filter out.
 """
 from detectors.registry import Registry
 
@@ -14,6 +14,13 @@ from detectors.losses.classification import (
     focal_loss,
     inverse_frequency_alpha,
     reduce_loss,
+)
+from detectors.losses.gfl import (
+    distribution_focal_loss,
+    gaussian_nll_loss,
+    giou_loss,
+    integral,
+    quality_focal_loss,
 )
 
 __all__ = [
@@ -26,6 +33,11 @@ __all__ = [
     "reduce_loss",
     "smooth_l1_loss",
     "l1_loss",
+    "quality_focal_loss",
+    "distribution_focal_loss",
+    "integral",
+    "giou_loss",
+    "gaussian_nll_loss",
 ]
 
 # Registered here rather than with decorators in the modules, so the loss
@@ -34,6 +46,7 @@ CLS_LOSSES = Registry("classification loss")
 CLS_LOSSES.register("ce")(ce_loss)
 CLS_LOSSES.register("balanced_ce")(balanced_ce_loss)
 CLS_LOSSES.register("focal")(focal_loss)
+CLS_LOSSES.register("qfl")(quality_focal_loss)  # soft targets: the GFL joint score
 
 BOX_LOSSES = Registry("box loss")
 BOX_LOSSES.register("smooth_l1")(smooth_l1_loss)
