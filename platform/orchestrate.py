@@ -31,18 +31,34 @@ def _ray_logs_to_file(path: str) -> None:
         lg.setLevel(logging.INFO)
 
 
-def _start_ray(address: str | None, log_dir: str) -> bool:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray. Returns True if we started it."""
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at: ray.init would retry for minutes."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"expected HOST:PORT, ray://HOST:PORT or auto, got '{address}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
+
+
+def _start_ray(address: str | None, log_dir: str) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
     if address:
+        _check_reachable(address)
         # Ship the worker package to the cluster; driver code never travels.
         ray.init(address=address, runtime_env={"py_modules": [os.path.join(REPO_ROOT, "detectors")]}, **kwargs)
-        return False
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
-    return True
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
 
 
 def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None, log_dir: str):
@@ -112,26 +128,35 @@ def run_study(study, trials: List[dict], args) -> int:
     os.makedirs(run_dir, exist_ok=True)
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)
-    todo = prepare_dataset(todo)
-    tracker = StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
-    parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
-                                                           "force": bool(args.force)}, detectors_code_version())
-    store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
-                       mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
-    started_ray = _start_ray(args.address, run_dir)
-    concurrency = args.max_concurrent or study.resources.max_concurrent or max(
-        1, int((os.cpu_count() or 1) // max(study.resources.cpus_per_trial, 1e-9)))
-    recorder = StudyCallback(study.name, tracker, store, force=args.force)
-    progress = ProgressCallback(len(todo), concurrency)
-    print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
-    interrupted = False
     try:
+        _start_ray(args.address, run_dir)
+    except ConnectionError as exc:
+        where = args.address or os.environ.get("RAY_ADDRESS")
+        print(f"error: cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    interrupted, recorder = False, None
+    try:
+        todo = prepare_dataset(todo)
+        tracker = StudyTracker(study.tracking.mlflow_uri, study.name,
+                               os.path.join(study.output.runs_dir, "mlartifacts"))
+        parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
+                                                               "force": bool(args.force)}, detectors_code_version())
+        store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
+                           mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
+        cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+        concurrency = min(len(todo), args.max_concurrent or study.resources.max_concurrent
+                          or max(1, int(cpus // max(study.resources.cpus_per_trial, 1e-9))))
+        recorder = StudyCallback(study.name, tracker, store, force=args.force)
+        progress = ProgressCallback(len(todo), concurrency)
+        print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
         run_trials(study, todo, [recorder, progress], args.max_concurrent, run_dir)
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if started_ray:
-            ray.shutdown()
+        ray.shutdown()  # stops a local Ray; only disconnects from a cluster
+    if recorder is None:  # interrupted before any trial started
+        print("interrupted before any trial started; nothing was run")
+        return 130
     interrupted = interrupted or len(recorder.finished) + len(recorder.failed) < len(todo)
     if interrupted:
         recorder.close_unfinished()

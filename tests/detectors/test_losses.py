@@ -254,7 +254,7 @@ def test_smooth_l1_beta0_is_l1():
 
 
 def test_registries_names_and_parameters():
-    assert CLS_LOSSES.names() == ["balanced_ce", "ce", "focal"]
+    assert CLS_LOSSES.names() == ["balanced_ce", "ce", "focal", "qfl"]
     assert BOX_LOSSES.names() == ["l1", "smooth_l1"]
     assert CLS_LOSSES.get("focal") is focal_loss
     tunable = lambda reg, name: set(reg.parameters(name)) - {"reduction"}  # noqa: E731

@@ -194,3 +194,23 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_resumes(tmp_path):
     _, children = mlflow_runs(tmp_path / "runs")
     # the interrupted trials finished in their own child runs: still 4, all finished
     assert sorted(c.info.status for c in children) == ["FINISHED"] * 4
+
+
+def test_runs_on_an_existing_ray_cluster_and_rejects_an_unreachable_one(tmp_path):
+    study = write_study(tmp_path / "cluster.yaml", tmp_path, [2])
+    bad = run_cli(study, "--address", "127.0.0.1:1", timeout=120)
+    assert bad.returncode == 2
+    assert "cannot connect to the Ray cluster at 127.0.0.1:1" in bad.stderr
+
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray_bin, "start", "--head", "--port", "6391", "--num-cpus", "2", "--include-dashboard",
+                    "false", "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        # "auto": the cluster `ray start` registered; detectors/ is shipped as a py_module.
+        proc = run_cli(study, "--address", "auto")
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1/1 done" in proc.stdout
+    _, children = mlflow_runs(tmp_path / "runs")
+    assert [c.info.status for c in children] == ["FINISHED"]
