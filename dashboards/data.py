@@ -8,6 +8,11 @@
 
 Nothing here writes, and nothing but the store object is touched: the pages
 can be rebuilt from the store at any time.
+
+A trial key can have several finished rows: a change to the detectors code (or
+anything else in the config hash) makes a re-run a new trial under the same key.
+The newest finished row (the store's order) is the one the pages use, as
+``trial_data`` does; older ones are marked ``superseded`` and only listed.
 """
 from __future__ import annotations
 
@@ -75,7 +80,8 @@ class StudyData:
 
     @property
     def finished(self) -> List[Dict[str, Any]]:
-        return [t for t in self.trials if t["status"] == "finished"]
+        """Finished trials whose results the pages use (superseded re-runs left out)."""
+        return [t for t in self.trials if t["status"] == "finished" and not t.get("superseded")]
 
     @property
     def failed(self) -> List[Dict[str, Any]]:
@@ -146,16 +152,22 @@ def load_study(store, study_name: str) -> StudyData:
     if info is None:
         raise KeyError(study_name)
     trials = store.trials(study_name)
+    newest = {t["trial_key"]: t["config_hash"] for t in trials if t["status"] == "finished"}  # id order: last wins
+    for t in trials:
+        t["superseded"] = t["status"] == "finished" and newest[t["trial_key"]] != t["config_hash"]
     finals = store.final_metrics(study_name)
     if finals:
-        final = pd.DataFrame(finals).pivot(index=["trial_key", "variant", "seed"], columns="name",
+        # rows come in trial-id order: for a re-run trial key, the newest row of each metric is kept
+        finals_df = pd.DataFrame(finals).drop_duplicates(["trial_key", "name"], keep="last")
+        final = finals_df.pivot(index=["trial_key", "variant", "seed"], columns="name",
                                            values="value").reset_index()
         final.columns.name = None
     else:
         final = pd.DataFrame(columns=["trial_key", "variant", "seed"])
     epochs = _with_epoch(pd.DataFrame(store.epoch_metrics(study_name),
-                                      columns=["trial_key", "variant", "seed", "step", "name", "value"]))
-    known = [t for t in trials if t["status"] in ("finished", "failed", "running")]
+                                      columns=["trial_key", "variant", "seed", "step", "name", "value"])
+                         .drop_duplicates(["trial_key", "step", "name"], keep="last"))
+    known = [t for t in trials if t["status"] in ("finished", "failed", "running") and not t["superseded"]]
     swept = _swept_keys(known)
     variant_params: Dict[str, Dict[str, Any]] = {}
     for t in known:

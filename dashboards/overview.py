@@ -28,6 +28,15 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def status_counts(trials) -> Dict[str, int]:
+    """{"finished": 6, "failed": 1, "superseded": 2, ...}"""
+    out: Dict[str, int] = {}
+    for t in trials:
+        key = "superseded" if t.get("superseded") else t["status"]
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
 def setup_section(ctx: PageContext) -> str:
     """What was compared, on what data, with what budget."""
     sd, cfg = ctx.sd, ctx.sd.config()
@@ -53,7 +62,7 @@ def setup_section(ctx: PageContext) -> str:
     ends = [t["finished_at"] for t in sd.trials if t["finished_at"]]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else math.nan
     det, loss = cfg.get("detector", {}), cfg.get("loss", {})
-    counts = pd.Series([t["status"] for t in sd.trials]).value_counts().to_dict() if sd.trials else {}
+    counts = status_counts(sd.trials)
     rows = [
         ("compared", f"{len(sd.variants)} variants over <ul style='margin:0'>{swept}</ul>"),
         ("detector", esc(f"{det.get('name', '?')} ({det.get('scale', '?')})")
@@ -160,7 +169,9 @@ def paper_section(ctx: PageContext, figs: Figures) -> str:
 def trials_section(ctx: PageContext) -> str:
     sd = ctx.sd
     ap = dict(zip(sd.final["trial_key"], sd.final["AP"])) if "AP" in sd.final else {}
-    rows = [{"trial": esc(t["trial_key"]), "status": esc(t["status"]), "AP": num(ap.get(t["trial_key"])),
+    rows = [{"trial": esc(t["trial_key"]),
+             "status": esc("superseded by a re-run" if t.get("superseded") else t["status"]),
+             "AP": num(None if t.get("superseded") else ap.get(t["trial_key"])),
              "duration": _duration(t["duration_s"] or math.nan), "attempts": t["attempts"],
              "MLflow run": ctx.run_link(t["mlflow_run_id"]),
              "error": esc((t["error"] or "")[:200])} for t in sd.trials]
@@ -204,7 +215,7 @@ def build_all_index(store, reports_dir: str, built: str) -> int:
         page = os.path.join(reports_dir, info["name"], "index.html")
         name = (f'<a href="{esc(info["name"])}/index.html">{esc(info["name"])}</a>' if os.path.exists(page)
                 else esc(info["name"]))
-        statuses = pd.Series([t["status"] for t in sd.trials]).value_counts().to_dict() if sd.trials else {}
+        statuses = status_counts(sd.trials)
         if h:
             w = h["winner_ci"]
             head = f"{esc(h['winner'])}: AP {mean_ci(w['mean'], w['lo'], w['hi'])}"

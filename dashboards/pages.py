@@ -116,6 +116,8 @@ def build_speed(ctx: PageContext) -> str:
     sd, an, figs = ctx.sd, ctx.an, Figures("speed")
     present = [(m, label) for m, label in SPEED_METRICS if m in sd.final]
     summaries = {label: an.summary(m) for m, label in present}
+    plotted = {label: (s.assign(**{c: s[c] * 1e-6 for c in ("mean", "lo", "hi", "half")})
+                       if m == "speed/params" else s) for (m, label), s in zip(present, summaries.values())}
     means = pd.DataFrame({"variant": sd.variants})
     for m in ("speed/latency_ms_p50", "AP"):
         s = an.summary(m)
@@ -128,16 +130,17 @@ def build_speed(ctx: PageContext) -> str:
             r = summaries[label].iloc[i]
             digits, scale = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
             row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, scale)
-        row["Pareto (latency, AP)"] = "✓" if v in front else ""
+        row["Pareto"] = "✓" if v in front else ""
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
     parts = ["<h2>Speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
              f"<p class=note>Measured by each worker on its own CPU share "
              f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at batch 1, "
              "throughput at the study's speed batch size, FLOPs from torch.utils.flop_counter, peak memory is the "
-             "worker's resident set size. Trials that ran side by side share the machine: compare with care.</p>"]
+             "worker's resident set size. Trials that ran side by side share the machine: compare with care. "
+             "Pareto: on the frontier of the variant means (lower latency p50, higher AP).</p>"]
     if present:
-        parts.append(figs.div(figures.small_multiples(summaries, sd.variants, "Speed figures per variant (95% CI)")))
+        parts.append(figs.div(figures.small_multiples(plotted, sd.variants, "Speed figures per variant (95% CI)")))
     if sd.variants and "AP" in sd.final and "speed/latency_ms_p50" in sd.final:
         parts.append("<h2>Speed against accuracy</h2>")
         parts.append(figs.div(figures.speed_accuracy(means, sd.final, "speed/latency_ms_p50", "AP",

@@ -112,3 +112,26 @@ def test_report_cli(fake_reports, tmp_path):
     assert not (tmp_path / "nope.db").exists()
     badfile = run_report(str(tmp_path / "missing.yaml"))
     assert badfile.returncode == 2 and badfile.stderr.startswith("error: ")
+
+
+def test_a_rerun_under_the_same_trial_key_supersedes_the_old_row(tmp_path):
+    """After a detectors change every trial re-runs under a new config hash but the same key:
+    the pages use the newest result and list the old row as superseded."""
+    from platform.store import Store
+
+    from dashboards import build_study
+
+    store = Store(f"sqlite:///{tmp_path}/r.db")
+    trials = fakes.populate(store, str(tmp_path))
+    old = trials["gamma=0,alpha=0.75/seed=0"]
+    new = dict(old, config_hash=old["config_hash"] + "-v2")
+    store.record_finished(fakes.STUDY, new, {"AP": 0.9, "AP50": 0.95}, [{"step": 1, "val/AP": 0.9}],
+                          {"per_class_ap": {c: 0.9 for c in fakes.CLASSES}}, "runv2" + "0" * 27, None, None)
+    ctx = build_study(store, fakes.STUDY, str(tmp_path / "reports"), resamples=10)
+    sd = ctx.sd
+    assert len(sd.trials) == 8 and len(sd.finished) == 6
+    row = sd.final.set_index("trial_key").loc["gamma=0,alpha=0.75/seed=0"]
+    assert row["AP"] == 0.9 and sd.seeds("gamma=0,alpha=0.75") == [0, 1]
+    text = (tmp_path / "reports" / fakes.STUDY / "index.html").read_text()
+    assert "superseded by a re-run" in text and "1 superseded" in text
+    assert sd.data("per_class_ap")["gamma=0,alpha=0.75/seed=0"] == {c: 0.9 for c in fakes.CLASSES}
