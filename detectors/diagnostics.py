@@ -7,13 +7,18 @@ one and read the cumulative share of the loss against the fraction of anchors.
 With gamma = 0 the negatives' curve rises early (easy negatives carry much of
 the loss); as gamma grows nearly all negative loss sits in a few hard anchors.
 Also: the share of the total loss that comes from easy negatives, p_t > 0.9.
+
+For quality-aware heads (GFL, IoU-aware, centerness), ``score_iou_diagnostics``
+pairs each positive's predicted score with the IoU of its box with the matched
+ground truth (GFL paper, arXiv 2006.04388, fig. 2): the joint score should track IoU.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
-from torch.utils.data import DataLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 
 from detectors.data.coco import collate
 
@@ -65,3 +70,44 @@ def classification_loss_diagnostics(model, dataset, batch_size: int, device, max
         "loss_positive": float(pos_all.sum()),
         "loss_negative": float(neg_all.sum()),
     }
+
+
+@torch.no_grad()
+def score_iou_diagnostics(model, dataset, batch_size: int, device, max_images: int = 200,
+                          max_points: int = 2000, bins: int = 10) -> dict:
+    """:meth:`DenseDetector.score_iou_pairs` over (the first ``max_images`` of) a dataset, JSON-able.
+
+    ``points``: up to ``max_points`` (score, iou) pairs, evenly subsampled; ``pearson`` and
+    ``spearman`` (ties ranked by order) correlations over all pairs, None when undefined;
+    ``binned``: mean score per IoU bin of width 1/bins (None for an empty bin).
+    """
+    model.eval()
+    n = min(len(dataset), max_images)
+    scores, ious = [], []
+    for images, targets in DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate):
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        pairs = model.score_iou_pairs([img.to(device) for img in images], targets)
+        scores.append(pairs["score"].cpu().double())
+        ious.append(pairs["iou"].cpu().double())
+    score, iou = torch.cat(scores), torch.cat(ious)
+
+    def corr(a: Tensor, b: Tensor) -> Optional[float]:
+        if a.numel() < 2 or float(a.std()) == 0 or float(b.std()) == 0:
+            return None
+        return float(torch.corrcoef(torch.stack((a, b)))[0, 1])
+
+    def ranks(x: Tensor) -> Tensor:
+        return torch.empty_like(x).index_put_((x.argsort(),), torch.arange(x.numel(), dtype=x.dtype))
+
+    keep = torch.linspace(0, max(0, score.numel() - 1), min(max_points, score.numel())).round().long()
+    which = (iou * bins).long().clamp(max=bins - 1)
+    mean_score = [float(score[which == i].mean()) if bool((which == i).any()) else None for i in range(bins)]
+    return {"images": n, "num_positive": int(score.numel()), "pearson": corr(score, iou),
+            "spearman": corr(ranks(score), ranks(iou)),
+            "points": {"score": score[keep].tolist(), "iou": iou[keep].tolist()},
+            "binned": {"iou_bin_centre": [(i + 0.5) / bins for i in range(bins)], "mean_score": mean_score}}
+
+
+# RetinaNet's presets; heads with GroupNorm at both scales (FCOS/ATSS/GFL use GN),
+# one square anchor of ``anchor_scale`` strides: GFL's 8, halved for tiny images
+# as RetinaNet's ``anchor_base`` is.

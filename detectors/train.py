@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from detectors.data.coco import CocoDetection, collate
 from detectors.data.resolve import ensure_dataset
-from detectors.diagnostics import classification_loss_diagnostics
+from detectors.diagnostics import classification_loss_diagnostics, score_iou_diagnostics
 from detectors.evaluate import evaluate_coco, to_coco_results
 from detectors.losses import CLS_LOSSES, inverse_frequency_alpha
 from detectors.models import MODELS
@@ -244,6 +244,9 @@ def finish(trial, model, val_ds, ev, train_img_s, epoch, step, device, report) -
     if hasattr(model, "classification_terms"):
         diagnostics = classification_loss_diagnostics(model, val_ds, trial["train"]["batch_size"], device)
         diagnostics.update(loss=trial["loss"]["name"], params=trial["loss"].get("params", {}))
+    if hasattr(model, "score_iou_pairs"):  # quality-aware heads: does the score track localisation?
+        diagnostics = dict(diagnostics or {}, score_iou=score_iou_diagnostics(
+            model, val_ds, trial["train"]["batch_size"], device))
     final_dir = os.path.join(trial["trial_dir"], "final")
     os.makedirs(final_dir, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(final_dir, "model.pt"))

@@ -10,7 +10,7 @@ import torch
 
 from detectors.losses import CLS_LOSSES, quality_focal_loss
 from detectors.models import MODELS
-from detectors.models.dense import score_iou_diagnostics
+from detectors.diagnostics import score_iou_diagnostics
 from detectors.models.dense_heads import aligned_box_iou, centerness_target, side_distances
 from torchvision.ops import box_iou
 
