@@ -23,7 +23,7 @@ import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from platform.spec import (
-    COCO_KEYS, DETECTOR_RESERVED, LOSS_RESERVED, PLURAL, SWEEPABLE, ConfigInvalid, Study, StudyError,
+    COCO_KEYS, COMPONENTS, DETECTOR_RESERVED, LOSS_RESERVED, PLURAL, SWEEPABLE, ConfigInvalid, Study, StudyError,
     apply_overrides, dotted, is_scalar, show, suggest, synthetic_defaults,
 )
 
@@ -88,6 +88,14 @@ def _leaf_keys(study: Study) -> List[str]:
     return keys + [f"dataset.synthetic.{p}" for p in (synthetic_defaults() or {})]
 
 
+LABEL = "label"  # optional name of a variant in trial keys, e.g. "baseline" instead of its overrides
+
+
+def overrides_of(variant: Mapping[str, Any]) -> Dict[str, Any]:
+    """A variant's dotted-key overrides (everything but its label)."""
+    return {k: v for k, v in variant.items() if k != LABEL}
+
+
 def check_sweep(study: Study) -> None:
     """Every swept key exists and every swept value validates: each variant on the base
     config, each grid value under every variant. Raises ConfigInvalid. Combinations of
@@ -96,12 +104,26 @@ def check_sweep(study: Study) -> None:
     bases = []
     for j, variant in enumerate(variants):
         loc = ("sweep", "variants", j)
+        label = variant.get(LABEL)
+        if LABEL in variant and not (isinstance(label, str) and label.strip()):
+            raise ConfigInvalid(loc + (LABEL,), f"expected a non-empty string, got {show(label)}")
+        variant = overrides_of(variant)
         if not variant:
             raise ConfigInvalid(loc, "empty variant: give at least one dotted key")
+        # Keys are checked against the base with the variant's component switches applied,
+        # so `loss.name: focal` and `loss.params.gamma: 2` can go together.
+        switched = study
+        names = {k: v for k, v in variant.items() if k.split(".")[0] in COMPONENTS and k.count(".") == 1
+                 and k.endswith(".name")}
+        if names:
+            try:
+                switched = apply_overrides(study, names)
+            except ConfigInvalid as e:
+                raise _attribute(e, {k: loc + (k,) for k in names}, loc) from None
         for key, value in variant.items():
             if key in grid:
                 raise ConfigInvalid(loc + (key,), "also swept in sweep.grid; put a key in one of them")
-            _check_key([study], key, loc + (key,))
+            _check_key([switched], key, loc + (key,))
             _check_scalar(value, loc + (key,))
         try:
             bases.append(apply_overrides(study, variant))
@@ -223,14 +245,17 @@ def expand(study: Study) -> List[dict]:
     grid_keys = sorted(study.sweep.grid)
     variants = study.sweep.variants or [{}]
     combos = list(itertools.product(*(study.sweep.grid[k] for k in grid_keys)))
-    names = short_names(dict.fromkeys([k for v in variants for k in v] + grid_keys))
+    names = short_names(dict.fromkeys([k for v in variants for k in overrides_of(v)] + grid_keys))
     cache: Dict[str, str] = {}
     trials: List[dict] = []
     seen: Dict[str, str] = {}
     for variant in variants:
         for combo in combos:
-            overrides = {**variant, **dict(zip(grid_keys, combo))}
+            grid_part = dict(zip(grid_keys, combo))
+            overrides = {**overrides_of(variant), **grid_part}
             label = ",".join(f"{names[k]}={format_value(v)}" for k, v in overrides.items()) or "default"
+            if LABEL in variant:  # a variant's own label, plus any grid values
+                label = ",".join([variant[LABEL]] + [f"{names[k]}={format_value(v)}" for k, v in grid_part.items()])
             try:
                 cfg = apply_overrides(study, overrides)
             except ConfigInvalid as e:

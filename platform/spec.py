@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 SWEEPABLE = ("dataset", "detector", "loss", "train", "eval")
+COMPONENTS = ("detector", "loss")  # sections with a registry name and its params
 COCO_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations")
 # Detector keyword arguments the training loop fills from other sections.
 DETECTOR_RESERVED = frozenset({"num_classes", "scale", "cls_loss", "score_thresh", "nms_iou", "max_dets"})
@@ -277,7 +278,13 @@ def validate(raw: Mapping[str, Any]) -> Study:
 def apply_overrides(study: Study, overrides: Mapping[str, Any]) -> Study:
     """A new, re-validated Study with ``{"dotted.key": value}`` applied; raises ConfigInvalid."""
     raw = study.model_dump()
-    for key, value in overrides.items():
+    # A component whose name changes starts from empty params: the old component's
+    # params (focal's gamma, say) mean nothing to the new one (ce). Names go first.
+    for section in COMPONENTS:
+        name = overrides.get(f"{section}.name")
+        if isinstance(name, str) and isinstance(raw.get(section), dict) and name != raw[section].get("name"):
+            raw[section]["params"] = {}
+    for key, value in sorted(overrides.items(), key=lambda kv: not kv[0].endswith(".name")):
         parts = key.split(".")
         if parts[0] not in SWEEPABLE or len(parts) < 2:
             raise ConfigInvalid((parts[0],), f"cannot sweep '{key}': only keys under {', '.join(SWEEPABLE)}",
