@@ -7,7 +7,7 @@ small grey points.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,10 +39,11 @@ def _err(s: pd.DataFrame) -> dict:
     return dict(type="data", array=half.tolist(), visible=True, thickness=1.5, width=6)
 
 
-def mean_and_points(summary: pd.DataFrame, points: pd.DataFrame, title: str, ytitle: str) -> go.Figure:
+def mean_and_points(summary: pd.DataFrame, points: pd.DataFrame, title: str, ytitle: str,
+                    cols: Optional[Dict[str, str]] = None) -> go.Figure:
     """Per-variant mean with CI error bars, and each seed as a point (the index page's AP chart)."""
     fig = _fig(title, yaxis_title=ytitle, showlegend=True)
-    cols = colors(summary["variant"])
+    cols = cols or colors(summary["variant"])
     fig.add_bar(x=summary["variant"], y=summary["mean"], error_y=_err(summary), name="mean (95% CI)",
                 marker_color=[cols[v] for v in summary["variant"]],
                 opacity=0.75, hovertemplate="%{x}<br>mean %{y:.4f}<extra></extra>")
@@ -188,14 +189,14 @@ def speed_accuracy(means: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, xt
 
 
 def loss_cdf(curves: Dict[str, Dict[str, Dict[str, List[float]]]], variants: Sequence[str],
-             label: Dict[str, str]) -> go.Figure:
+             label: Dict[str, str], cols: Optional[Dict[str, str]] = None) -> go.Figure:
     """Focal loss paper Fig. 4: cumulative normalised loss against the fraction of anchors (sorted by loss),
     positives and negatives side by side. ``curves``: variant -> {"positive"|"negative": {fraction, cumulative_loss}}."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["positive anchors", "negative anchors"],
                         horizontal_spacing=0.08)
     fig.update_layout(template=TEMPLATE, legend_title_text="variant",
                       title=dict(text="Cumulative normalised classification loss on the val split", x=0.01))
-    cols = colors(variants)
+    cols = cols or colors(variants)
     for j, part in enumerate(("positive", "negative"), start=1):
         for v in variants:
             c = curves.get(v, {}).get(part)
@@ -206,6 +207,10 @@ def loss_cdf(curves: Dict[str, Dict[str, Dict[str, List[float]]]], variants: Seq
                             hovertemplate=f"{label.get(v, v)}<br>%{{x:.2f}} of anchors: %{{y:.3f}} of loss<extra></extra>")
         fig.update_xaxes(title_text="fraction of anchors (sorted by loss)", range=[0, 1], row=1, col=j)
         fig.update_yaxes(title_text="cumulative normalised loss", range=[0, 1.02], row=1, col=j)
+    zoom = [dict(label=text, method="relayout", args=[{"xaxis.range": r, "xaxis2.range": r}])
+            for text, r in (("all anchors", [0, 1]), ("hardest 10%", [0.9, 1]))]
+    fig.update_layout(updatemenus=[dict(type="buttons", direction="right", buttons=zoom, x=1.0, xanchor="right",
+                                        y=1.16, yanchor="bottom", showactive=True)])
     return fig
 
 
@@ -226,13 +231,14 @@ def paper_gaps(rows: List[dict], title: str) -> go.Figure:
     return fig
 
 
-def score_vs_iou(points: Dict[str, Dict[str, List[float]]], variants: Sequence[str], max_points: int = 1500) -> go.Figure:
+def score_vs_iou(points: Dict[str, Dict[str, List[float]]], variants: Sequence[str], max_points: int = 1500,
+                 cols: Optional[Dict[str, str]] = None) -> go.Figure:
     """GFL paper sec. 1 / Fig. 2: predicted score against the IoU of the box with its matched ground truth,
     one point per positive (a fixed subsample of at most ``max_points`` per variant); the diagonal is agreement."""
     fig = _fig("Predicted score against IoU with the matched ground truth (val positives)",
                xaxis=dict(title="IoU with the matched ground truth", range=[0, 1]),
                yaxis=dict(title="predicted score", range=[0, 1.02]))
-    cols = colors(variants)
+    cols = cols or colors(variants)
     rng = np.random.default_rng(0)
     for v in variants:
         iou, score = np.asarray(points[v]["iou"], float), np.asarray(points[v]["score"], float)

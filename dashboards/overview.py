@@ -124,6 +124,9 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
         parts.append(table(pd.DataFrame(rows), left=["detail"]))
         if an.bootstrap() is not None:
             parts.append(f'<p class="note">Bootstrap: {esc(an.boot_note)}.</p>')
+        parts.append('<p class="note">The two tests answer different questions: the seed test asks whether the '
+                     'lead survives retraining (few seeds make it weak); the image bootstrap asks whether it '
+                     'survives another val set drawn like this one, for these trained models.</p>')
     parts.append("<h3>Variants</h3>" + variants_table(ctx))
     s, pts = an.summary("AP"), ctx.sd.metric("AP")
     parts.append(figs.div(figures.mean_and_points(s, pts, "AP per variant: mean with 95% CI, and each seed", "AP"), height=380))

@@ -178,7 +178,8 @@ def _score_iou_section(ctx: PageContext, figs: Figures, pairs: Dict[str, dict]) 
     return ("<h2>Score against localisation quality</h2><p class=note>GFL paper (Li et al., arXiv 2006.04388), "
             "sec. 1: with a separate quality branch the score a detection is ranked by and its IoU can disagree; "
             "a joint score should follow the IoU. Every val positive, seeds pooled.</p>"
-            + table(pd.DataFrame(rows)) + figs.div(figures.score_vs_iou(points, list(points)), height=480))
+            + table(pd.DataFrame(rows)) + figs.div(figures.score_vs_iou(points, list(points), cols=figures.colors(sd.variants)),
+                                                     height=480))
 
 
 def _figure4_section(ctx: PageContext, figs: Figures, diag: Dict[str, dict]) -> str:
@@ -210,11 +211,12 @@ def _figure4_section(ctx: PageContext, figs: Figures, diag: Dict[str, dict]) -> 
                      "val images": num(ds[0].get("images"))})
     parts.append(table(pd.DataFrame(rows), left=["loss"]))
     variants = [v for v in sd.variants if v in curves]
-    parts.append(figs.div(figures.loss_cdf(curves, variants, {}), height=440))
+    cols = figures.colors(sd.variants)
+    parts.append(figs.div(figures.loss_cdf(curves, variants, {}, cols), height=460))
     sh = pd.DataFrame(shares)
     s = pd.DataFrame([{"variant": v, **t_interval(sh.loc[sh["variant"] == v, "value"].tolist())} for v in variants])
     parts.append(figs.div(figures.mean_and_points(s, sh, "Share of the total classification loss from easy "
-                                                         "negatives (p_t > 0.9)", "share of loss"), height=360))
+                                                         "negatives (p_t > 0.9)", "share of loss", cols), height=360))
     return "".join(parts)
 
 
