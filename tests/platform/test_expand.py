@@ -204,3 +204,35 @@ def test_describe_marks_cached_trials(trials):
     assert lines[-1] == "3 trials: 1 cached, 2 to run"
     assert describe(trials[:3], {trials[1]["config_hash"]}, force=True).endswith(
         "3 trials: 1 cached, 3 to run (--force: cached trials run again)")
+
+
+REPO_STUDIES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "studies")
+
+
+def test_labelled_variants_switching_the_loss_start_from_empty_params(tmp_path):
+    trials = expand(load_study(os.path.join(REPO_STUDIES, "loss_ablation.yaml")))
+    assert len(trials) == 12  # 4 variants x 3 seeds
+    by_key = {t["trial_key"]: t for t in trials}
+    assert sorted({t["variant"] for t in trials}) == ["balanced_ce", "ce", "focal", "gfl"]
+    assert by_key["ce/seed=0"]["loss"] == {"name": "ce", "params": {}}
+    assert by_key["focal/seed=1"]["loss"] == {"name": "focal", "params": {"gamma": 2.0, "alpha": 0.25}}
+    gfl = by_key["gfl/seed=2"]
+    assert gfl["loss"] == {"name": "qfl", "params": {"beta": 2.0}}
+    assert gfl["detector"]["params"]["quality"] == "joint" and gfl["detector"]["params"]["box"] == "general_dfl"
+    # the other variants keep the base detector params
+    assert by_key["ce/seed=0"]["detector"]["params"]["quality"] == "none"
+
+
+def test_a_param_of_the_switched_loss_is_checked_against_the_new_loss(tmp_path):
+    with pytest.raises(StudyError, match=r"sweep\.variants\[0\]\.loss\.params\.gamma"):
+        study_from(tmp_path, HEAD + """
+sweep:
+  variants:
+    - {label: x, loss.name: ce, loss.params.gamma: 2.0}
+""")
+
+
+def test_gfl_ablation_expands_to_its_16_variants():
+    trials = expand(load_study(os.path.join(REPO_STUDIES, "gfl_ablation.yaml")))
+    assert len({t["variant"] for t in trials}) == 16 and len(trials) == 32
+    assert len({t["config_hash"] for t in trials}) == 32
