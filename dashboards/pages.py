@@ -158,12 +158,14 @@ def _diagnostics_section(ctx: PageContext, figs: Figures) -> str:
     if any("negative" in d and "positive" in d for d in diag.values()):
         out += _figure4_section(ctx, figs, {k: d for k, d in diag.items() if "negative" in d and "positive" in d})
     if any("score_iou" in d for d in diag.values()):
-        out += _score_iou_section(ctx, figs, {k: d["score_iou"] for k, d in diag.items() if "score_iou" in d})
+        # detectors.diagnostics.score_iou_diagnostics: sampled pairs under "points"
+        out += _score_iou_section(ctx, figs, {k: d["score_iou"].get("points", d["score_iou"])
+                                              for k, d in diag.items() if "score_iou" in d})
     return out or _missing("loss diagnostics this page knows how to plot")
 
 
 def _score_iou_section(ctx: PageContext, figs: Figures, pairs: Dict[str, dict]) -> str:
-    """GFL studies: score vs IoU per positive (data ``loss_diagnostics["score_iou"] = {"score": [...], "iou": [...]}``)."""
+    """GFL studies: score vs IoU per positive (data ``loss_diagnostics["score_iou"]["points"] = {"score": [...], "iou": [...]}``)."""
     sd = ctx.sd
     points, rows = {}, []
     for v in sd.variants:

@@ -107,7 +107,3 @@ def score_iou_diagnostics(model, dataset, batch_size: int, device, max_images: i
             "points": {"score": score[keep].tolist(), "iou": iou[keep].tolist()},
             "binned": {"iou_bin_centre": [(i + 0.5) / bins for i in range(bins)], "mean_score": mean_score}}
 
-
-# RetinaNet's presets; heads with GroupNorm at both scales (FCOS/ATSS/GFL use GN),
-# one square anchor of ``anchor_scale`` strides: GFL's 8, halved for tiny images
-# as RetinaNet's ``anchor_base`` is.

@@ -89,7 +89,8 @@ class StudyCallback(Callback):
         if "per_class_ap" in data:
             table = {"class": list(data["per_class_ap"]), "AP": list(data["per_class_ap"].values())}
             self.tracker.log_dict(run_id, table, "per_class_ap.json")
-        epoch_rows = [{"step": s, **m} for s, m in sorted(self.epochs.get(trial.trial_id, {}).items())]
+        # the row's step is the epoch; the optimiser step stays in the "step" metric only for MLflow
+        epoch_rows = [{**m, "step": s} for s, m in sorted(self.epochs.get(trial.trial_id, {}).items())]
         self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id,
                                    self.started.get(trial.trial_id), datetime.now(timezone.utc))
         self.tracker.end_child(run_id, "FINISHED")

@@ -234,6 +234,9 @@ class DenseDetector(nn.Module):
         return results
 
 
+# RetinaNet's presets; heads with GroupNorm at both scales (FCOS/ATSS/GFL use GN),
+# one square anchor of ``anchor_scale`` strides: GFL's 8, halved for tiny images
+# as RetinaNet's ``anchor_base`` is.
 DENSE_SCALES = {
     "tiny": dict(SCALES["tiny"], head_norm="gn", anchor_scale=4.0),
     "paper": dict(SCALES["paper"], head_norm="gn", anchor_scale=8.0),
