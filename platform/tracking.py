@@ -14,7 +14,7 @@ import time
 from importlib import metadata
 from typing import Any, Dict, Iterable, Optional
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 HASH_TAG = "detbench.config_hash"

@@ -103,18 +103,23 @@ def _tree(path):
     return sorted((root, tuple(sorted(files))) for root, _, files in os.walk(path))
 
 
-def test_dry_run_on_smoke_lists_two_trials_and_creates_nothing():
-    before = {d: _tree(os.path.join(REPO_ROOT, d)) for d in ("runs", "reports")}
+def test_dry_run_on_smoke_lists_two_trials_and_creates_nothing(tmp_path):
+    # As a user types it, from the repo root: the listing.
     code, out, err = run_cli("studies/smoke.yaml", "--dry-run")
     assert code == 0, err
     rows = [line.split() for line in out.splitlines() if "/seed=" in line]
     assert [r[0] for r in rows] == ["gamma=0/seed=0", "gamma=2/seed=0"]
     assert all(len(r[1]) == 12 for r in rows)
-    if before["runs"] is None:  # no earlier results: nothing can be cached
-        assert [r[2] for r in rows] == ["no", "no"]
-        assert "2 trials: 0 cached, 2 to run" in out
     assert "nothing was started or written" in out
-    assert {d: _tree(os.path.join(REPO_ROOT, d)) for d in ("runs", "reports")} == before
+    # The same study with its outputs in a fresh directory: nothing cached, nothing created.
+    text = open(os.path.join(REPO_ROOT, "studies", "smoke.yaml")).read()
+    study_file = tmp_path / "smoke.yaml"
+    study_file.write_text(text + f"output: {{runs_dir: {tmp_path}/runs, reports_dir: {tmp_path}/reports}}\n")
+    code, out, err = run_cli(str(study_file), "--dry-run")
+    assert code == 0, err
+    assert [line.split()[2] for line in out.splitlines() if "/seed=" in line] == ["no", "no"]
+    assert "2 trials: 0 cached, 2 to run" in out
+    assert sorted(os.listdir(tmp_path)) == ["smoke.yaml"]
 
 
 def test_dry_run_reads_cached_trials_without_touching_the_store(tmp_path):

@@ -9,7 +9,6 @@ and separately a trial that raises is retried, then recorded as failed while the
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 
