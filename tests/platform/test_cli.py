@@ -97,12 +97,6 @@ def test_missing_file_and_bad_arguments_exit_2():
     assert code == 2 and "--max-concurrent: must be >= 1, got 0" in err
 
 
-def _tree(path):
-    if not os.path.exists(path):
-        return None
-    return sorted((root, tuple(sorted(files))) for root, _, files in os.walk(path))
-
-
 def test_dry_run_on_smoke_lists_two_trials_and_creates_nothing(tmp_path):
     # As a user types it, from the repo root: the listing.
     code, out, err = run_cli("studies/smoke.yaml", "--dry-run")
