@@ -114,8 +114,7 @@ def run_study(study, trials: List[dict], args) -> int:
     if not todo:
         print("everything was cached: no trial ran (use --force to run them again)")
         print_summary(store, study)
-        write_report(store, study)
-        return 0
+        return 0 if write_report(store, study) else 1
 
     import ray
 
@@ -165,9 +164,9 @@ def run_study(study, trials: List[dict], args) -> int:
     print_summary(store, study)
     for f in recorder.failed:
         print(f"failed: {f['trial']['trial_key']}: {f['error']}")
-    write_report(store, study)
+    report_ok = write_report(store, study) is not None
     print(f"MLflow UI: {tracker.ui_command()}")
     if interrupted:
         print(f"interrupted: {len(recorder.finished)} finished trials are kept; run the same command to resume")
         return 130
-    return 1 if recorder.failed else 0
+    return 1 if recorder.failed or not report_ok else 0

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from typing import Optional
 
 from dashboards.tables import variant_table
 
@@ -19,10 +21,16 @@ def print_summary(store, study) -> None:
         print(f"{r['variant']:<28} {r['seeds']:>5} {ap:>17} {r['AP50']:>6.3f} {r['train_img_s']:>11.1f} {r['latency_ms']:>10.1f}")
 
 
-def write_report(store, study) -> str:
+def write_report(store, study) -> Optional[str]:
+    """Build the pages; a failure here must not hide results already safe in the store."""
     from dashboards import build_reports
 
-    path = build_reports(store, study.name, study.output.reports_dir)
+    try:
+        path = build_reports(store, study.name, study.output.reports_dir)
+    except Exception as exc:  # noqa: BLE001 - reported in one line, the results stay in the store
+        print(f"error: building the report failed ({type(exc).__name__}: {exc}); the results are in the "
+              f"store, retry with: python -m platform.report {study.source}", file=sys.stderr)
+        return None
     shown = os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
     print(f"report: {shown}")
     return path
