@@ -155,6 +155,8 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_resumes(tmp_path):
     import signal
     import time
 
+    import psutil
+
     study = write_study(tmp_path / "interrupt.yaml", tmp_path, [0, 1, 2, 3])
     with open(study) as f:
         spec = yaml.safe_load(f)
@@ -201,14 +203,29 @@ def test_runs_on_an_existing_ray_cluster_and_rejects_an_unreachable_one(tmp_path
     assert bad.returncode == 2
     assert "cannot connect to the Ray cluster at 127.0.0.1:1" in bad.stderr
 
+    import signal
+    import time
+
+    import psutil
+
+    # A head node of our own, in its own process group: stopping it must not touch any
+    # other Ray on this machine (`ray stop` would end them all).
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray_bin, "start", "--head", "--port", "6391", "--num-cpus", "2", "--include-dashboard",
-                    "false", "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--port", "6391", "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        for _ in range(90):  # until the head listens on its port
+            if head.poll() is not None or any(c.laddr.port == 6391 and c.status == psutil.CONN_LISTEN
+                                              for c in psutil.net_connections(kind="tcp")):
+                break
+            time.sleep(1)
+        assert head.poll() is None, "the Ray head did not start"
         # "auto": the cluster `ray start` registered; detectors/ is shipped as a py_module.
         proc = run_cli(study, "--address", "auto")
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1/1 done" in proc.stdout
     _, children = mlflow_runs(tmp_path / "runs")
