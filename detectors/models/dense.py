@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import batched_nms
 
 from detectors.assigners import atss_assign, fcos_assign, fcos_size_ranges, max_iou_assign
 from detectors.boxes import clip_boxes
@@ -47,6 +46,7 @@ from detectors.losses import CLS_LOSSES, balanced_ce_loss, focal_loss
 from detectors.losses.gfl import distribution_focal_loss, gaussian_nll_loss, giou_loss
 from detectors.models import MODELS
 from detectors.models.backbones import resnet50_fpn_backbone, tiny_fpn_backbone
+from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.models.dense_heads import (BOX_REPRESENTATIONS, DenseHead, aligned_box_iou, box_centres,
                                           box_to_distance, centerness_target, distance_to_box,
                                           gaussian_log_var, side_distances)
@@ -205,7 +205,6 @@ class DenseDetector(nn.Module):
 
     def postprocess(self, out, anchors, level_sizes, image_sizes) -> List[Dict[str, Tensor]]:
         """Top-k candidates per level by test-time score above ``score_thresh``, decode, batched NMS."""
-        num_classes = out["cls"].shape[-1]
         results = []
         for b, (h, w) in enumerate(image_sizes):
             quality = (out["quality"][b].split(level_sizes) if out["quality"] is not None
@@ -217,20 +216,12 @@ class DenseDetector(nn.Module):
                 scores = torch.sigmoid(lg)
                 if q is not None:  # centerness / predicted IoU times the class score
                     scores = scores * torch.sigmoid(q)[:, None]
-                scores = scores.flatten()
-                keep = torch.nonzero(scores > self.score_thresh).squeeze(1)
-                scores = scores[keep]
-                if scores.numel() > self.topk_candidates:
-                    scores, order = scores.topk(self.topk_candidates)
-                    keep = keep[order]
-                idx, labels = keep // num_classes, keep % num_classes
+                scores, idx, labels = level_candidates(scores, self.score_thresh, self.topk_candidates)
                 dist = self.distances(raw[idx]) * stride
                 boxes_all.append(clip_boxes(distance_to_box(box_centres(an[idx]), dist), h, w))
                 scores_all.append(scores)
                 labels_all.append(labels)
-            boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
-            keep = batched_nms(boxes, scores, labels, self.nms_iou)[: self.max_dets]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+            results.append(merge_levels(boxes_all, scores_all, labels_all, self.nms_iou, self.max_dets))
         return results
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectors.losses.gfl import integral
-from detectors.models.retinanet import RetinaHead, _subnet
+from detectors.models.retinanet import RetinaHead, conv_subnet
 
 BOX_REPRESENTATIONS = ("dirac", "gaussian", "general", "general_dfl")
 
@@ -129,8 +129,8 @@ class DenseHead(nn.Module):
         super().__init__()
         self.num_classes, self.box = num_classes, box
         self.box_dim = box_channels(box, reg_max)
-        self.cls_tower = _subnet(in_channels, width, num_convs, norm)
-        self.box_tower = _subnet(in_channels, width, num_convs, norm)
+        self.cls_tower = conv_subnet(in_channels, width, num_convs, norm)
+        self.box_tower = conv_subnet(in_channels, width, num_convs, norm)
         self.cls_out = nn.Conv2d(width, num_classes, 3, padding=1)
         self.box_out = nn.Conv2d(width, self.box_dim, 3, padding=1)
         # The quality branch sits on the box tower (FCOS's improved variant, ATSS, IoU-aware).

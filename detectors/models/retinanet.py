@@ -21,19 +21,19 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import batched_nms
 
 from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES
 from detectors.models import MODELS
 from detectors.models.backbones import resnet50_fpn_backbone, tiny_fpn_backbone
+from detectors.models.postprocess import level_candidates, merge_levels
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def _subnet(width_in: int, width: int, num_convs: int, norm: Optional[str]) -> nn.Sequential:
+def conv_subnet(width_in: int, width: int, num_convs: int, norm: Optional[str]) -> nn.Sequential:
     layers: List[nn.Module] = []
     for i in range(num_convs):
         layers.append(nn.Conv2d(width_in if i == 0 else width, width, 3, padding=1))
@@ -56,8 +56,8 @@ class RetinaHead(nn.Module):
                  num_convs: int, norm: Optional[str], prior_prob: float) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.cls_subnet = _subnet(in_channels, width, num_convs, norm)
-        self.box_subnet = _subnet(in_channels, width, num_convs, norm)
+        self.cls_subnet = conv_subnet(in_channels, width, num_convs, norm)
+        self.box_subnet = conv_subnet(in_channels, width, num_convs, norm)
         self.cls_out = nn.Conv2d(width, num_anchors * num_classes, 3, padding=1)
         self.box_out = nn.Conv2d(width, num_anchors * 4, 3, padding=1)
         for m in self.modules():
@@ -168,26 +168,16 @@ class RetinaNet(nn.Module):
 
     def postprocess(self, logits, deltas, anchors, level_sizes, image_sizes) -> List[Dict[str, Tensor]]:
         """Top-k candidates per level above ``score_thresh``, decode, batched NMS per class."""
-        num_classes = logits.shape[-1]
         results = []
         for b, (h, w) in enumerate(image_sizes):
             boxes_all, scores_all, labels_all = [], [], []
             for lg, dl, an in zip(logits[b].split(level_sizes), deltas[b].split(level_sizes),
                                   anchors[b].split(level_sizes)):
-                scores = torch.sigmoid(lg).flatten()
-                keep = torch.nonzero(scores > self.score_thresh).squeeze(1)
-                scores = scores[keep]
-                if scores.numel() > self.topk_candidates:
-                    scores, order = scores.topk(self.topk_candidates)
-                    keep = keep[order]
-                anchor_idx, labels = keep // num_classes, keep % num_classes
-                boxes = clip_boxes(self.box_coder.decode(dl[anchor_idx], an[anchor_idx]), h, w)
-                boxes_all.append(boxes)
+                scores, idx, labels = level_candidates(torch.sigmoid(lg), self.score_thresh, self.topk_candidates)
+                boxes_all.append(clip_boxes(self.box_coder.decode(dl[idx], an[idx]), h, w))
                 scores_all.append(scores)
                 labels_all.append(labels)
-            boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
-            keep = batched_nms(boxes, scores, labels, self.nms_iou)[: self.max_dets]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+            results.append(merge_levels(boxes_all, scores_all, labels_all, self.nms_iou, self.max_dets))
         return results
 
 
