@@ -57,7 +57,8 @@ def _start_ray(address: str | None, log_dir: str) -> None:
         # Ship the worker package to the cluster; driver code never travels.
         ray.init(address=address, runtime_env={"py_modules": [os.path.join(REPO_ROOT, "detectors")]}, **kwargs)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        # "local": always a fresh Ray of our own, never a cluster some earlier `ray start` left registered
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
 
 
 def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None, log_dir: str):
