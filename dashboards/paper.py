@@ -69,7 +69,10 @@ def match_variants(sd: StudyData, table: Dict[str, Any]) -> Dict[str, Dict[str, 
             if all(all(_same(dotted_get(c, k), row.get(k)) for c in configs) for k in table["keys"]):
                 out[variant] = row
                 break
-    return out
+    # A row replayed by two variants is ambiguous (they differ in something the table
+    # does not pin): leave those variants out rather than compare the wrong one.
+    rows = [id(r) for r in out.values()]
+    return {v: r for v, r in out.items() if rows.count(id(r)) == 1}
 
 
 def _scale(metric: str) -> float:

@@ -136,3 +136,24 @@ def test_paper_marks():
     o = c["ordering"]
     assert o["paper"][0] == "gamma=2,alpha=0.25" and o["ours"][0] == "gamma=5,alpha=0.25"
     assert o["held"] is False and o["best_held"] is False
+
+
+def test_one_factor_tables_ignore_variants_that_change_another_factor():
+    # GFL Table 1c varies beta on the full GFL detector (n = 16, Delta = 1). A variant with
+    # beta 2 but n = 8 must not be taken for the beta = 2 row; and two variants that both
+    # replay one row (here: same beta, a difference the table does not pin) are left out.
+    tables = {t["id"]: t for t in load_tables()}
+
+    def gfl(variant, beta, reg_max, seed=0, box="general_dfl"):
+        return ({"trial_key": f"{variant}/seed={seed}", "variant": variant, "seed": seed,
+                 "config": {"loss": {"name": "qfl", "params": {"beta": beta}},
+                            "detector": {"name": "dense", "params": {"quality": "joint", "box": box,
+                                                                     "reg_max": reg_max, "bin_width": 1.0}}}}, 0.5)
+
+    trials = [gfl("gfl", 2.0, 16), gfl("beta=0", 0.0, 16), gfl("n=8", 2.0, 8)]
+    sd = _study({v: {} for v in ("gfl", "beta=0", "n=8")}, trials)
+    assert set(match_variants(sd, tables["gfl_table1c"])) == {"gfl", "beta=0"}
+
+    twins = [gfl("a", 2.0, 16), gfl("b", 2.0, 16), gfl("beta=0", 0.0, 16)]
+    sd = _study({v: {} for v in ("a", "b", "beta=0")}, twins)
+    assert set(match_variants(sd, tables["gfl_table1c"])) == {"beta=0"}
