@@ -143,7 +143,7 @@ def run_trial(trial: dict, report: Optional[Report] = None, resume_from: Optiona
     """Train, evaluate and time one trial. Returns the final metrics dict.
 
     ``report(metrics, checkpoint_dir)`` is called after every epoch (and once more
-    at the end with the final metrics and ``done=1``). ``resume_from`` is a
+    at the end with the final metrics and ``final=1``; "done" is Tune's own key). ``resume_from`` is a
     checkpoint directory written by an earlier call.
     """
     report = report or (lambda metrics, ckpt: None)
@@ -257,7 +257,7 @@ def finish(trial, model, val_ds, ev, train_img_s, epoch, step, device, report) -
         _write_json(os.path.join(final_dir, "diagnostics.json"), diagnostics)
     final = {k: v for k, v in ev["metrics"].items() if v is not None}
     final.update({f"speed/{k}": v for k, v in speed.items()})
-    final.update(epoch=epoch, step=step, done=1)
+    final.update(epoch=epoch, step=step, final=1)
     report(final, final_dir)
     return final
 

@@ -71,16 +71,14 @@ class StudyCallback(Callback):
         if not metrics:
             return
         step = int(metrics.get("epoch", result.get("training_iteration", 0)))
-        if metrics.get("done"):
-            metrics.pop("done")
-        else:
+        if not metrics.pop("final", None):  # the worker's last report holds final metrics, not an epoch
             self.epochs.setdefault(trial.trial_id, {})[step] = metrics
         self.tracker.log_metrics(self._child(trial), metrics, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         spec, run_id = trial.config["trial"], self._child(trial)
         final = our_metrics(trial.last_result or {})
-        final.pop("done", None)
+        final.pop("final", None)
         ckpt_dir = trial.checkpoint.path if trial.checkpoint else None
         data = self._trial_data(ckpt_dir)
         self.tracker.log_dict(run_id, spec, "resolved_config.json")
@@ -179,7 +177,7 @@ class ProgressCallback(Callback):
         self._say(f"start  {trial.config['trial']['trial_key']}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "epoch" in result and not result.get("done"):
+        if "epoch" in result and not result.get("final"):
             key = trial.config["trial"]["trial_key"]
             ap = result.get(f"val/{self.metric}")
             shown = f", val {self.metric} {ap:.3f}" if ap is not None else ""

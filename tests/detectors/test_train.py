@@ -42,9 +42,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     reports = []
     run_trial(trial, lambda m, c: reports.append((m, c)))
     straight = torch.load(os.path.join(trial["trial_dir"], "final", "model.pt"), weights_only=True)
-    # 3 epoch reports with checkpoints, then the final report with done=1.
+    # 3 epoch reports with checkpoints, then the final report with final=1.
     assert [int(m["epoch"]) for m, _ in reports] == [0, 1, 2, 2]
-    assert reports[-1][0]["done"] == 1 and "AP50" in reports[-1][0]
+    assert reports[-1][0]["final"] == 1 and "AP50" in reports[-1][0]
 
     # Same trial, "killed" right after the first epoch's checkpoint, then resumed.
     trial2 = dict(trial, trial_dir=str(tmp_path / "trial2"))
@@ -97,7 +97,7 @@ def test_cli_runs_a_trial_file(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    assert lines[-1]["done"] == 1 and lines[-1]["step"] == 1
+    assert lines[-1]["final"] == 1 and lines[-1]["step"] == 1
 
 
 def test_tiny_retinanet_learns_to_an_ap50_floor(tmp_path):

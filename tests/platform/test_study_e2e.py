@@ -88,6 +88,10 @@ def test_smoke_study_runs_every_trial_through_ray_mlflow_and_the_store(first_run
     names = {r["name"] for r in store.final_metrics("smoke")}
     assert {"AP", "AP50", "AP75", "speed/train_img_s", "speed/gflops"} <= names
     assert len(store.trial_data("smoke", "per_class_ap")) == 2
+    # the last (here the only) epoch keeps its training losses: the final report is not an epoch
+    last_epoch = {r["name"] for r in store.epoch_metrics("smoke") if r["step"] == 0}
+    assert {"train/loss", "train/loss_cls", "val/AP50"} <= last_epoch and "speed/gflops" not in last_epoch
+    assert len(store.trial_data("smoke", "loss_diagnostics")) == 2
 
     page = (root / "reports" / "smoke" / "index.html").read_text()
     for t in trials:
