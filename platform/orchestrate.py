@@ -23,7 +23,10 @@ def _ray_logs_to_file(path: str) -> None:
     # classic one honours verbose=0, and ProgressCallback prints instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+    # ray.init() resets the "ray" logger's handlers, so this runs again after it; the
+    # start-up auth notice comes from a child logger during init, hence named here.
+    for name in ("ray", "ray.tune", "ray.train", "ray.data",
+                 "ray._private.authentication.authentication_token_setup"):
         lg = logging.getLogger(name)
         lg.handlers = [handler]
         lg.propagate = False
@@ -133,6 +136,7 @@ def run_study(study, trials: List[dict], args) -> int:
         where = args.address or os.environ.get("RAY_ADDRESS")
         print(f"error: cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    _ray_logs_to_file(ray_log)
     interrupted, recorder = False, None
     try:
         todo = prepare_dataset(todo)

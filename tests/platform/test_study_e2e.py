@@ -64,6 +64,7 @@ def test_smoke_study_runs_every_trial_through_ray_mlflow_and_the_store(first_run
     assert "report: " in out and "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out
     # Tune's own tables stay out of the terminal; Ray's logs go to a file.
     assert "Trial status" not in out and "Configuration for experiment" not in out
+    assert "Token authentication" not in proc.stdout + proc.stderr  # Ray's start-up notice goes to ray.log
     assert os.path.exists(root / "runs" / "smoke" / "ray.log")
 
     parents, children = mlflow_runs(root / "runs")
