@@ -14,7 +14,7 @@ Both return an ``OrderedDict`` of feature maps ``p3..p7`` and expose
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -92,3 +92,22 @@ def resnet50_fpn_backbone(fpn_width: int = 256) -> PyramidBackbone:
         extra_blocks=LastLevelP6P7(fpn_width, fpn_width),
     )
     return PyramidBackbone(fpn)
+
+
+def scale_config(presets: Dict[str, dict], scale: str, head_norm: Optional[str] = "scale", **overrides) -> dict:
+    """A scale preset with the builder's explicit arguments on top (``None`` keeps the
+    preset's value; ``head_norm="scale"`` keeps the preset's norm, ``None`` means none)."""
+    if scale not in presets:
+        raise ValueError(f"unknown scale '{scale}' (known: {', '.join(presets)})")
+    cfg = dict(presets[scale])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if head_norm != "scale":
+        cfg["head_norm"] = head_norm
+    return cfg
+
+
+def pyramid_backbone(scale: str, cfg: dict) -> PyramidBackbone:
+    """ResNet-50-FPN for ``paper``, the tiny body otherwise; both P3-P7."""
+    if scale == "paper":
+        return resnet50_fpn_backbone(cfg["fpn_width"])
+    return tiny_fpn_backbone(cfg["widths"], cfg["fpn_width"])

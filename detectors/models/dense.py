@@ -45,7 +45,7 @@ from detectors.boxes import clip_boxes
 from detectors.losses import CLS_LOSSES, balanced_ce_loss, focal_loss
 from detectors.losses.gfl import distribution_focal_loss, gaussian_nll_loss, giou_loss
 from detectors.models import MODELS
-from detectors.models.backbones import resnet50_fpn_backbone, tiny_fpn_backbone
+from detectors.models.backbones import pyramid_backbone, scale_config
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.models.dense_heads import (BOX_REPRESENTATIONS, DenseHead, aligned_box_iou, box_centres,
                                           box_to_distance, centerness_target, distance_to_box,
@@ -271,16 +271,9 @@ def build_dense(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callab
     if quality == "joint" and base in (focal_loss, balanced_ce_loss):
         # Their modulating / alpha factors are exact only for targets in {0, 1}.
         raise ValueError("quality 'joint' trains soft IoU targets: use the 'qfl' (or 'ce') loss")
-    cfg = dict(DENSE_SCALES[scale])
-    overrides = dict(anchor_scale=anchor_scale, head_width=head_width, head_convs=head_convs,
-                     fpn_width=fpn_width, min_size=min_size, max_size=max_size)
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    if head_norm != "scale":
-        cfg["head_norm"] = head_norm
-    if scale == "paper":
-        backbone = resnet50_fpn_backbone(cfg["fpn_width"])
-    else:
-        backbone = tiny_fpn_backbone(cfg["widths"], cfg["fpn_width"])
+    cfg = scale_config(DENSE_SCALES, scale, head_norm, anchor_scale=anchor_scale, head_width=head_width,
+                       head_convs=head_convs, fpn_width=fpn_width, min_size=min_size, max_size=max_size)
+    backbone = pyramid_backbone(scale, cfg)
     strides = backbone.strides
     head = DenseHead(backbone.out_channels, num_classes, cfg["head_width"], cfg["head_convs"],
                      cfg["head_norm"], prior_prob, box, reg_max,

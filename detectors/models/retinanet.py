@@ -26,7 +26,7 @@ from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES
 from detectors.models import MODELS
-from detectors.models.backbones import resnet50_fpn_backbone, tiny_fpn_backbone
+from detectors.models.backbones import pyramid_backbone, scale_config
 from detectors.models.postprocess import level_candidates, merge_levels
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -214,18 +214,9 @@ def build_retinanet(num_classes: int, scale: str = "tiny", cls_loss: Optional[Ca
 
     ``cls_loss`` defaults to focal loss with the paper's gamma 2, alpha 0.25.
     """
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale '{scale}' (known: {', '.join(SCALES)})")
-    cfg = dict(SCALES[scale])
-    overrides = dict(anchor_base=anchor_base, head_width=head_width, head_convs=head_convs,
-                     fpn_width=fpn_width, min_size=min_size, max_size=max_size)
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    if head_norm != "scale":
-        cfg["head_norm"] = head_norm
-    if scale == "paper":
-        backbone = resnet50_fpn_backbone(cfg["fpn_width"])
-    else:
-        backbone = tiny_fpn_backbone(cfg["widths"], cfg["fpn_width"])
+    cfg = scale_config(SCALES, scale, head_norm, anchor_base=anchor_base, head_width=head_width,
+                       head_convs=head_convs, fpn_width=fpn_width, min_size=min_size, max_size=max_size)
+    backbone = pyramid_backbone(scale, cfg)
     head = RetinaHead(backbone.out_channels, 9, num_classes, cfg["head_width"],
                       cfg["head_convs"], cfg["head_norm"], prior_prob)
     box_fn = BOX_LOSSES.get(box_loss)
