@@ -31,7 +31,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detectors.boxes import xyxy_to_xywh
 
-__all__ = ["METRIC_NAMES", "to_coco_results", "evaluate_coco"]
+__all__ = ["METRIC_NAMES", "to_coco_results", "evaluate_coco", "predict", "evaluate_model"]
 
 # The order of COCOeval.stats for iouType "bbox" (cocoeval.py, _summarizeDets).
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
@@ -138,3 +138,29 @@ def _load_results(coco_gt: COCO, results: List[dict]) -> COCO:
                            "categories": copy.deepcopy(coco_gt.dataset.get("categories", []))}
         coco_dt.createIndex()
     return coco_dt
+
+
+@torch.no_grad()
+def predict(model, dataset, batch_size: int, device: torch.device) -> List[dict]:
+    """Eval-mode inference over a ``CocoDetection``; boxes in the dataset images' pixels."""
+    from torch.utils.data import DataLoader
+
+    from detectors.data.coco import collate
+
+    model.eval()
+    preds = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for images, targets in loader:
+        outputs = model([img.to(device) for img in images])
+        for out, tgt in zip(outputs, targets):
+            preds.append({"image_id": int(tgt["image_id"]), **{k: v.cpu() for k, v in out.items()}})
+    return preds
+
+
+def evaluate_model(model, dataset, batch_size: int, device: torch.device) -> dict:
+    """:func:`predict` then :func:`evaluate_coco` on the dataset's ground truth; the
+    detections (COCO results format) ride along under ``"detections"``."""
+    results = to_coco_results(predict(model, dataset, batch_size, device), dataset.cat_ids)
+    out = evaluate_coco(dataset.coco, results, class_names=dataset.class_names, cat_ids=dataset.cat_ids)
+    out["detections"] = results
+    return out

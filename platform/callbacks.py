@@ -45,7 +45,7 @@ class StudyCallback(Callback):
         self.study_name, self.tracker, self.store, self.force = study_name, tracker, store, force
         self.runs: Dict[str, str] = {}          # Tune trial id -> MLflow run id
         self.started: Dict[str, datetime] = {}
-        self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}
+        self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}  # trial id -> step -> metrics
         self.attempts: Dict[str, int] = {}
         self._hash: Dict[str, str] = {}         # Tune trial id -> config hash
         self.finished: List[dict] = []
@@ -70,7 +70,9 @@ class StudyCallback(Callback):
         metrics = our_metrics(result)
         if not metrics:
             return
-        step = int(metrics.get("epoch", result.get("training_iteration", 0)))
+        # Rows and MLflow points are keyed by the global optimiser step: unique across a
+        # trial's phases (epochs restart their count per phase only in the phase's own terms).
+        step = int(metrics.get("step", result.get("training_iteration", 0)))
         if not metrics.pop("final", None):  # the worker's last report holds final metrics, not an epoch
             self.epochs.setdefault(trial.trial_id, {})[step] = metrics
         self.tracker.log_metrics(self._child(trial), metrics, step)
@@ -87,7 +89,7 @@ class StudyCallback(Callback):
         if "per_class_ap" in data:
             table = {"class": list(data["per_class_ap"]), "AP": list(data["per_class_ap"].values())}
             self.tracker.log_dict(run_id, table, "per_class_ap.json")
-        # the row's step is the epoch; the optimiser step stays in the "step" metric only for MLflow
+        # one row per epoch report, keyed by its global optimiser step; "epoch" and "phase" are metrics in it
         epoch_rows = [{**m, "step": s} for s, m in sorted(self.epochs.get(trial.trial_id, {}).items())]
         self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id,
                                    self.started.get(trial.trial_id), datetime.now(timezone.utc))

@@ -6,12 +6,10 @@
 Order: variants (as written) outer, the grid (``itertools.product`` over the
 sorted keys) in the middle, seeds inner. Every combination is substituted into
 the config and validated again. ``config_hash`` covers what decides a trial's
-results (dataset, detector, loss, train, eval, seed, the dataset's content and
-the detectors/ source) and nothing else: resources, tracking, output, name and
-description can change without invalidating finished trials.
-
-This module also holds the sweep's rules (:func:`check_sweep`, called by
-``load_study``): which keys may vary, and that every swept value validates.
+results (dataset, detector, losses, train, eval, seed, the dataset's content
+and the detectors/ source) and nothing else: resources, tracking, output, name
+and description can change without invalidating finished trials. The sweep's
+rules (which keys may vary) are ``platform.sweep``'s.
 """
 from __future__ import annotations
 
@@ -22,135 +20,9 @@ import json
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from platform.spec import (
-    COCO_KEYS, COMPONENTS, DETECTOR_RESERVED, LOSS_RESERVED, PLURAL, SWEEPABLE, ConfigInvalid, Study, StudyError,
-    apply_overrides, dotted, is_scalar, show, suggest, synthetic_defaults,
-)
-
-# --------------------------------------------------------------------------- sweep rules
-
-
-class _Probe:
-    """A value no validator accepts: its error says whether a key exists and what it expects."""
-
-
-def _probe(study: Study, key: str) -> Optional[ConfigInvalid]:
-    try:
-        apply_overrides(study, {key: _Probe()})
-    except ConfigInvalid as e:
-        return e
-    return None
-
-
-def _missing(err: Optional[ConfigInvalid], key: str) -> bool:
-    parts = tuple(key.split("."))
-    return err is not None and err.unknown_key and parts[: len(err.loc)] == err.loc
-
-
-def _check_key(bases: List[Study], key: str, loc: Tuple) -> Optional[ConfigInvalid]:
-    """Raise unless ``key`` exists in at least one base config; returns the probe's error."""
-    parts = key.split(".")
-    if parts[0] not in SWEEPABLE or len(parts) < 2:
-        raise ConfigInvalid(loc, f"cannot sweep '{key}': only keys under {', '.join(SWEEPABLE)} can vary")
-    errors = [_probe(base, key) for base in bases]
-    if all(_missing(e, key) for e in errors):
-        raise ConfigInvalid(loc, f"no such key in the study config{suggest(key, _leaf_keys(bases[0]))}")
-    return next((e for e in errors if not _missing(e, key)), None)
-
-
-def _attribute(e: ConfigInvalid, loc_of: Mapping[str, Tuple], where: Tuple) -> ConfigInvalid:
-    """Pin a validation error of substituted values on the swept key that caused it."""
-    for key, loc in loc_of.items():
-        if tuple(key.split(".")) == e.loc:
-            return ConfigInvalid(loc, e.msg)
-    return ConfigInvalid(where, f"{dotted(e.loc)}: {e.msg}")
-
-
-def _check_scalar(value: Any, loc: Tuple) -> None:
-    if not is_scalar(value):
-        raise ConfigInvalid(loc, f"expected a single value (number, string, true/false or null), got {show(value)}")
-
-
-def _leaf_keys(study: Study) -> List[str]:
-    """Every dotted key a sweep could name (for "did you mean" hints)."""
-    from detectors.losses import CLS_LOSSES
-    from detectors.models import MODELS
-
-    def walk(prefix: str, node: Any) -> Iterable[str]:
-        if not isinstance(node, dict):
-            return [prefix]
-        return [k for key, v in node.items() for k in walk(f"{prefix}.{key}", v)]
-
-    data = study.model_dump(include=set(SWEEPABLE))
-    keys = [k for section in SWEEPABLE for k in walk(section, data[section])]
-    keys += [f"detector.params.{p}" for p in MODELS.parameters(study.detector.name) if p not in DETECTOR_RESERVED]
-    keys += [f"loss.params.{p}" for p in CLS_LOSSES.parameters(study.loss.name) if p not in LOSS_RESERVED]
-    return keys + [f"dataset.synthetic.{p}" for p in (synthetic_defaults() or {})]
-
-
-LABEL = "label"  # optional name of a variant in trial keys, e.g. "baseline" instead of its overrides
-
-
-def overrides_of(variant: Mapping[str, Any]) -> Dict[str, Any]:
-    """A variant's dotted-key overrides (everything but its label)."""
-    return {k: v for k, v in variant.items() if k != LABEL}
-
-
-def check_sweep(study: Study) -> None:
-    """Every swept key exists and every swept value validates: each variant on the base
-    config, each grid value under every variant. Raises ConfigInvalid. Combinations of
-    several grid keys are validated by :func:`expand`."""
-    grid, variants = study.sweep.grid, study.sweep.variants
-    bases = []
-    for j, variant in enumerate(variants):
-        loc = ("sweep", "variants", j)
-        label = variant.get(LABEL)
-        if LABEL in variant and not (isinstance(label, str) and label.strip()):
-            raise ConfigInvalid(loc + (LABEL,), f"expected a non-empty string, got {show(label)}")
-        variant = overrides_of(variant)
-        if not variant:
-            raise ConfigInvalid(loc, "empty variant: give at least one dotted key")
-        # Keys are checked against the base with the variant's component switches applied,
-        # so `loss.name: focal` and `loss.params.gamma: 2` can go together.
-        switched = study
-        names = {k: v for k, v in variant.items() if k.split(".")[0] in COMPONENTS and k.count(".") == 1
-                 and k.endswith(".name")}
-        if names:
-            try:
-                switched = apply_overrides(study, names)
-            except ConfigInvalid as e:
-                raise _attribute(e, {k: loc + (k,) for k in names}, loc) from None
-        for key, value in variant.items():
-            if key in grid:
-                raise ConfigInvalid(loc + (key,), "also swept in sweep.grid; put a key in one of them")
-            _check_key([switched], key, loc + (key,))
-            _check_scalar(value, loc + (key,))
-        try:
-            bases.append(apply_overrides(study, variant))
-        except ConfigInvalid as e:
-            raise _attribute(e, {k: loc + (k,) for k in variant}, loc) from None
-    for key, values in grid.items():
-        loc = ("sweep", "grid", key)
-        probe_error = _check_key(bases or [study], key, loc)
-        if not isinstance(values, list):
-            expected = probe_error.expected if probe_error else ""
-            plural = PLURAL.get(expected) or (f"values among {expected}" if expected.startswith("'") else "values")
-            raise ConfigInvalid(loc, f"expected a list of {plural}, got {show(values)}")
-        if not values:
-            raise ConfigInvalid(loc, "empty list: give at least one value")
-        seen = set()
-        for i, value in enumerate(values):
-            _check_scalar(value, loc + (i,))
-            if json.dumps(value) in seen:
-                raise ConfigInvalid(loc + (i,), f"value {show(value)} is listed twice")
-            seen.add(json.dumps(value))
-            for j, base in enumerate(bases or [study]):
-                try:
-                    apply_overrides(base, {key: value})
-                except ConfigInvalid as e:
-                    err = _attribute(e, {key: loc + (i,)}, loc + (i,))
-                    raise ConfigInvalid(err.loc, err.msg + (f" (with sweep.variants[{j}])" if bases else "")) from None
-
+from platform.messages import ConfigInvalid
+from platform.spec import COCO_KEYS, SWEEPABLE, Study, StudyError, apply_overrides, dotted, show, synthetic_defaults
+from platform.sweep import LABEL, overrides_of
 
 # --------------------------------------------------------------------------- expansion
 
@@ -207,7 +79,7 @@ def _dataset(section: dict, cache: Dict[str, str]) -> Tuple[dict, Any]:
     dataset = {"kind": section["kind"], **{k: section[k] for k in COCO_KEYS},
                "synthetic": None, "cache_dir": section["cache_dir"]}
     if section["kind"] == "synthetic":
-        dataset["synthetic"] = {**(synthetic_defaults() or {}), **section["synthetic"]}
+        dataset["synthetic"] = {**synthetic_defaults(), **section["synthetic"]}
         return dataset, dataset["synthetic"]
     identity = {}
     for key in ("train_annotations", "val_annotations"):
@@ -221,7 +93,7 @@ def _dataset(section: dict, cache: Dict[str, str]) -> Tuple[dict, Any]:
 def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cache: Dict[str, str]) -> dict:
     sections = cfg.model_dump(mode="json", include=set(SWEEPABLE))
     dataset, identity = _dataset(sections["dataset"], cache)
-    hashed = {name: sections[name] for name in ("detector", "loss", "train", "eval")}
+    hashed = {name: sections[name] for name in ("detector", "loss", "losses", "train", "eval")}
     digest = config_hash({**hashed, "dataset": {"kind": dataset["kind"], "identity": identity},
                           "seed": seed, "detectors_version": version})
     trial = {

@@ -2,10 +2,11 @@
 translation of pydantic's validation errors into one-line messages."""
 from __future__ import annotations
 
-import difflib
 from typing import Any, List, Optional, Tuple, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+
+from detectors.registry import suggest  # noqa: F401 (one wording of "did you mean" for both packages)
 
 
 class ConfigInvalid(Exception):
@@ -35,11 +36,6 @@ def show(v: Any) -> str:
         return "null"
     text = repr(v) if isinstance(v, (str, int, float, list, dict, tuple)) else type(v).__name__
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _fields_at(root: Any, loc: Tuple) -> Optional[List[str]]:

@@ -51,7 +51,7 @@ def _resolve(args) -> tuple:
     """(study name, store URL, reports dir) from a study file or a name; raises ValueError with one line."""
     looks_like_file = args.study.endswith((".yaml", ".yml")) or os.sep in args.study
     if looks_like_file or os.path.isfile(args.study):
-        from platform.spec import StudyError, load_study
+        from platform.study import StudyError, load_study
 
         try:
             study = load_study(args.study)

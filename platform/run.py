@@ -88,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     from platform.expand import describe, expand
-    from platform.spec import StudyError, load_study
+    from platform.study import StudyError, load_study
 
     try:
         study = load_study(args.study)

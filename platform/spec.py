@@ -1,36 +1,32 @@
 """Study files: YAML parsed into typed pydantic models; every problem is one line.
 
-    study = load_study("studies/focal_gamma_sweep.yaml")
+    study = platform.study.load_study("studies/focal_gamma_sweep.yaml")
 
 Pydantic checks structure, types and ranges (``extra="forbid"`` and strict
 types everywhere: a typo or a quoted number is an error, not a silent default).
-A second pass checks what only the worker package knows: detector and loss
-names and parameters (registries), the synthetic generator's settings, COCO
-files on disk. ``platform.expand.check_sweep`` then substitutes every swept
-value and validates again. Failures are :class:`StudyError`, whose ``str`` is
-``<file>: <dotted.key.path>: <message>``. Torch is imported (with the
-registries) only once the structure is valid, so most typos are reported fast.
+A second pass asks the worker package what only it knows: the detector's and
+losses' declared parameters (``detectors.build.check_components``), the loss
+names ``train.loss_weights`` and phases may use, the synthetic generator's
+settings, COCO files on disk. ``platform.sweep.check_sweep`` then substitutes
+every swept value and validates again. Failures are :class:`StudyError`, whose
+``str`` is ``<file>: <dotted.key.path>: <message>``. Torch is imported (with
+the registries) only once the structure is valid, so most typos are reported fast.
 """
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 import re
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from platform.messages import PLURAL, SINGULAR, ConfigInvalid, show, suggest, translate  # noqa: F401 (re-exported)
+from detectors.registry import ParamError, check_value
+from platform.messages import ConfigInvalid, show, suggest, translate
 
-SWEEPABLE = ("dataset", "detector", "loss", "train", "eval")
-COMPONENTS = ("detector", "loss")  # sections with a registry name and its params
+SWEEPABLE = ("dataset", "detector", "loss", "losses", "train", "eval")
 COCO_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations")
-# Detector keyword arguments the training loop fills from other sections.
-DETECTOR_RESERVED = frozenset({"num_classes", "scale", "cls_loss", "score_thresh", "nms_iou", "max_dets"})
-LOSS_RESERVED = frozenset({"reduction"})
 
 
 class StudyError(Exception):
@@ -78,6 +74,36 @@ class LossSpec(_Strict):
     params: Dict[str, Any] = {}
 
 
+
+class PhaseSpec(_Strict):
+    """One phase of training (``detectors.phases``); unset optimizer settings come from ``train``."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    epochs: int = Field(ge=1)
+    trainable: Optional[List[str]] = Field(None, min_length=1)  # parameter-name prefixes; null: everything
+    frozen: List[str] = []
+    losses: Optional[List[str]] = Field(None, min_length=1)     # loss names that count; null: every one
+    optimizer: Optional[Literal["sgd", "adamw"]] = None
+    lr: Optional[float] = Field(None, gt=0)
+    momentum: Optional[float] = Field(None, ge=0, lt=1)
+    weight_decay: Optional[float] = Field(None, ge=0)
+    warmup_iters: Optional[int] = Field(None, ge=0)
+    schedule: Optional[Literal["cosine", "step", "constant"]] = None
+    milestones: Optional[List[float]] = None
+    lr_decay: Optional[float] = Field(None, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def check_fractions(cls, v: Optional[List[float]]) -> Optional[List[float]]:
+        return v if v is None else _fractions(v)
+
+
+def _fractions(v: List[float]) -> List[float]:
+    if any(not 0 < m < 1 for m in v) or v != sorted(set(v)):
+        raise ValueError(f"expected increasing fractions of the total steps in (0, 1), got {v}")
+    return v
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -88,24 +114,29 @@ class TrainSpec(_Strict):
     warmup_iters: int = Field(50, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: List[float] = [0.67, 0.89]
-    gamma_lr: float = Field(0.1, gt=0)
+    lr_decay: float = Field(0.1, gt=0)   # learning-rate factor at each milestone of the "step" schedule
     grad_clip: Optional[float] = Field(10.0, gt=0)
-    loss_weights: Dict[str, float] = {"cls": 1.0, "box": 1.0}
-    max_steps: Optional[int] = Field(None, ge=1)
+    loss_weights: Dict[str, float] = {}  # by loss name without "loss_"; unnamed losses weigh 1
+    max_steps: Optional[int] = Field(None, ge=1)  # per phase
     hflip_prob: float = Field(0.5, ge=0, le=1)
     eval_every_epoch: bool = True
+    phases: Optional[List[PhaseSpec]] = Field(None, min_length=1)
 
     @field_validator("milestones")
     @classmethod
     def check_fractions(cls, v: List[float]) -> List[float]:
-        if any(not 0 < m < 1 for m in v) or v != sorted(set(v)):
-            raise ValueError(f"expected increasing fractions of the total steps in (0, 1), got {v}")
-        return v
+        return _fractions(v)
 
-    @field_validator("loss_weights")
-    @classmethod
-    def merge_weights(cls, v: Dict[str, float]) -> Dict[str, float]:
-        return {"cls": 1.0, "box": 1.0, **v}  # naming one weight keeps the others at 1
+    @model_validator(mode="after")
+    def epochs_from_phases(self) -> "TrainSpec":
+        if self.phases:
+            if "epochs" in self.model_fields_set:
+                raise ValueError("give each phase its epochs, not train.epochs, when train.phases is set")
+            names = [p.name for p in self.phases]
+            if len(set(names)) != len(names):
+                raise ValueError(f"phase names repeat: {names}")
+            self.epochs = sum(p.epochs for p in self.phases)
+        return self
 
 
 class SpeedSpec(_Strict):
@@ -172,7 +203,8 @@ class Study(_Strict):
     description: str = ""
     dataset: DatasetSpec
     detector: DetectorSpec
-    loss: LossSpec
+    loss: Optional[LossSpec] = None             # the detector's primary loss role (``cls`` for one-stage)
+    losses: Dict[str, LossSpec] = {}            # any loss role the detector declares, by role name
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
@@ -220,7 +252,7 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def _read_yaml(source: str) -> dict:
+def read_yaml(source: str) -> dict:
     try:
         with open(source, encoding="utf-8") as f:
             raw = yaml.load(f, Loader=_Loader)
@@ -238,26 +270,6 @@ def _read_yaml(source: str) -> dict:
     return raw
 
 
-def load_study(path: Union[str, os.PathLike]) -> Study:
-    """Read, validate and resolve a study file. Creates nothing on disk.
-
-    Relative paths (COCO files, output dirs) resolve against the current
-    directory; tracking URIs default to SQLite files under ``runs_dir``.
-    Raises :class:`StudyError`.
-    """
-    source = os.fspath(path)
-    raw = _read_yaml(source)
-    from platform.expand import check_sweep  # the sweep's rules live with the expansion
-
-    try:
-        study = validate(raw)
-        check_sweep(study)
-    except ConfigInvalid as e:
-        raise StudyError(source, dotted(e.loc), e.msg) from None
-    study._source = source
-    return study
-
-
 def validate(raw: Mapping[str, Any]) -> Study:
     """Validate a plain dict as a study (without the sweep checks); raises ConfigInvalid."""
     try:
@@ -273,10 +285,12 @@ def apply_overrides(study: Study, overrides: Mapping[str, Any]) -> Study:
     raw = study.model_dump()
     # A component whose name changes starts from empty params: the old component's
     # params (focal's gamma, say) mean nothing to the new one (ce). Names go first.
-    for section in COMPONENTS:
-        name = overrides.get(f"{section}.name")
-        if isinstance(name, str) and isinstance(raw.get(section), dict) and name != raw[section].get("name"):
-            raw[section]["params"] = {}
+    for key, name in overrides.items():
+        if not is_component_name(key):
+            continue
+        node = _node(raw, key.split(".")[:-1])
+        if isinstance(name, str) and isinstance(node, dict) and name != node.get("name"):
+            node["params"] = {}
     for key, value in sorted(overrides.items(), key=lambda kv: not kv[0].endswith(".name")):
         parts = key.split(".")
         if parts[0] not in SWEEPABLE or len(parts) < 2:
@@ -284,6 +298,8 @@ def apply_overrides(study: Study, overrides: Mapping[str, Any]) -> Study:
                                 unknown_key=True)
         node = raw
         for i, part in enumerate(parts[:-1]):
+            if parts[0] == "losses" and i == 1 and node.get(part) is None:
+                node[part] = _role_default(raw, part)  # a role the base config leaves to its default
             if not isinstance(node.get(part), dict):
                 raise ConfigInvalid(tuple(parts[: i + 1]), "no such section", unknown_key=True)
             node = node[part]
@@ -301,97 +317,79 @@ def dotted(loc: Tuple) -> str:
     return out
 
 
+def is_component_name(key: str) -> bool:
+    """Whether a dotted key names a component: ``detector.name``, ``loss.name``, ``losses.<role>.name``."""
+    parts = key.split(".")
+    return parts[-1] == "name" and (parts[:-1] in (["detector"], ["loss"]) or (len(parts) == 3 and parts[0] == "losses"))
+
+
+def _node(raw: Mapping[str, Any], path) -> Any:
+    for part in path:
+        raw = raw.get(part) if isinstance(raw, Mapping) else None
+    return raw
+
+
+def _role_default(raw: Mapping[str, Any], role: str) -> dict:
+    """The loss a role gets when the study names none (for sweeping ``losses.<role>.params.*``)."""
+    from detectors.build import resolve_losses
+
+    try:
+        spec = resolve_losses(raw["detector"]["name"], None, {}).get(role)
+    except KeyError:  # an unknown detector or role: validation words it
+        spec = None
+    return {"name": spec["name"], "params": dict(spec["params"])} if spec else {"params": {}}
+
+
 # --------------------------------------------------------------------------- components
-
-def _param_kind(default: Any, annotation: str = "") -> Tuple[str, bool]:
-    """(kind, nullable) of a keyword parameter, from its default and annotation text."""
-    nullable = default is None or "Optional" in annotation or "None" in annotation
-    for typ, kind in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
-                      ((list, tuple), "list")):
-        if isinstance(default, typ):
-            return kind, nullable
-    for word, kind in (("bool", "boolean"), ("float", "number"), ("int", "integer"), ("str", "string")):
-        if word in annotation:
-            return kind, nullable
-    return "json", nullable
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _coerce(value: Any, kind: str, nullable: bool, loc: Tuple) -> Any:
-    """Check ``value`` against a parameter kind; ints become floats where a float is expected."""
-    ok = {"boolean": lambda v: isinstance(v, bool), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "number": _is_number, "string": lambda v: isinstance(v, str),
-          "list": lambda v: isinstance(v, list) and all(is_scalar(x) for x in v),
-          "alpha": lambda v: _is_number(v) or v == "inverse_frequency"
-          or (isinstance(v, list) and v and all(_is_number(x) for x in v)),
-          "json": _is_json}[kind]
-    if (value is None and nullable) or (value is not None and ok(value)):
-        if kind == "number" and value is not None:
-            return float(value)
-        if kind == "alpha" and isinstance(value, list):
-            return [float(x) for x in value]
-        return float(value) if kind == "alpha" and _is_number(value) else value
-    null = " or null" if nullable and kind != "alpha" else ""
-    raise ConfigInvalid(loc, f"expected {SINGULAR[kind]}{null}, got {show(value)}",
-                        expected=kind)
-
 
 def is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
 
-def _is_json(v: Any) -> bool:
-    try:
-        json.dumps(v, allow_nan=False)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _check_params(registry: Any, what: str, name: str, params: dict, loc: Tuple, reserved) -> dict:
-    allowed = {k: p for k, p in registry.parameters(name).items() if k not in reserved}
-    out = {}
-    for key, value in params.items():
-        if key not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise ConfigInvalid(loc + (key,), f"unknown parameter of {what} '{name}'{suggest(key, allowed)} "
-                                f"(known: {known})", unknown_key=True)
-        p = allowed[key]
-        annotation = "" if p.annotation is p.empty else str(p.annotation)
-        kind, nullable = ("alpha", True) if loc[0] == "loss" and key == "alpha" else _param_kind(p.default, annotation)
-        out[key] = _coerce(value, kind, nullable, loc + (key,))
-    return out
-
-
-def synthetic_defaults() -> Optional[Dict[str, Any]]:
-    """The synthetic generator's defaults, or None while that module does not exist yet."""
-    try:
-        from detectors.data.synthetic import DEFAULTS
-    except ModuleNotFoundError as e:
-        if e.name and "detectors.data.synthetic".startswith(e.name):
-            return None
-        raise
-    if hasattr(DEFAULTS, "__dataclass_fields__"):
-        import dataclasses
-        return dataclasses.asdict(DEFAULTS)
-    return dict(DEFAULTS)
+def _invalid(e) -> ConfigInvalid:
+    """A ``detectors.build.ComponentError`` in the platform's wording."""
+    return ConfigInvalid(e.loc, e.msg, unknown_key=e.unknown_key, expected=e.expected)
 
 
 def _check_components(study: Study) -> None:
-    """Names, parameters and files that pydantic cannot know about; normalises param values."""
+    """What pydantic cannot know: the components' declared parameters, loss roles and loss
+    names, the generator's settings and files on disk. Normalises param values in place."""
     _check_dataset(study.dataset)  # first: needs no torch, so a bad path is reported quickly
-    from detectors.losses import CLS_LOSSES
-    from detectors.models import MODELS
+    from detectors.build import ComponentError, check_components, check_loss_weights, weight_names
 
-    for section, registry, reserved in (("detector", MODELS, DETECTOR_RESERVED), ("loss", CLS_LOSSES, LOSS_RESERVED)):
-        spec = getattr(study, section)
-        if spec.name not in registry:
-            raise ConfigInvalid((section, "name"), f"unknown {registry.kind} '{spec.name}'"
-                                f"{suggest(spec.name, registry.names())} (known: {', '.join(registry.names())})")
-        spec.params = _check_params(registry, registry.kind, spec.name, spec.params, (section, "params"), reserved)
+    loss = study.loss.model_dump() if study.loss else None
+    try:
+        det, loss_params, roles = check_components(study.detector.model_dump(), loss,
+                                                   {r: s.model_dump() for r, s in study.losses.items()})
+        check_loss_weights(study.detector.name, study.train.loss_weights)
+    except ComponentError as e:
+        raise _invalid(e) from None
+    study.detector.params = det
+    if study.loss is not None:
+        study.loss.params = loss_params
+    for role, params in roles.items():
+        study.losses[role].params = params
+    for i, phase in enumerate(study.train.phases or []):
+        names = weight_names(study.detector.name)
+        for j, name in enumerate(phase.losses or []):
+            if name not in names:
+                raise ConfigInvalid(("train", "phases", i, "losses", j),
+                                    f"detector '{study.detector.name}' returns no loss '{name}'"
+                                    f"{suggest(name, names)} (its losses: {', '.join(names)})")
+
+
+def synthetic_defaults() -> Dict[str, Any]:
+    """The synthetic generator's settings and their defaults."""
+    from detectors.data.synthetic import DEFAULTS
+
+    return dict(DEFAULTS)
+
+
+def _hint_of(default: Any) -> Any:
+    """A generator setting's type, from its default (a list default: a list of integers)."""
+    if isinstance(default, list):
+        return List[int] if all(isinstance(x, int) and not isinstance(x, bool) for x in default) else List[Any]
+    return type(default) if isinstance(default, (bool, int, float, str)) else Any
 
 
 def _check_dataset(ds: DatasetSpec) -> None:
@@ -403,13 +401,13 @@ def _check_dataset(ds: DatasetSpec) -> None:
         out = {}
         for key, value in ds.synthetic.items():
             loc = ("dataset", "synthetic", key)
-            if defaults is None:
-                out[key] = _coerce(value, "json", True, loc)
-                continue
             if key not in defaults:
                 raise ConfigInvalid(loc, f"unknown generator setting{suggest(key, defaults)} "
                                     f"(known: {', '.join(sorted(defaults))})", unknown_key=True)
-            out[key] = _coerce(value, *_param_kind(defaults[key]), loc)
+            try:
+                out[key] = check_value(_hint_of(defaults[key]), value)
+            except ParamError as e:
+                raise ConfigInvalid(loc, e.msg, expected=e.expected) from None
         ds.synthetic = out
         _check_generator_values(out)
         return

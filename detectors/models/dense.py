@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,14 +43,15 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from detectors.assigners import atss_assign, fcos_assign, fcos_size_ranges, max_iou_assign
 from detectors.boxes import clip_boxes
 from detectors.losses import CLS_LOSSES, balanced_ce_loss, focal_loss
-from detectors.losses.gfl import distribution_focal_loss, gaussian_nll_loss, giou_loss
-from detectors.models import MODELS
+from detectors.losses.gfl import giou_loss
+from detectors.models import MODELS, LossRole, register_detector
 from detectors.models.backbones import pyramid_backbone, scale_config
+from detectors.models.box_repr import make_box_representation
+from detectors.models.dense_heads import (DenseHead, aligned_box_iou, box_centres, box_to_distance,
+                                          centerness_target, distance_to_box)
 from detectors.models.postprocess import level_candidates, merge_levels
-from detectors.models.dense_heads import (BOX_REPRESENTATIONS, DenseHead, aligned_box_iou, box_centres,
-                                          box_to_distance, centerness_target, distance_to_box,
-                                          gaussian_log_var, side_distances)
 from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD, SCALES
+from detectors.registry import NonNegativeInt, OpenUnit, Positive, PositiveInt
 
 QUALITIES = ("none", "centerness", "iou", "joint")
 ASSIGNERS = ("atss", "fcos", "max_iou")
@@ -63,23 +64,23 @@ class DenseDetector(nn.Module):
         strides: nominal stride of each pyramid level (pixels); box distances are in these units.
         cls_loss: ``fn(logits [M,K], targets [M,K], reduction=...)``; targets are
             soft (IoU) for ``quality="joint"``, one-hot otherwise.
+        assigner: ``fn(anchors [A,4], level_sizes, gt_boxes [G,4]) -> matched [A]`` (gt
+            index, ``BACKGROUND`` or ``IGNORE``), e.g. from :func:`make_assigner`.
+        box_repr: the box representation (``detectors.models.box_repr``).
     """
 
     def __init__(self, *, backbone: nn.Module, head: DenseHead, anchor_generator: AnchorGenerator,
                  transform: GeneralizedRCNNTransform, cls_loss: Callable[..., Tensor], strides: Sequence[int],
-                 quality: str = "joint", box: str = "general_dfl", assigner: str = "atss",
-                 reg_max: int = 16, bin_width: float = 1.0, anchor_scale: float = 8.0,
-                 atss_topk: int = 9, center_radius: Optional[float] = 1.5, pos_iou: float = 0.5,
-                 neg_iou: float = 0.4, score_thresh: float = 0.05, nms_iou: float = 0.6,
+                 assigner: Callable[[Tensor, List[int], Tensor], Tensor], box_repr,
+                 quality: str = "joint", score_thresh: float = 0.05, nms_iou: float = 0.6,
                  max_dets: int = 100, topk_candidates: int = 1000) -> None:
         super().__init__()
+        if quality not in QUALITIES:
+            raise ValueError(f"unknown quality '{quality}' (known: {', '.join(QUALITIES)})")
         self.backbone, self.head = backbone, head
         self.anchor_generator, self.transform, self.cls_loss = anchor_generator, transform, cls_loss
         self.strides = tuple(float(s) for s in strides)
-        self.quality, self.box, self.assigner = quality, box, assigner
-        self.reg_max, self.bin_width, self.anchor_scale = reg_max, bin_width, anchor_scale
-        self.atss_topk, self.center_radius = atss_topk, center_radius
-        self.pos_iou, self.neg_iou = pos_iou, neg_iou
+        self.assigner, self.box_repr, self.quality = assigner, box_repr, quality
         self.score_thresh, self.nms_iou, self.max_dets = score_thresh, nms_iou, max_dets
         self.topk_candidates = topk_candidates
 
@@ -102,17 +103,12 @@ class DenseDetector(nn.Module):
 
     def distances(self, raw: Tensor) -> Tensor:
         """Raw box outputs ``[M, C]`` -> side distances ``[M, 4]`` in stride units."""
-        return side_distances(raw, self.box, self.reg_max, self.bin_width)
+        return self.box_repr.distances(raw)
 
     @torch.no_grad()
     def assign(self, anchors: Tensor, level_sizes: List[int], gt_boxes: Tensor) -> Tensor:
         """Matched gt index per anchor of one image (or BACKGROUND / IGNORE)."""
-        if self.assigner == "atss":
-            return atss_assign(anchors, level_sizes, gt_boxes, self.atss_topk)
-        if self.assigner == "fcos":
-            return fcos_assign(box_centres(anchors), level_sizes, self.strides, gt_boxes,
-                               fcos_size_ranges(self.strides, self.anchor_scale), self.center_radius)
-        return max_iou_assign(anchors, gt_boxes, self.pos_iou, self.neg_iou, allow_low_quality=True)
+        return self.assigner(anchors, level_sizes, gt_boxes)
 
     def loss_targets(self, targets, out, anchors, level_sizes) -> Dict[str, Tensor]:
         """Assign, decode the positives and build the classification targets, batch flattened.
@@ -167,13 +163,7 @@ class DenseDetector(nn.Module):
         # tiny initial scores of the joint mode.)
         norm = weight.sum().clamp(min=1e-6)
         losses["loss_box"] = (weight * giou_loss(t["pred"], t["gt"])).sum() / norm
-        if self.box == "general_dfl":
-            bins = (t["target_dist"] / self.bin_width).clamp(0, self.reg_max)
-            dfl = distribution_focal_loss(t["raw"].reshape(-1, self.reg_max + 1), bins.flatten())
-            losses["loss_dfl"] = (weight * dfl.view(-1, 4).mean(1)).sum() / norm
-        elif self.box == "gaussian":
-            nll = gaussian_nll_loss(t["dist"], gaussian_log_var(t["raw"]), t["target_dist"])
-            losses["loss_nll"] = (weight * nll.mean(1)).sum() / norm
+        losses.update(self.box_repr.losses(t["raw"], t["dist"], t["target_dist"], weight, norm))
         if self.quality in ("centerness", "iou"):
             target = weight if self.quality == "centerness" else t["iou"]
             losses["loss_quality"] = F.binary_cross_entropy_with_logits(
@@ -234,22 +224,65 @@ DENSE_SCALES = {
 }
 
 
-def _check_choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} '{value}' (known: {', '.join(choices)})")
+def make_assigner(name: str, strides: Sequence[float], anchor_scale: float, atss_topk: int = 9,
+                  center_radius: Optional[float] = 1.5, pos_iou: float = 0.5, neg_iou: float = 0.4):
+    """The assigner called ``name`` in study files, its settings bound:
+    ``fn(anchors [A,4], level_sizes, gt_boxes [G,4]) -> matched [A]``."""
+    if name == "atss":
+        return functools.partial(_atss, topk=atss_topk)
+    if name == "fcos":
+        return functools.partial(_fcos, strides=tuple(strides), center_radius=center_radius,
+                                 size_ranges=fcos_size_ranges(strides, anchor_scale))
+    if name == "max_iou":
+        return functools.partial(_max_iou, pos_iou=pos_iou, neg_iou=neg_iou)
+    raise ValueError(f"unknown assigner '{name}' (known: {', '.join(ASSIGNERS)})")
 
 
-@MODELS.register("dense")
+def _atss(anchors: Tensor, level_sizes: List[int], gt_boxes: Tensor, topk: int) -> Tensor:
+    return atss_assign(anchors, level_sizes, gt_boxes, topk)
+
+
+def _fcos(anchors, level_sizes, gt_boxes, strides, center_radius, size_ranges) -> Tensor:
+    return fcos_assign(box_centres(anchors), level_sizes, strides, gt_boxes, size_ranges, center_radius)
+
+
+def _max_iou(anchors, level_sizes, gt_boxes, pos_iou, neg_iou) -> Tensor:
+    return max_iou_assign(anchors, gt_boxes, pos_iou, neg_iou, allow_low_quality=True)
+
+
+def _check_params(p: dict) -> None:
+    if p["neg_iou"] > p["pos_iou"]:
+        raise ValueError(f"neg_iou ({p['neg_iou']}) must not exceed pos_iou ({p['pos_iou']})")
+
+
+def _check_losses(p: dict, losses: Dict[str, str]) -> None:
+    # Focal and balanced CE modulate / weight by hard 0/1 targets; the joint score's are soft IoUs.
+    if p["quality"] == "joint" and losses.get("cls") in ("focal", "balanced_ce"):
+        raise ValueError(f"quality 'joint' trains soft IoU targets: use the 'qfl' (or 'ce') loss, "
+                         f"not '{losses['cls']}'")
+
+
+def _active_losses(p: dict) -> Tuple[str, ...]:
+    extra = make_box_representation(p["box"], p["reg_max"], p["bin_width"]).loss_names
+    return ("loss_cls", "loss_box") + extra + (("loss_quality",) if p["quality"] in ("centerness", "iou") else ())
+
+
+@register_detector("dense", check=_check_params, check_losses=_check_losses, active=_active_losses,
+                   losses=("loss_cls", "loss_box", "loss_dfl", "loss_nll", "loss_quality"), roles={
+                       "cls": LossRole(CLS_LOSSES, None, doc="per-location sigmoid classification "
+                                       "(default: qfl for quality 'joint', else focal)")})
 def build_dense(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable] = None,
-                quality: str = "joint", box: str = "general_dfl", assigner: str = "atss",
-                reg_max: int = 16, bin_width: float = 1.0, anchor_scale: Optional[float] = None,
-                atss_topk: int = 9, center_radius: Optional[float] = 1.5,
-                pos_iou: float = 0.5, neg_iou: float = 0.4,
-                head_width: Optional[int] = None, head_convs: Optional[int] = None,
-                head_norm: Optional[str] = "scale", fpn_width: Optional[int] = None,
-                prior_prob: float = 0.01, min_size: Optional[int] = None, max_size: Optional[int] = None,
-                score_thresh: float = 0.05, nms_iou: float = 0.6, max_dets: int = 100,
-                topk_candidates: int = 1000) -> DenseDetector:
+                quality: Literal["none", "centerness", "iou", "joint"] = "joint",
+                box: Literal["dirac", "gaussian", "general", "general_dfl"] = "general_dfl",
+                assigner: Literal["atss", "fcos", "max_iou"] = "atss",
+                reg_max: PositiveInt = 16, bin_width: Positive = 1.0, anchor_scale: Optional[Positive] = None,
+                atss_topk: PositiveInt = 9, center_radius: Optional[Positive] = 1.5,
+                pos_iou: OpenUnit = 0.5, neg_iou: OpenUnit = 0.4,
+                head_width: Optional[PositiveInt] = None, head_convs: Optional[NonNegativeInt] = None,
+                head_norm: Optional[Literal["scale", "gn"]] = "scale", fpn_width: Optional[PositiveInt] = None,
+                prior_prob: OpenUnit = 0.01, min_size: Optional[PositiveInt] = None,
+                max_size: Optional[PositiveInt] = None, score_thresh: float = 0.05, nms_iou: float = 0.6,
+                max_dets: int = 100, topk_candidates: PositiveInt = 1000) -> DenseDetector:
     """Build a dense detector. Defaults are GFL's (joint score, general distribution + DFL, ATSS).
 
     ``None`` (and ``head_norm="scale"``) take the scale's preset. ``cls_loss``
@@ -259,35 +292,29 @@ def build_dense(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callab
     ``anchor_scale`` strides per level) apply to ``assigner="fcos"``;
     ``pos_iou`` / ``neg_iou`` to ``"max_iou"``; ``atss_topk`` to ``"atss"``.
     """
-    _check_choice("scale", scale, DENSE_SCALES)
-    _check_choice("quality", quality, QUALITIES)
-    _check_choice("box representation", box, BOX_REPRESENTATIONS)
-    _check_choice("assigner", assigner, ASSIGNERS)
-    if reg_max < 1 or bin_width <= 0:
-        raise ValueError(f"need reg_max >= 1 and bin_width > 0, got {reg_max}, {bin_width}")
+    if scale not in DENSE_SCALES:
+        raise ValueError(f"unknown scale '{scale}' (known: {', '.join(DENSE_SCALES)})")
+    box_repr = make_box_representation(box, reg_max, bin_width)
     if cls_loss is None:
         cls_loss = CLS_LOSSES.get("qfl" if quality == "joint" else "focal")
     base = cls_loss.func if isinstance(cls_loss, functools.partial) else cls_loss
-    if quality == "joint" and base in (focal_loss, balanced_ce_loss):
-        # Their modulating / alpha factors are exact only for targets in {0, 1}.
-        raise ValueError("quality 'joint' trains soft IoU targets: use the 'qfl' (or 'ce') loss")
+    if base in (focal_loss, balanced_ce_loss):
+        _check_losses({"quality": quality}, {"cls": base.__name__.removesuffix("_loss")})
     cfg = scale_config(DENSE_SCALES, scale, head_norm, anchor_scale=anchor_scale, head_width=head_width,
                        head_convs=head_convs, fpn_width=fpn_width, min_size=min_size, max_size=max_size)
     backbone = pyramid_backbone(scale, cfg)
     strides = backbone.strides
     head = DenseHead(backbone.out_channels, num_classes, cfg["head_width"], cfg["head_convs"],
-                     cfg["head_norm"], prior_prob, box, reg_max,
-                     has_quality=quality in ("centerness", "iou"), num_levels=len(strides),
-                     box_bias=cfg["anchor_scale"] / 2)
+                     cfg["head_norm"], prior_prob, box_repr, has_quality=quality in ("centerness", "iou"),
+                     num_levels=len(strides), box_bias=cfg["anchor_scale"] / 2)
     anchor_gen = AnchorGenerator(sizes=tuple((cfg["anchor_scale"] * s,) for s in strides),
                                  aspect_ratios=((1.0,),) * len(strides))
     return DenseDetector(
         backbone=backbone, head=head, anchor_generator=anchor_gen,
         transform=GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], IMAGENET_MEAN, IMAGENET_STD),
-        cls_loss=cls_loss, strides=strides, quality=quality, box=box, assigner=assigner,
-        reg_max=reg_max, bin_width=bin_width, anchor_scale=cfg["anchor_scale"], atss_topk=atss_topk,
-        center_radius=center_radius, pos_iou=pos_iou, neg_iou=neg_iou, score_thresh=score_thresh,
-        nms_iou=nms_iou, max_dets=max_dets, topk_candidates=topk_candidates)
+        cls_loss=cls_loss, strides=strides, quality=quality, box_repr=box_repr,
+        assigner=make_assigner(assigner, strides, cfg["anchor_scale"], atss_topk, center_radius, pos_iou, neg_iou),
+        score_thresh=score_thresh, nms_iou=nms_iou, max_dets=max_dets, topk_candidates=topk_candidates)
 
 
 def _register_preset(name: str, **defaults) -> None:
@@ -299,9 +326,12 @@ def _register_preset(name: str, **defaults) -> None:
         return build_dense(**{**defaults, **kwargs})
 
     builder.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    builder.__annotations__ = dict(build_dense.__annotations__)
     builder.__name__ = builder.__qualname__ = f"build_{name}"
     builder.__doc__ = f"The dense detector preset '{name}': {defaults}."
-    MODELS.register(name)(builder)
+    dense = MODELS.entry("dense")
+    register_detector(name, check=_check_params, check_losses=_check_losses, active=_active_losses,
+                      losses=dense.meta["losses"], roles=dense.meta["roles"])(builder)
 
 
 _register_preset("gfl", quality="joint", box="general_dfl", assigner="atss")

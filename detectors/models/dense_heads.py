@@ -6,10 +6,8 @@ square anchor per location): a classification tower and a box tower of
 shared across levels, as RetinaNet's subnets. On top:
 
 - ``cls``: ``K`` logits (the GFL joint classification-IoU score when trained with QFL);
-- ``box``: the four side distances ``l, t, r, b`` from the location in stride
-  units, in one of four representations (GFL Table 2a):
-  ``dirac`` 4 values, ``gaussian`` 4 means + 4 log-variances,
-  ``general`` / ``general_dfl`` 4 x (n + 1) bin logits;
+- ``box``: the raw outputs of the injected box representation
+  (``detectors.models.box_repr``: its ``channels`` per location);
 - ``quality``: one logit on the box tower (FCOS centerness, or the IoU-aware
   branch's predicted IoU), when the detector has such a branch.
 
@@ -22,41 +20,9 @@ import math
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detectors.losses.gfl import integral
 from detectors.models.retinanet import RetinaHead, conv_subnet
-
-BOX_REPRESENTATIONS = ("dirac", "gaussian", "general", "general_dfl")
-
-# Bound on the Gaussian log-variance: exp(-a) in the NLL overflows float32 below
-# about -88, and an untrained head can get there; e^10 covers any sensible spread.
-LOG_VAR_BOUND = 10.0
-
-
-def box_channels(box: str, reg_max: int) -> int:
-    """Channels per location of the box output for a representation."""
-    if box not in BOX_REPRESENTATIONS:
-        raise ValueError(f"unknown box representation '{box}' (known: {', '.join(BOX_REPRESENTATIONS)})")
-    return {"dirac": 4, "gaussian": 8}.get(box, 4 * (reg_max + 1))
-
-
-def side_distances(raw: Tensor, box: str, reg_max: int, bin_width: float) -> Tensor:
-    """Raw box outputs ``[M, C]`` -> side distances ``[M, 4]`` (l, t, r, b) in stride units.
-
-    Dirac and the Gaussian mean regress the distance directly (ReLU keeps it
-    non-negative, as FCOS with normalised targets); the general distribution
-    takes its expectation over bins ``0, Delta, ..., n Delta`` (GFL eq. 4).
-    """
-    if box in ("dirac", "gaussian"):
-        return F.relu(raw[:, :4])
-    return integral(raw.reshape(-1, 4, reg_max + 1), bin_width)
-
-
-def gaussian_log_var(raw: Tensor) -> Tensor:
-    """The Gaussian representation's log-variances ``[M, 4]``, bounded (see ``LOG_VAR_BOUND``)."""
-    return raw[:, 4:8].clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
 
 
 def box_centres(boxes: Tensor) -> Tensor:
@@ -113,10 +79,10 @@ class DenseHead(nn.Module):
     """Classification and box towers shared across levels; see the module docstring.
 
     Args:
-        box_bias: initial bias of the four side outputs of ``dirac`` /
-            ``gaussian`` (stride units). Half the anchor size makes the
-            untrained prediction the anchor box: at zero-size boxes GIoU has
-            no gradient to grow them (intersection and union do not change).
+        box_repr: the box representation (``detectors.models.box_repr``): its
+            ``channels`` per location and the initial bias of its outputs.
+        box_bias: the side (stride units) of the untrained prediction; half the
+            anchor size makes it the anchor box.
     Returns (forward): dict with ``cls`` [B, A, K], ``box`` [B, A, C] and
         ``quality`` [B, A] or None; A = sum of H*W over levels, ordered level,
         then row-major location, as torchvision's ``AnchorGenerator`` with one
@@ -124,11 +90,11 @@ class DenseHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, width: int, num_convs: int,
-                 norm: Optional[str], prior_prob: float, box: str, reg_max: int,
-                 has_quality: bool, num_levels: int, box_bias: float = 0.0) -> None:
+                 norm: Optional[str], prior_prob: float, box_repr, has_quality: bool, num_levels: int,
+                 box_bias: float = 0.0) -> None:
         super().__init__()
-        self.num_classes, self.box = num_classes, box
-        self.box_dim = box_channels(box, reg_max)
+        self.num_classes = num_classes
+        self.box_dim = box_repr.channels
         self.cls_tower = conv_subnet(in_channels, width, num_convs, norm)
         self.box_tower = conv_subnet(in_channels, width, num_convs, norm)
         self.cls_out = nn.Conv2d(width, num_classes, 3, padding=1)
@@ -142,9 +108,7 @@ class DenseHead(nn.Module):
                 nn.init.zeros_(m.bias)
         # Prior init (focal loss paper sec. 4.1), as RetinaNet.
         nn.init.constant_(self.cls_out.bias, -math.log((1.0 - prior_prob) / prior_prob))
-        if box in ("dirac", "gaussian"):
-            with torch.no_grad():
-                self.box_out.bias[:4] = box_bias
+        box_repr.init_bias(self.box_out.bias, box_bias)
 
     def forward(self, feats: List[Tensor]) -> Dict[str, Optional[Tensor]]:
         cls, box, quality = [], [], []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +24,11 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
-from detectors.losses import BOX_LOSSES, CLS_LOSSES
-from detectors.models import MODELS
+from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
+from detectors.models import LossRole, register_detector
 from detectors.models.backbones import pyramid_backbone, scale_config
 from detectors.models.postprocess import level_candidates, merge_levels
+from detectors.registry import NonNegativeInt, OpenUnit, Positive, PositiveInt
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -200,32 +201,37 @@ def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128))
     return AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
 
 
-@MODELS.register("retinanet")
+def _check_ious(params: dict) -> None:
+    if params["neg_iou"] > params["pos_iou"]:
+        raise ValueError(f"neg_iou ({params['neg_iou']}) must not exceed pos_iou ({params['pos_iou']})")
+
+
+@register_detector("retinanet", losses=("loss_cls", "loss_box"), check=_check_ious, roles={
+    "cls": LossRole(CLS_LOSSES, "focal", doc="per-anchor sigmoid classification (paper: focal, gamma 2, alpha 0.25)"),
+    "box": LossRole(BOX_LOSSES, "smooth_l1", {"beta": 1.0 / 9}, doc="box deltas of positive anchors"),
+})
 def build_retinanet(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable] = None,
-                    box_loss: str = "smooth_l1", box_loss_beta: float = 1.0 / 9,
-                    anchor_base: Optional[float] = None, pos_iou: float = 0.5, neg_iou: float = 0.4,
-                    allow_low_quality: bool = True, head_width: Optional[int] = None,
-                    head_convs: Optional[int] = None, head_norm: Optional[str] = "scale",
-                    fpn_width: Optional[int] = None, prior_prob: float = 0.01,
-                    min_size: Optional[int] = None, max_size: Optional[int] = None,
-                    score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 100,
-                    topk_candidates: int = 1000) -> RetinaNet:
+                    box_loss: Optional[Callable] = None, anchor_base: Optional[Positive] = None,
+                    pos_iou: OpenUnit = 0.5, neg_iou: OpenUnit = 0.4, allow_low_quality: bool = True,
+                    head_width: Optional[PositiveInt] = None, head_convs: Optional[NonNegativeInt] = None,
+                    head_norm: Optional[Literal["scale", "gn"]] = "scale", fpn_width: Optional[PositiveInt] = None,
+                    prior_prob: OpenUnit = 0.01, min_size: Optional[PositiveInt] = None,
+                    max_size: Optional[PositiveInt] = None, score_thresh: float = 0.05, nms_iou: float = 0.5,
+                    max_dets: int = 100, topk_candidates: PositiveInt = 1000) -> RetinaNet:
     """Build a RetinaNet. ``None`` (and ``head_norm="scale"``) take the scale's preset.
 
-    ``cls_loss`` defaults to focal loss with the paper's gamma 2, alpha 0.25.
+    ``cls_loss`` defaults to focal loss with the paper's gamma 2, alpha 0.25;
+    ``box_loss`` to smooth L1 with beta 1/9 (Detectron2's RetinaNet).
     """
     cfg = scale_config(SCALES, scale, head_norm, anchor_base=anchor_base, head_width=head_width,
                        head_convs=head_convs, fpn_width=fpn_width, min_size=min_size, max_size=max_size)
     backbone = pyramid_backbone(scale, cfg)
     head = RetinaHead(backbone.out_channels, 9, num_classes, cfg["head_width"],
                       cfg["head_convs"], cfg["head_norm"], prior_prob)
-    box_fn = BOX_LOSSES.get(box_loss)
-    if box_loss == "smooth_l1":
-        box_fn = partial(box_fn, beta=box_loss_beta)
     return RetinaNet(
         backbone=backbone, head=head,
         anchor_generator=retinanet_anchor_generator(cfg["anchor_base"], backbone.strides),
         transform=GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], IMAGENET_MEAN, IMAGENET_STD),
-        cls_loss=cls_loss or CLS_LOSSES.get("focal"), box_loss=box_fn,
+        cls_loss=cls_loss or CLS_LOSSES.get("focal"), box_loss=box_loss or partial(smooth_l1_loss, beta=1.0 / 9),
         pos_iou=pos_iou, neg_iou=neg_iou, allow_low_quality=allow_low_quality,
         score_thresh=score_thresh, nms_iou=nms_iou, max_dets=max_dets, topk_candidates=topk_candidates)

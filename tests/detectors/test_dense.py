@@ -11,7 +11,8 @@ import torch
 from detectors.losses import CLS_LOSSES, quality_focal_loss
 from detectors.models import MODELS
 from detectors.diagnostics import score_iou_diagnostics
-from detectors.models.dense_heads import aligned_box_iou, centerness_target, side_distances
+from detectors.models.box_repr import make_box_representation
+from detectors.models.dense_heads import aligned_box_iou, centerness_target
 from torchvision.ops import box_iou
 
 # (quality, box, assigner, cls loss) -> the losses the model must return
@@ -160,14 +161,16 @@ def test_presets_builder_signature_and_errors():
             "center_radius"} <= set(params)
     defaults = (params["quality"].default, params["box"].default, params["assigner"].default)
     assert defaults == ("joint", "general_dfl", "atss")
-    assert params["reg_max"].default == 16 and params["bin_width"].default == 1.0 and params["nms_iou"].default == 0.6
+    assert params["reg_max"].default == 16 and params["bin_width"].default == 1.0
+    assert "nms_iou" not in params and "cls_loss" not in params  # injected by the training code, not study params
     for name, expected in (("gfl", ("joint", "general_dfl", "atss")), ("atss", ("centerness", "dirac", "atss")),
                            ("fcos", ("centerness", "dirac", "fcos"))):
         p = MODELS.parameters(name)
         assert (p["quality"].default, p["box"].default, p["assigner"].default) == expected
         assert set(p) == set(params)
     model = MODELS.build("fcos", num_classes=2, cls_loss=partial(CLS_LOSSES.get("focal"), gamma=2.0, alpha=0.25))
-    assert (model.quality, model.box, model.assigner) == ("centerness", "dirac", "fcos")
+    # The names pick injected parts: a Dirac box representation and the FCOS assignment rule.
+    assert (model.quality, model.box_repr.name, model.assigner.func.__name__) == ("centerness", "dirac", "_fcos")
     assert MODELS.build("gfl", num_classes=2, reg_max=8).head.box_out.out_channels == 4 * 9
     # One square anchor per location: 16x16 + 8x8 + 4x4 + 2x2 + 1x1 = 341 at 128 px.
     assert model.anchor_generator.num_anchors_per_location() == [1] * 5
@@ -209,7 +212,7 @@ def test_box_geometry_helpers():
     assert torch.allclose(aligned_box_iou(boxes1, boxes2), box_iou(boxes1, boxes2).diagonal(), atol=1e-6)
     # Representations: Dirac is the ReLU'd value; general the expectation over bins * Delta.
     raw = torch.tensor([[1.5, -2.0, 0.0, 3.0]])
-    assert side_distances(raw, "dirac", 16, 1.0).tolist() == [[1.5, 0.0, 0.0, 3.0]]
+    assert make_box_representation("dirac").distances(raw).tolist() == [[1.5, 0.0, 0.0, 3.0]]
     one_hot = torch.full((1, 4, 5), float("-inf"))
     one_hot[0, torch.arange(4), torch.tensor([0, 1, 3, 4])] = 0.0
-    assert side_distances(one_hot.flatten(1), "general", 4, 0.5).tolist() == [[0.0, 0.5, 1.5, 2.0]]
+    assert make_box_representation("general", 4, 0.5).distances(one_hot.flatten(1)).tolist() == [[0.0, 0.5, 1.5, 2.0]]

@@ -7,7 +7,7 @@ import pytest
 from platform.expand import (
     describe, detectors_code_version, expand, format_value, resolve_dataset_paths, short_names,
 )
-from platform.spec import StudyError, load_study
+from platform.study import StudyError, load_study
 
 HEAD = """\
 name: ex

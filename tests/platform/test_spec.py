@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from platform.spec import StudyError, load_study
+from platform.study import StudyError, load_study
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,7 +47,7 @@ def test_defaults_and_resolution(tmp_path, monkeypatch):
     text = BASE + "train: {lr: 1e-3, loss_weights: {cls: 2}}\neval: {max_dets: 10}\n"
     study = load_study(write(tmp_path, text))
     assert study.train.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string; the study loader does not
-    assert study.train.loss_weights == {"cls": 2.0, "box": 1.0}  # naming one weight keeps the other
+    assert study.train.loss_weights == {"cls": 2.0}  # an unnamed loss weighs 1 (in the training loop)
     assert study.train.epochs == 6 and study.eval.max_dets == 10 and study.eval.speed.latency_images == 50
     runs = str(tmp_path / "runs")
     assert study.output.runs_dir == runs and study.output.reports_dir == str(tmp_path / "reports")

@@ -1,0 +1,170 @@
+"""From a trial's plain config to a model: the one place that reads the detectors' contracts.
+
+    check_components(detector, loss, losses)      # the driver, before anything starts
+    model = build_detector(trial, num_classes, class_counts)   # the worker
+
+A detector declares its parameters, loss roles and loss names when it
+registers (``detectors.models.register_detector``). A trial names its losses
+in two ways: ``loss`` sets the detector's primary role (``cls`` for the
+one-stage detectors) and ``losses`` maps any role to ``{name, params}``; a role
+named in neither gets the role's default. Everything here raises
+:class:`ComponentError` with the config key path, which the driver words as
+``<file>: <key.path>: <message>``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from detectors.losses import build_loss
+from detectors.models import MODELS, LossRole
+from detectors.registry import Entry, ParamError, Registry, suggest
+
+
+class ComponentError(ValueError):
+    """A component problem at key path ``loc`` (a tuple); ``expected`` names the value kind."""
+
+    def __init__(self, loc: Tuple, msg: str, unknown_key: bool = False, expected: str = "") -> None:
+        super().__init__(msg)
+        self.loc, self.msg, self.unknown_key, self.expected = tuple(loc), msg, unknown_key, expected
+
+
+def entry_of(registry: Registry, name: Any, loc: Tuple) -> Entry:
+    if not isinstance(name, str) or name not in registry:
+        raise ComponentError(loc, f"unknown {registry.kind} {name!r}{suggest(name, registry.names())} "
+                             f"(known: {', '.join(registry.names())})")
+    return registry.entry(name)
+
+
+def loss_roles(detector: str) -> Dict[str, LossRole]:
+    """The loss roles a detector takes, by role name."""
+    return MODELS.entry(detector).meta["roles"]
+
+
+def primary_role(detector: str) -> str:
+    return MODELS.entry(detector).meta["primary"]
+
+
+def loss_names(detector: str) -> Tuple[str, ...]:
+    """Every loss name (``loss_*``) the detector's forward can return in train mode."""
+    return MODELS.entry(detector).meta["losses"]
+
+
+def active_loss_names(detector: str, params: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The loss names its forward returns with ``params`` (defaults filled in)."""
+    entry = MODELS.entry(detector)
+    merged = {k: p.default for k, p in entry.params.items()}
+    merged.update(params)
+    active = entry.meta.get("active")
+    return tuple(active(merged)) if active else entry.meta["losses"]
+
+
+def weight_names(detector: str) -> Tuple[str, ...]:
+    """Names ``train.loss_weights`` may use: the loss names without their ``loss_`` prefix."""
+    return tuple(n.removeprefix("loss_") for n in loss_names(detector))
+
+
+def _check_params(entry: Entry, what: str, params: Any, loc: Tuple) -> Dict[str, Any]:
+    if not isinstance(params, Mapping):
+        raise ComponentError(loc, f"expected a mapping (key: value), got {type(params).__name__}", expected="mapping")
+    try:
+        return entry.check_params(params)
+    except KeyError as e:
+        key = e.args[0]
+        known = ", ".join(sorted(entry.params)) or "none"
+        raise ComponentError(loc + (key,), f"unknown parameter of {what} '{entry.name}'{suggest(key, entry.params)} "
+                             f"(known: {known})", unknown_key=True) from None
+    except ParamError as e:
+        key = getattr(e, "key", None)
+        return_loc = loc + (key,) if key else loc
+        raise ComponentError(return_loc, e.msg, expected=e.expected) from None
+
+
+def resolve_losses(detector: str, loss: Optional[Mapping], losses: Mapping[str, Mapping]) -> Dict[str, dict]:
+    """Role -> ``{"name", "params"}`` for every role the trial or the role's default names."""
+    out = {}
+    for role, spec in loss_roles(detector).items():
+        given = loss if (role == primary_role(detector) and loss) else losses.get(role)
+        if given:
+            out[role] = {"name": given["name"], "params": dict(given.get("params") or {})}
+        elif spec.default:
+            out[role] = {"name": spec.default, "params": dict(spec.params)}
+    return out
+
+
+def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping[str, Mapping]
+                     ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    """Validate a config's detector and losses against the detector's declarations.
+
+    Returns the normalised detector params, primary loss params (or None) and
+    ``losses`` (role -> normalised params); raises :class:`ComponentError`.
+    """
+    entry = entry_of(MODELS, detector["name"], ("detector", "name"))
+    det_params = _check_params(entry, "detector", detector.get("params") or {}, ("detector", "params"))
+    roles, primary = entry.meta["roles"], entry.meta["primary"]
+    checked: Dict[str, Dict[str, Any]] = {}
+    loss_params = None
+    if loss is not None:
+        role = roles[primary]
+        loss_params = _check_params(entry_of(role.registry, loss["name"], ("loss", "name")), role.registry.kind,
+                                    loss.get("params") or {}, ("loss", "params"))
+    for role_name, spec in losses.items():
+        if role_name not in roles:
+            raise ComponentError(("losses", role_name), f"detector '{entry.name}' takes no '{role_name}' loss"
+                                 f"{suggest(role_name, roles)} (its loss roles: {', '.join(roles)})",
+                                 unknown_key=True)
+        if role_name == primary and loss is not None:
+            raise ComponentError(("losses", role_name), f"the '{primary}' loss is already set by the 'loss' "
+                                 "section; set it in one place")
+        role = roles[role_name]
+        name_loc = ("losses", role_name, "name")
+        checked[role_name] = _check_params(entry_of(role.registry, spec.get("name"), name_loc), role.registry.kind,
+                                           spec.get("params") or {}, ("losses", role_name, "params"))
+    check = entry.meta.get("check_losses")
+    if check is not None:
+        merged = {k: p.default for k, p in entry.params.items()}
+        merged.update(det_params)
+        names = {r: s["name"] for r, s in resolve_losses(entry.name, loss, losses).items()}
+        try:
+            check(merged, names)
+        except ValueError as e:
+            raise ComponentError(("loss", "name") if loss is not None else ("losses",), str(e)) from None
+    return det_params, loss_params, checked
+
+
+def check_loss_weights(detector: str, weights: Mapping[str, Any]) -> None:
+    """Every key of ``train.loss_weights`` names a loss the detector returns."""
+    names = weight_names(detector)
+    for key in weights:
+        if key not in names:
+            raise ComponentError(("train", "loss_weights", key),
+                                 f"detector '{detector}' returns no loss '{key}'{suggest(key, names)} "
+                                 f"(its losses: {', '.join(names)})", unknown_key=True)
+
+
+def build_detector(trial: Mapping[str, Any], num_classes: int, class_counts) -> Any:
+    """The trial's model: the detector's builder called with its params, the
+    injected settings and one bound loss per role. The model never sees the config."""
+    det, ev = trial["detector"], trial["eval"]
+    context = {"class_counts": list(class_counts), "num_classes": num_classes}
+    kwargs = {}
+    roles = loss_roles(det["name"])
+    for role, spec in resolve_losses(det["name"], trial.get("loss"), trial.get("losses") or {}).items():
+        kwargs[f"{role}_loss"] = build_loss(roles[role].registry, spec["name"], spec["params"], context)
+    injected = dict(num_classes=num_classes, scale=det.get("scale", "tiny"), score_thresh=ev["score_thresh"],
+                    nms_iou=ev["nms_iou"], max_dets=ev["max_dets"])
+    return MODELS.build(det["name"], **injected, **kwargs, **det.get("params", {}))
+
+
+def trial_phases(trial: Mapping[str, Any]) -> list:
+    """The trial's phases: ``train.phases``, else the detector's declared scheme, else one phase."""
+    from detectors.phases import resolve_phases
+
+    det = trial["detector"]
+    declare = MODELS.entry(det["name"]).meta.get("phases")
+    declared = None
+    if declare is not None and not trial["train"].get("phases"):
+        entry = MODELS.entry(det["name"])
+        params = {k: p.default for k, p in entry.params.items()}
+        params.update(det.get("params", {}))
+        declared = declare(params, trial["train"])
+    return resolve_phases(trial["train"], declared)

@@ -1,0 +1,139 @@
+"""The epoch loop over a trial's phases (see ``detectors.phases``).
+
+``fit`` trains every phase from where a checkpoint left off: per phase it sets
+what trains, builds a fresh optimizer and schedule, runs its epochs, and after
+each epoch evaluates (every epoch, or the phase's last), checkpoints and
+reports. Loss weights are applied here and only here: models return unweighted
+losses, and the total is the weighted sum of the losses the phase counts.
+Steps and epochs are global across phases; each report carries the phase index.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from detectors.checkpoint import save_checkpoint, set_rng_state
+from detectors.data.coco import CocoDetection, collate
+from detectors.evaluate import evaluate_model
+from detectors.phases import (apply_phase, build_optimizer, counts, freeze_norm_statistics, make_scheduler,
+                              phase_steps)
+
+Report = Callable[[Dict[str, float], Optional[str]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced NaN or inf; the message names the step."""
+
+
+def _start(state: Optional[dict], phases: List[dict], steps_per_epoch: int, max_steps: Optional[int]) -> dict:
+    """Where to begin: phase index, its first epoch, and whether the phase is resumed mid-way."""
+    if state is None:
+        return {"phase": 0, "phase_epoch": 0, "mid_phase": False}
+    done = phases[state["phase"]]
+    finished = (state["phase_epoch"] >= done["epochs"] - 1
+                or state["phase_step"] >= phase_steps(done, steps_per_epoch, max_steps))
+    if finished:
+        return {"phase": state["phase"] + 1, "phase_epoch": 0, "mid_phase": False}
+    return {"phase": state["phase"], "phase_epoch": state["phase_epoch"] + 1, "mid_phase": True}
+
+
+def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, trial: dict, phases: List[dict],
+        runtime, report: Report, state: Optional[dict] = None) -> dict:
+    """Train ``model`` through ``phases``; ``state`` is a loaded checkpoint to resume from.
+
+    Returns ``last_eval`` (the latest evaluation, or None), ``epoch`` and ``step``
+    (global, last finished), ``train_img_s`` and ``phase_times`` (seconds per phase).
+    """
+    cfg = trial["train"]
+    device = runtime.device
+    steps_per_epoch = math.ceil(len(train_ds) / cfg["batch_size"])
+    weights = cfg.get("loss_weights", {})
+    epoch, step, train_time, train_images = -1, 0, 0.0, 0
+    phase_times = [0.0] * len(phases)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        epoch, step = state["epoch"], state["step"]
+        train_time, train_images = state["extra"]["train_time"], state["extra"]["train_images"]
+        phase_times = list(state["extra"].get("phase_times", phase_times))
+    start = _start(state, phases, steps_per_epoch, cfg.get("max_steps"))
+    last_eval: Optional[dict] = None
+    for pi in range(start["phase"], len(phases)):
+        phase = phases[pi]
+        first_epoch = sum(p["epochs"] for p in phases[:pi])  # global index of the phase's epoch 0
+        optimizer = build_optimizer(apply_phase(model, phase), phase)
+        total = phase_steps(phase, steps_per_epoch, cfg.get("max_steps"))
+        scheduler = make_scheduler(optimizer, total, phase)
+        local_start, phase_step = 0, 0
+        if hasattr(model, "begin_phase"):
+            model.begin_phase(phase)
+        if pi == start["phase"] and state is not None:
+            if start["mid_phase"]:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                local_start, phase_step = start["phase_epoch"], state["phase_step"]
+            set_rng_state(state["rng"])  # after the phase's set-up, as an uninterrupted run
+        for local in range(local_start, phase["epochs"]):
+            if phase_step >= total:
+                break
+            epoch = first_epoch + local
+            model.train()
+            freeze_norm_statistics(model)
+            # A fresh generator per epoch: the order depends only on (seed, epoch), so a
+            # run resumed at an epoch boundary sees the same batches.
+            gen = torch.Generator().manual_seed(int(trial["seed"]) * 100003 + epoch)
+            loader = runtime.train_loader(train_ds, cfg["batch_size"], gen, collate)
+            sums: Dict[str, float] = {}
+            n_batches, t0 = 0, time.perf_counter()
+            for images, targets in loader:
+                if phase_step >= total:
+                    break
+                images = [img.to(device) for img in images]
+                targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+                raw = model(images, targets)
+                # The only place loss weights exist: models return unweighted losses.
+                loss = sum(weights.get(k.removeprefix("loss_"), 1.0) * v for k, v in raw.items() if counts(k, phase))
+                if not torch.isfinite(loss):
+                    parts = ", ".join(f"{k}={v.item():.4g}" for k, v in raw.items())
+                    where = f"epoch {epoch}" + (f", phase '{phase['name']}'" if len(phases) > 1 else "")
+                    raise NonFiniteLossError(
+                        f"{trial.get('trial_key', 'trial')}: non-finite loss at step {step} ({where}): {parts}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.get("grad_clip"):
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                phase_step += 1
+                n_batches += 1
+                train_images += len(images)
+                for k, v in raw.items():
+                    sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + v.item()
+                sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
+            elapsed = time.perf_counter() - t0
+            train_time += elapsed
+            phase_times[pi] += elapsed
+
+            metrics = {k: v / max(1, n_batches) for k, v in sums.items()}
+            metrics.update(epoch=epoch, step=step, lr=optimizer.param_groups[0]["lr"],
+                           **{"train/img_s": train_images / max(train_time, 1e-9)}, phase=pi)
+            is_last = local == phase["epochs"] - 1 or phase_step >= total
+            if runtime.is_main and (cfg.get("eval_every_epoch", True) or is_last):
+                last_eval = evaluate_model(model, val_ds, cfg["batch_size"], device)
+                metrics.update({f"val/{k}": v for k, v in last_eval["metrics"].items() if v is not None})
+            ckpt = None
+            if runtime.is_main:
+                position = {"phase": pi, "phase_epoch": local, "phase_step": phase_step, "epoch": epoch, "step": step}
+                ckpt = save_checkpoint(os.path.join(trial["trial_dir"], "checkpoints", f"epoch_{epoch:03d}"), model,
+                                       optimizer, scheduler, position,
+                                       {"train_time": train_time, "train_images": train_images,
+                                        "phase_times": phase_times})
+                report(metrics, ckpt)
+    if last_eval is None and runtime.is_main:  # resumed after the last epoch, or zero steps
+        last_eval = evaluate_model(model, val_ds, cfg["batch_size"], device)
+    return {"last_eval": last_eval, "epoch": epoch, "step": step,
+            "train_img_s": train_images / max(train_time, 1e-9), "phase_times": phase_times}

@@ -1,0 +1,120 @@
+"""Phases as data: a trial's training is a list of phases, each a plain dict.
+
+    phases = resolve_phases(trial["train"], declared)   # [{"name": "train", "epochs": 12, ...}]
+    params = apply_phase(model, phase)                   # sets requires_grad, returns what trains
+
+A phase names what trains and what is frozen (parameter-name prefixes, e.g.
+``backbone`` or ``head.cls_subnet``), which losses count (names without the
+``loss_`` prefix; the others are still computed and reported, with weight 0),
+how many epochs it runs, and its optimizer settings (any of ``optimizer``,
+``lr``, ``momentum``, ``weight_decay``, ``warmup_iters``, ``schedule``,
+``milestones``, ``lr_decay``; unset ones come from ``train``). Each phase
+gets a fresh optimizer and learning-rate schedule over its own steps; the
+optimiser step and the epoch count on across phases (global).
+
+A trial with no phases has one, ``train``, over every parameter and loss for
+``train.epochs``: exactly the single-phase loop. A detector can declare the
+phases of a scheme it implements (Faster R-CNN's 4-step alternating training,
+say); a study's ``train.phases`` overrides them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_iters", "schedule", "milestones",
+                  "lr_decay")
+PHASE_KEYS = ("name", "epochs", "trainable", "frozen", "losses") + OPTIMIZER_KEYS
+
+
+def resolve_phases(train: Mapping[str, Any], declared: Optional[Sequence[Mapping[str, Any]]] = None
+                   ) -> List[Dict[str, Any]]:
+    """Complete phase dicts: the study's ``train.phases``, else ``declared``, else one phase."""
+    given = train.get("phases") or declared or [{"name": "train", "epochs": train["epochs"]}]
+    out = []
+    for i, phase in enumerate(given):
+        unknown = set(phase) - set(PHASE_KEYS)
+        if unknown:
+            raise ValueError(f"phase {i}: unknown keys {sorted(unknown)} (known: {', '.join(PHASE_KEYS)})")
+        full = {k: train[k] for k in OPTIMIZER_KEYS if k in train}
+        full.update({"name": f"phase{i}", "trainable": None, "frozen": [], "losses": None})
+        full.update({k: v for k, v in phase.items() if v is not None})
+        out.append(full)
+    return out
+
+
+def _matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def apply_phase(model: nn.Module, phase: Mapping[str, Any]) -> List[nn.Parameter]:
+    """Set ``requires_grad`` per the phase's ``trainable`` / ``frozen`` prefixes; returns the
+    trainable parameters. A prefix that names no parameter is an error (a typo would
+    otherwise silently train everything)."""
+    names = [n for n, _ in model.named_parameters()]
+    trainable, frozen = phase.get("trainable"), phase.get("frozen") or []
+    for prefix in list(trainable or []) + list(frozen):
+        if not any(_matches(n, prefix) for n in names):
+            top = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"phase '{phase['name']}': '{prefix}' names no parameters of the model "
+                             f"(its top-level parts: {', '.join(top)})")
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_((trainable is None or any(_matches(name, t) for t in trainable))
+                         and not any(_matches(name, f) for f in frozen))
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
+def freeze_norm_statistics(model: nn.Module) -> None:
+    """Batch-norm layers whose parameters are all frozen keep their running statistics
+    too (eval mode): a frozen layer computes what it computed when it was frozen."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def counts(loss_name: str, phase: Mapping[str, Any]) -> bool:
+    """Whether ``loss_name`` (``loss_*``) counts towards the phase's total loss."""
+    wanted = phase.get("losses")
+    return wanted is None or loss_name.removeprefix("loss_") in wanted
+
+
+def build_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
+                               weight_decay=cfg.get("weight_decay", 1e-4))
+    if cfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 1e-4))
+    raise ValueError(f"unknown optimizer '{cfg['optimizer']}'")
+
+
+def lr_factor(step: int, total: int, cfg: Mapping[str, Any]) -> float:
+    """Linear warm-up from 0.1% to 100%, then cosine to 0 or steps of ``lr_decay`` at ``milestones``."""
+    warmup = cfg.get("warmup_iters", 0)
+    if step < warmup:
+        return 0.001 + (1 - 0.001) * step / warmup
+    schedule = cfg.get("schedule", "cosine")
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "step":
+        passed = sum(step >= m * total for m in cfg.get("milestones", [0.67, 0.89]))
+        return cfg.get("lr_decay", 0.1) ** passed
+    return 1.0
+
+
+def phase_steps(phase: Mapping[str, Any], steps_per_epoch: int, max_steps: Optional[int]) -> int:
+    """Optimiser steps the phase runs: its epochs, capped by ``train.max_steps`` (per phase)."""
+    total = phase["epochs"] * steps_per_epoch
+    return min(total, max_steps) if max_steps else total
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: Mapping[str, Any]):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg))
