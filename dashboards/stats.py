@@ -38,9 +38,9 @@ ALPHA = 1 - CONF
 # Fewer matching seeds give no seed verdict: with 2 the t test has 1 degree of
 # freedom (t(0.975, 1) = 12.7) and says more about the draw than about retraining.
 MIN_SEEDS = 3
-# Equivalence margin for AP-family metrics (fractions): 0.01 = 1.0 AP point, about
-# the seed-to-seed spread of one COCO training run and the smallest gap the papers
-# we replay treat as a difference.
+# Equivalence margin for AP-family metrics (fractions): 0.01 = 1.0 AP point. A stated
+# convention, not a law: papers call ablation rows within about a point "comparable"
+# (Faster R-CNN's "close results"); the pages print the value used.
 EQUIVALENCE_MARGIN = 0.01
 AP_FAMILY = {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"}
 
@@ -217,7 +217,7 @@ def bootstrap_difference(a: np.ndarray, b: np.ndarray, conf: float = CONF,
                          margin: Optional[float] = None) -> Dict[str, float]:
     """Percentile interval of A - B over paired resamples, the share of resamples where A > B,
     and with ``margin`` the bootstrap TOST p: the larger share of resamples outside ±margin
-    on either side (below ALPHA iff the 90% percentile interval lies inside the margin)."""
+    on either side (below ALPHA about when the 90% percentile interval lies inside the margin)."""
     d = np.asarray(a) - np.asarray(b)
     d = d[np.isfinite(d)]
     if d.size == 0:
