@@ -3,7 +3,7 @@
     a = Analysis(load_study(store, name))
     a.summary("AP")        # variant, n, mean, lo, hi (95% t interval over seeds)
     a.headline()           # winner, runner-up, paired seed difference, image-bootstrap difference
-    a.difference(v, w, "AP")   # (diff, lo, hi, method) used by the paper comparison
+    a.difference(v, w, "AP")   # diff, display CI, both tests and their joint verdict (paper comparison)
 
 The bootstrap over val images needs every compared trial's detections (trial
 data "detections") and the val annotation file named in the trial configs; when
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -81,30 +81,38 @@ class Analysis:
     # ---------------------------------------------------------- differences
 
     def paired(self, a: str, b: str, metric: str = "AP") -> Dict[str, Any]:
-        return stats.paired_difference(self.per_seed(a, metric), self.per_seed(b, metric))
+        return stats.paired_difference(self.per_seed(a, metric), self.per_seed(b, metric),
+                                       margin=stats.equivalence_margin(metric))
 
     def boot_diff(self, a: str, b: str) -> Optional[Dict[str, float]]:
         boot = self.bootstrap()
         if not boot or a not in boot or b not in boot:
             return None
-        return stats.bootstrap_difference(boot[a], boot[b])
+        return stats.bootstrap_difference(boot[a], boot[b], margin=stats.EQUIVALENCE_MARGIN)
 
-    def difference(self, a: str, b: str, metric: str) -> Optional[Tuple[float, float, float, str]]:
-        """a - b in metric units with a 95% CI: the image bootstrap for AP when it is available,
-        else the paired t interval over matching seeds."""
+    def difference(self, a: str, b: str, metric: str) -> Optional[Dict[str, Any]]:
+        """a - b in metric units: ``diff`` (of the means), a 95% CI ``lo``/``hi`` for display (the
+        image bootstrap for AP when available, else the paired t interval; ``method`` says which),
+        both tests (``paired``, ``boot``) and their joint verdict (``stats.decide``: ``sign``,
+        ``equivalent``, ``why``). The bootstrap exists for AP only; other accuracy metrics then
+        lack image evidence and stay undecided. Speed metrics need the seed test alone."""
         pa, pb = self.per_seed(a, metric), self.per_seed(b, metric)
         if not pa or not pb:
             return None
         diff = float(np.mean(list(pa.values())) - np.mean(list(pb.values())))
-        if metric == "AP":
-            bd = self.boot_diff(a, b)
-            if bd is not None:
-                return diff, bd["lo"], bd["hi"], "bootstrap over images"
-        pd_ = self.paired(a, b, metric)
-        return diff, pd_["lo"], pd_["hi"], f"paired t over {len(pd_['seeds'])} seeds"
+        paired = self.paired(a, b, metric)
+        boot = self.boot_diff(a, b) if metric == "AP" else None
+        out = dict(diff=diff, paired=paired, boot=boot,
+                   **stats.decide(paired, boot, stats.equivalence_margin(metric),
+                                  needs_images=not metric.startswith("speed/")))
+        if boot is not None:
+            out.update(lo=boot["lo"], hi=boot["hi"], method="bootstrap over images")
+        else:
+            out.update(lo=paired["lo"], hi=paired["hi"], method=f"paired t over {paired['n']} seeds")
+        return out
 
     def headline(self, metric: str = "AP") -> Dict[str, Any]:
-        """Winner by mean AP, the runner-up, and both tests of the lead."""
+        """Winner by mean AP, the runner-up, and both tests of the lead (``stats.decide``)."""
         order = self.ranking(metric)
         if not order:
             return {}
@@ -112,38 +120,40 @@ class Analysis:
         out: Dict[str, Any] = {"winner": order[0], "winner_ci": s.loc[order[0]].to_dict(), "runner_up": None}
         if len(order) > 1:
             w, r = order[:2]
-            paired = self.paired(w, r, metric)
-            boot = self.boot_diff(w, r) if metric == "AP" else None
-            sig_seed = stats.significant(paired["lo"], paired["hi"])
-            sig_boot = stats.significant(boot["lo"], boot["hi"]) if boot else None
-            out.update(runner_up=r, runner_up_ci=s.loc[r].to_dict(), paired=paired, boot=boot,
-                       significant_seeds=sig_seed, significant_images=sig_boot,
+            d = self.difference(w, r, metric)
+            out.update(runner_up=r, runner_up_ci=s.loc[r].to_dict(), paired=d["paired"], boot=d["boot"],
+                       decision={k: d[k] for k in ("sign", "equivalent", "why", "split")},
+                       seed_word=stats.seed_evidence(d["paired"], stats.equivalence_margin(metric))["text"],
                        lead=float(s.loc[w, "mean"] - s.loc[r, "mean"]))
         return out
 
 
 def verdict(h: Dict[str, Any]) -> str:
-    """One sentence on whether the winner's lead is significant."""
+    """One sentence on whether the winner's lead holds: significant only when the seed test
+    (>= MIN_SEEDS seeds) and the image bootstrap both say so."""
     if not h:
         return "No finished trials."
     if h.get("runner_up") is None:
         return "Only one variant finished: nothing to compare."
-    parts = []
-    ss, si = h.get("significant_seeds"), h.get("significant_images")
-    n = len(h["paired"]["seeds"])
-    if ss is None:
-        parts.append(f"over seeds: not testable ({n} matching seed{'s' if n != 1 else ''})")
+    d = h["decision"]
+    if d["sign"] == 1:
+        head = "The lead is significant on both tests"
+    elif d["sign"] is None:
+        head = "Can't tell whether the lead is real"
+    elif d["split"]:
+        head = "The lead is not established: the tests disagree"
     else:
-        parts.append(f"over {n} matching seeds: {'significant' if ss else 'not significant'}")
-    if si is None:
-        parts.append("over images: not available")
-    else:
-        parts.append(f"over images (bootstrap): {'significant' if si else 'not significant'}")
-    lead_ok = ss or si
-    head = "The lead is significant" if lead_ok else "The lead is not significant"
-    if ss is not None and si is not None and ss != si:
-        head = "The lead is significant on one test only"
-    return f"{head} ({'; '.join(parts)})."
+        head = "The lead is not significant"
+    if d["equivalent"]:
+        head += f"; the two are equivalent within ±{100 * stats.EQUIVALENCE_MARGIN:.1f} AP"
+    return f"{head} ({d['why']})."
+
+
+RULE = (f"A lead counts as significant only when both tests exclude 0 at 95% on the same side: the paired "
+        f"t test over at least {stats.MIN_SEEDS} matching seeds (retraining noise) and the bootstrap over val "
+        f"images (evaluation noise). Two variants count as equivalent only when two one-sided tests (TOST, 5%) "
+        f"on both put the gap within ±{100 * stats.EQUIVALENCE_MARGIN:.1f} AP; an interval that merely "
+        f"contains 0 shows neither.")
 
 
 def finite(v: Any) -> bool:

@@ -9,7 +9,8 @@ from typing import Any, Dict
 import pandas as pd
 
 from dashboards import figures
-from dashboards.analysis import Analysis, verdict
+from dashboards import stats
+from dashboards.analysis import RULE, Analysis, verdict
 from dashboards.context import PageContext
 from dashboards.data import fmt_value, load_study
 from dashboards.html import Figures, esc, interval, kv, mean_ci, nav, num, table, write_page
@@ -112,8 +113,8 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
         parts.append(f"<p>Runner-up: {esc(h['runner_up'])}; lead {h['lead']:+.4f} AP. {esc(verdict(h))}</p>")
         rows = [{"test": "paired over matching seeds",
                  "winner - runner-up (95% CI)": interval(p["mean"], p["lo"], p["hi"], 4),
-                 "detail": esc(f"seeds {p['seeds']}; paired t test p = {p['p']:.3f}" if math.isfinite(p["p"])
-                               else f"seeds {p['seeds']}; too few pairs for an interval")}]
+                 "detail": esc(f"seeds {p['seeds']}; " + (f"paired t test {stats.fmt_p(p['p'])}"
+                               if math.isfinite(p["p"]) and p["n"] >= stats.MIN_SEEDS else h["seed_word"]))}]
         if b:
             rows.append({"test": "bootstrap over val images", "winner - runner-up (95% CI)":
                          interval(h["lead"], b["lo"], b["hi"], 4),
@@ -125,8 +126,8 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
         if an.bootstrap() is not None:
             parts.append(f'<p class="note">Bootstrap: {esc(an.boot_note)}.</p>')
         parts.append('<p class="note">The two tests answer different questions: the seed test asks whether the '
-                     'lead survives retraining (few seeds make it weak); the image bootstrap asks whether it '
-                     'survives another val set drawn like this one, for these trained models.</p>')
+                     'lead survives retraining; the image bootstrap asks whether it survives another val set '
+                     f'drawn like this one, for these trained models. {esc(RULE)}</p>')
     parts.append("<h3>Variants</h3>" + variants_table(ctx))
     s, pts = an.summary("AP"), ctx.sd.metric("AP")
     parts.append(figs.div(figures.mean_and_points(s, pts, "AP per variant: mean with 95% CI, and each seed", "AP"), height=380))
@@ -150,7 +151,7 @@ def paper_section(ctx: PageContext, figs: Figures) -> str:
         rows = []
         for r in c["rows"]:
             mark = r["mark"]
-            cls = "ok" if mark == "reproduced" else ("na" if mark == "reference" else "no")
+            cls = "ok" if mark == "reproduced" else ("na" if mark in ("reference", "undecided") else "no")
             pg = "–" if mark == "reference" else "close" if t.get("relation") == "close" else (
                 f"{r['paper_gap']:+.1f} ({100 * r['paper_rel']:+.1f}%)" if r["paper_gap"] is not None else "–")
             og = "–" if mark == "reference" else (interval(r["our_gap"], r["lo"], r["hi"]) +
@@ -159,7 +160,10 @@ def paper_section(ctx: PageContext, figs: Figures) -> str:
                          f"ours {unit}": num(r["ours"], 2), "our gap [95% CI]": og,
                          "mark": f'<span class="{cls}">{esc(mark)}</span> <span class="note">{esc(r["why"])}</span>'})
         methods = sorted({r["method"] for r in c["rows"] if r["method"]})
-        head += f"<p class=note>Our CIs: {esc('; '.join(methods) or 'none')}.</p>"
+        head += (f"<p class=note>Our CIs: {esc('; '.join(methods) or 'none')}. A row is reproduced only when "
+                 f"the seed test (at least {stats.MIN_SEEDS} matching seeds) and, for accuracy, the bootstrap over "
+                 f"images both put our gap on the paper's side of 0 (for a gap the paper calls close: both show it "
+                 f"within ±{100 * stats.EQUIVALENCE_MARGIN:.1f} AP by TOST); undecided when a test can't tell.</p>")
         out.append(head + table(pd.DataFrame(rows), left=["mark"]))
         if len(c["rows"]) > 1 and t.get("relation") != "close":
             out.append(figs.div(figures.paper_gaps(c["rows"], f"{t['source']}: gap to {c['reference']}, "
@@ -223,15 +227,15 @@ def build_all_index(store, reports_dir: str, built: str) -> int:
             w = h["winner_ci"]
             head = f"{esc(h['winner'])}: AP {mean_ci(w['mean'], w['lo'], w['hi'])}"
             if h.get("runner_up"):
-                sig = {True: "significant", False: "not significant", None: "not testable"}[h["significant_seeds"]]
-                head += f"; lead {h['lead']:+.3f} over {esc(h['runner_up'])} ({sig} over seeds)"
+                head += f"; lead {h['lead']:+.3f} over {esc(h['runner_up'])} ({esc(h['seed_word'])})"
         else:
             head = '<span class="na">no finished trials</span>'
         rows.append({"study": name, "description": esc(info["description"] or ""),
                      "variants": len(sd.variants), "trials": esc(", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))),
                      "last run": _fmt_time(s["last"]), "headline (winner by mean AP, 95% CI)": head})
     body = ("<h1>detbench studies</h1><p class=lead>Every study in the results store. Each study's page has the "
-            "full comparison; its significance tests include the bootstrap over images.</p>" + table(pd.DataFrame(rows), left=["description", "trials", "last run", "headline (winner by mean AP, 95% CI)"]))
+            "full comparison: a lead counts as significant there only when the seed test and the bootstrap over "
+            "images both say so.</p>" + table(pd.DataFrame(rows), left=["description", "trials", "last run", "headline (winner by mean AP, 95% CI)"]))
     return write_page(os.path.join(reports_dir, "index.html"), "detbench reports", nav((("All studies", "index.html"),),
                                                                                         "All studies"),
                       body, "plotly.min.js", built, "all studies")

@@ -8,9 +8,13 @@ study's name.
 
 For each matched variant other than the paper's best (the reference), the
 paper's gap to the reference is set beside ours, both absolute and relative to
-the reference, with our gap's 95% CI. A row is *reproduced* when our CI
-excludes zero on the paper's side; for a gap the paper calls "close" (or a tie)
-when our CI includes zero.
+the reference, with our gap's 95% CI. A row is *reproduced* only with both
+kinds of evidence (``dashboards.stats.decide``): the paired t test over at least
+3 matching seeds (retraining noise) and, for accuracy metrics, the bootstrap
+over val images (evaluation noise) both put our gap on the paper's side of 0;
+for a gap the paper calls "close" (or a tie), both equivalence tests (TOST) put
+it within the margin (1 AP). A row where a test could not tell (too few seeds,
+no bootstrap) is *undecided*, not "not reproduced".
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ PAPER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper")
 # Our AP-family metrics are fractions; papers print percent.
 PERCENT_METRICS = {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"}
 
-# (our_diff, lo, hi, method) for variant a minus variant b on a metric, or None
-DiffFn = Callable[[str, str, str], Optional[Tuple[float, float, float, str]]]
+# variant a minus variant b on a metric (Analysis.difference): a dict with diff, lo, hi, method
+# and the joint verdict of both tests (sign, equivalent, why), or None
+DiffFn = Callable[[str, str, str], Optional[Dict[str, Any]]]
 
 
 def load_tables(paper_dir: str = PAPER_DIR) -> List[Dict[str, Any]]:
@@ -96,9 +101,9 @@ def compare(sd: StudyData, table: Dict[str, Any], matched: Dict[str, Dict[str, A
     for v in matched:
         p_gap = None if close or paper[v] is None or paper[ref] is None else paper[v] - paper[ref]
         d = diff(v, ref, metric) if v != ref else None
-        our_gap, lo, hi, method = (d[0] * scale, d[1] * scale, d[2] * scale, d[3]) if d else (
+        our_gap, lo, hi, method = (d["diff"] * scale, d["lo"] * scale, d["hi"] * scale, d["method"]) if d else (
             math.nan, math.nan, math.nan, "")
-        mark, why = _mark(p_gap, our_gap, lo, hi, close) if v != ref else ("reference", "the paper's best")
+        mark, why = _mark(p_gap, d, close) if v != ref else ("reference", "the paper's best")
         rows.append({"variant": v, "paper": paper[v], "ours": ours[v], "paper_gap": p_gap,
                      "paper_rel": None if p_gap is None else p_gap / paper[ref],
                      "our_gap": our_gap, "our_rel": our_gap / ours[ref] if ours[ref] else math.nan,
@@ -107,18 +112,24 @@ def compare(sd: StudyData, table: Dict[str, Any], matched: Dict[str, Dict[str, A
             "ordering": _ordering(numbered, paper, ours, higher)}
 
 
-def _mark(p_gap: Optional[float], gap: float, lo: float, hi: float, close: bool) -> Tuple[str, str]:
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "not reproduced", "no confidence interval (one seed and no detections)"
-    includes_zero = lo <= 0 <= hi
+def _mark(p_gap: Optional[float], d: Optional[Dict[str, Any]], close: bool) -> Tuple[str, str]:
+    """reproduced / not reproduced / undecided, and why (each test's word)."""
+    if d is None:
+        return "undecided", "no results to compare"
+    sign, equivalent, why = d["sign"], d["equivalent"], d["why"]
     if close or p_gap == 0:
-        return (("reproduced", "the paper reports them close; our CI includes 0") if includes_zero
-                else ("not reproduced", "the paper reports them close; our CI excludes 0"))
-    if includes_zero:
-        return "not reproduced", "our CI includes 0"
-    if (gap > 0) == (p_gap > 0):
-        return "reproduced", "same direction, our CI excludes 0"
-    return "not reproduced", "opposite direction, our CI excludes 0"
+        if equivalent:
+            return "reproduced", f"the paper reports them close; equivalent on both tests ({why})"
+        if equivalent is None and not sign:  # a test could not tell (or no margin), and no difference shown
+            return "undecided", f"the paper reports them close; can't tell ({why})"
+        return "not reproduced", f"the paper reports them close; not shown equivalent ({why})"
+    if sign is None:
+        return "undecided", f"can't tell ({why})"
+    if sign == 0:
+        return "not reproduced", f"{'the tests disagree' if d['split'] else 'not significant'} ({why})"
+    if (sign > 0) == (p_gap > 0):
+        return "reproduced", f"same direction on both tests ({why})"
+    return "not reproduced", f"opposite direction on both tests ({why})"
 
 
 def _ordering(variants: List[str], paper: Dict[str, Any], ours: Dict[str, float], higher: bool) -> Dict[str, Any]:

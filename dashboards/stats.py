@@ -15,6 +15,12 @@ and each resample re-orders those per-image records under fresh ids before
 COCOeval's own ``accumulate``. AP is then read from COCOeval's precision array
 as ``summarize`` reads it (mean of the defined entries, area all, 100 detections).
 Seeds are pooled: in each resample a variant's AP is the mean over its seeds.
+
+Verdicts (``decide``) need both kinds of evidence. Two variants *differ* only when
+the paired t test over at least ``MIN_SEEDS`` matching seeds and the image
+bootstrap both exclude 0 on the same side (95%); they are *equivalent* only when
+both two one-sided tests (TOST, 5% each side) put the difference inside
+±``EQUIVALENCE_MARGIN``. An interval that merely contains 0 is neither.
 """
 from __future__ import annotations
 
@@ -28,6 +34,15 @@ import numpy as np
 from scipy import stats as _st
 
 CONF = 0.95
+ALPHA = 1 - CONF
+# Fewer matching seeds give no seed verdict: with 2 the t test has 1 degree of
+# freedom (t(0.975, 1) = 12.7) and says more about the draw than about retraining.
+MIN_SEEDS = 3
+# Equivalence margin for AP-family metrics (fractions): 0.01 = 1.0 AP point. A stated
+# convention, not a law: papers call ablation rows within about a point "comparable"
+# (Faster R-CNN's "close results"); the pages print the value used.
+EQUIVALENCE_MARGIN = 0.01
+AP_FAMILY = {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"}
 
 
 def t_interval(values: Sequence[float], conf: float = CONF) -> Dict[str, float]:
@@ -44,18 +59,43 @@ def t_interval(values: Sequence[float], conf: float = CONF) -> Dict[str, float]:
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "half": half, "n": n, "sd": sd}
 
 
-def paired_difference(a: Mapping[int, float], b: Mapping[int, float], conf: float = CONF) -> Dict[str, object]:
-    """A - B over the seeds both have: mean difference, t interval, two-sided p (paired t test)."""
+def equivalence_margin(metric: str) -> Optional[float]:
+    """The TOST margin in the metric's own units, or None where no margin is defined (speed)."""
+    return EQUIVALENCE_MARGIN if metric in AP_FAMILY else None
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], conf: float = CONF,
+                      margin: Optional[float] = None) -> Dict[str, object]:
+    """A - B over the seeds both have: mean difference, t interval, two-sided p (paired t test),
+    and with ``margin`` the TOST p that |A - B| < margin (``p_equiv``).
+
+    Identical differences on every seed (zero variance) leave t undefined. If they are all 0,
+    p = 1 (no difference to explain); otherwise p, p_equiv and the interval are NaN and
+    ``degenerate`` is set: a constant gap usually means the seed did not change training,
+    which says nothing about retraining noise, so it must not read as p = 0.
+    """
     seeds = sorted(set(a) & set(b))
-    d = [a[s] - b[s] for s in seeds if math.isfinite(a[s]) and math.isfinite(b[s])]
-    out: Dict[str, object] = dict(t_interval(d, conf), seeds=seeds, p=math.nan)
-    if len(d) >= 2:
-        sd = float(np.std(d, ddof=1))
-        if sd > 0:
-            t = float(np.mean(d)) / (sd / math.sqrt(len(d)))
-            out["p"] = float(2 * _st.t.sf(abs(t), len(d) - 1))
+    d = np.asarray([a[s] - b[s] for s in seeds if math.isfinite(a[s]) and math.isfinite(b[s])], dtype=float)
+    out: Dict[str, object] = dict(t_interval(d, conf), seeds=seeds, p=math.nan, p_equiv=math.nan,
+                                  degenerate=False)
+    if d.size < 2:
+        return out
+    mean, n = float(d.mean()), int(d.size)
+    # "Identical" up to float rounding: 0.7 - 0.6 and 0.5 - 0.4 differ in the last bit.
+    if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):
+        out["degenerate"] = True
+        if np.allclose(d, 0.0, rtol=0.0, atol=1e-12):
+            out.update(p=1.0, mean=0.0, lo=0.0, hi=0.0, half=0.0)
         else:
-            out["p"] = 0.0 if np.mean(d) != 0 else 1.0
+            out.update(lo=math.nan, hi=math.nan, half=math.nan)
+        return out
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    out["p"] = float(2 * _st.t.sf(abs(mean) / se, n - 1))
+    if margin is not None:
+        # TOST: H0 A - B <= -margin (p_low) and H0 A - B >= margin (p_high); both must go.
+        p_low = _st.t.sf((mean + margin) / se, n - 1)
+        p_high = _st.t.cdf((mean - margin) / se, n - 1)
+        out["p_equiv"] = float(max(p_low, p_high))
     return out
 
 
@@ -173,11 +213,82 @@ def bootstrap_ap(gt, detections: Mapping[str, List[List[dict]]], resamples: int 
     return out
 
 
-def bootstrap_difference(a: np.ndarray, b: np.ndarray, conf: float = CONF) -> Dict[str, float]:
-    """Percentile interval of A - B over paired resamples, and the share of resamples where A > B."""
+def bootstrap_difference(a: np.ndarray, b: np.ndarray, conf: float = CONF,
+                         margin: Optional[float] = None) -> Dict[str, float]:
+    """Percentile interval of A - B over paired resamples, the share of resamples where A > B,
+    and with ``margin`` the bootstrap TOST p: the larger share of resamples outside ±margin
+    on either side (below ALPHA about when the 90% percentile interval lies inside the margin)."""
     d = np.asarray(a) - np.asarray(b)
     d = d[np.isfinite(d)]
     if d.size == 0:
-        return {"lo": math.nan, "hi": math.nan, "p_better": math.nan, "n": 0}
+        return {"lo": math.nan, "hi": math.nan, "p_better": math.nan, "n": 0, "p_equiv": math.nan}
     lo, hi = np.percentile(d, [50 * (1 - conf), 100 - 50 * (1 - conf)])
-    return {"lo": float(lo), "hi": float(hi), "p_better": float(np.mean(d > 0)), "n": int(d.size)}
+    p_equiv = math.nan if margin is None else float(max(np.mean(d <= -margin), np.mean(d >= margin)))
+    return {"lo": float(lo), "hi": float(hi), "p_better": float(np.mean(d > 0)), "n": int(d.size),
+            "p_equiv": p_equiv}
+
+
+# ------------------------------------------------------------------ verdicts
+
+def seed_evidence(paired: Mapping[str, object], margin: Optional[float]) -> Dict[str, object]:
+    """The paired seed test as evidence: ``sign`` +1 / -1 (A above / below B), 0 (not
+    significant) or None (can't tell); ``equivalent`` True / False / None; ``text``."""
+    n = int(paired["n"])
+    if n < MIN_SEEDS:
+        return {"sign": None, "equivalent": None, "text": f"over seeds: too few seeds ({n}) to tell"}
+    p, mean = float(paired["p"]), float(paired["mean"])
+    if paired["degenerate"] and not p == 1.0:
+        return {"sign": None, "equivalent": None,
+                "text": f"over {n} seeds: can't tell (the same difference on every seed, so no "
+                        "retraining noise to test against)"}
+    sign = (1 if mean > 0 else -1) if p < ALPHA else 0
+    text = f"over {n} matching seeds: {'significant' if sign else 'not significant'}, {fmt_p(p)}"
+    equivalent = None
+    if margin is not None and math.isfinite(float(paired["p_equiv"])):
+        equivalent = float(paired["p_equiv"]) < ALPHA
+        if equivalent:
+            text += f", equivalent within {_margin_text(margin)}"
+    return {"sign": sign, "equivalent": equivalent, "text": text}
+
+
+def image_evidence(boot: Optional[Mapping[str, float]], margin: Optional[float]) -> Dict[str, object]:
+    """The image bootstrap as evidence, in ``seed_evidence``'s terms (None: no bootstrap)."""
+    if not boot or not boot.get("n"):
+        return {"sign": None, "equivalent": None, "text": "over images: not available"}
+    sig = significant(boot["lo"], boot["hi"])
+    sign = (1 if boot["lo"] > 0 else -1) if sig else 0
+    text = f"over images (bootstrap): {'significant' if sign else 'not significant'}"
+    equivalent = None
+    if margin is not None and math.isfinite(boot.get("p_equiv", math.nan)):
+        equivalent = boot["p_equiv"] < ALPHA
+        if equivalent:
+            text += f", equivalent within {_margin_text(margin)}"
+    return {"sign": sign, "equivalent": equivalent, "text": text}
+
+
+def fmt_p(p: float) -> str:
+    """"p = 0.032", "p < 0.001" (a printed 0.000 reads as certainty)."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _margin_text(margin: float) -> str:
+    return f"±{100 * margin:.1f} AP" if margin == EQUIVALENCE_MARGIN else f"±{margin:g}"
+
+
+def decide(paired: Mapping[str, object], boot: Optional[Mapping[str, float]], margin: Optional[float],
+           needs_images: bool = True) -> Dict[str, object]:
+    """Both tests together: A - B is ``sign`` +1 / -1 only when every required test says so,
+    0 when all could tell but did not agree on a side, None when one could not tell;
+    ``equivalent`` True only when every required test shows it (None: some could not tell
+    or no margin). ``why`` lists each test's word. ``needs_images`` is False for speed
+    metrics, where the val images are not the noise that matters."""
+    evs = [seed_evidence(paired, margin)] + ([image_evidence(boot, margin)] if needs_images else [])
+    signs = [e["sign"] for e in evs]
+    if any(s is None for s in signs):
+        sign = None
+    else:
+        sign = signs[0] if signs[0] != 0 and all(s == signs[0] for s in signs) else 0
+    eqs = [e["equivalent"] for e in evs]
+    equivalent = None if any(e is None for e in eqs) else all(eqs)
+    return {"sign": sign, "equivalent": equivalent, "why": "; ".join(str(e["text"]) for e in evs),
+            "split": sign == 0 and len(set(signs)) > 1}

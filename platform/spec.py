@@ -150,7 +150,7 @@ class SpeedSpec(_Strict):
 class EvalSpec(_Strict):
     score_thresh: float = Field(0.05, ge=0, le=1)
     nms_iou: float = Field(0.5, gt=0, le=1)
-    max_dets: int = Field(100, ge=1)
+    max_dets: int = Field(100, ge=1, le=100)  # COCO AP counts at most 100 detections per image
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
 
 

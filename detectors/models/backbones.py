@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet50
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 PYRAMID_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
@@ -104,6 +105,21 @@ def scale_config(presets: Dict[str, dict], scale: str, head_norm: Optional[str] 
     if head_norm != "scale":
         cfg["head_norm"] = head_norm
     return cfg
+
+
+def pyramid_transform(cfg: dict, mean: List[float], std: List[float]) -> GeneralizedRCNNTransform:
+    """Resize to ``cfg["min_size"]``/``cfg["max_size"]``, normalise, and pad the batch to a
+    multiple of the coarsest stride (128, P7).
+
+    Why 128 and not torchvision's default 32: its ``AnchorGenerator`` infers each level's
+    stride as padded size // grid size, and stride-2 convs round the grid up, so on a
+    padded side that is not a multiple of 128 the P6/P7 anchors drift from the
+    features (a 192 px side puts P7 centres at 0 and 96, not 0 and 128; an 800 px one
+    puts the last at 684, not 768). With a multiple of 128 every level divides
+    exactly and centres sit at k * nominal stride.
+    """
+    return GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], mean, std,
+                                    size_divisible=PYRAMID_STRIDES[-1])
 
 
 def pyramid_backbone(scale: str, cfg: dict) -> PyramidBackbone:

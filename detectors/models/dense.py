@@ -45,7 +45,7 @@ from detectors.boxes import clip_boxes
 from detectors.losses import CLS_LOSSES, balanced_ce_loss, focal_loss
 from detectors.losses.gfl import giou_loss
 from detectors.models import MODELS, LossRole, register_detector
-from detectors.models.backbones import pyramid_backbone, scale_config
+from detectors.models.backbones import pyramid_backbone, pyramid_transform, scale_config
 from detectors.models.box_repr import make_box_representation
 from detectors.models.dense_heads import (DenseHead, aligned_box_iou, box_centres, box_to_distance,
                                           centerness_target, distance_to_box)
@@ -311,7 +311,7 @@ def build_dense(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callab
                                  aspect_ratios=((1.0,),) * len(strides))
     return DenseDetector(
         backbone=backbone, head=head, anchor_generator=anchor_gen,
-        transform=GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], IMAGENET_MEAN, IMAGENET_STD),
+        transform=pyramid_transform(cfg, IMAGENET_MEAN, IMAGENET_STD),
         cls_loss=cls_loss, strides=strides, quality=quality, box_repr=box_repr,
         assigner=make_assigner(assigner, strides, cfg["anchor_scale"], atss_topk, center_radius, pos_iou, neg_iou),
         score_thresh=score_thresh, nms_iou=nms_iou, max_dets=max_dets, topk_candidates=topk_candidates)

@@ -26,7 +26,7 @@ from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
 from detectors.models import LossRole, register_detector
-from detectors.models.backbones import pyramid_backbone, scale_config
+from detectors.models.backbones import pyramid_backbone, pyramid_transform, scale_config
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.registry import NonNegativeInt, OpenUnit, Positive, PositiveInt
 
@@ -231,7 +231,7 @@ def build_retinanet(num_classes: int, scale: str = "tiny", cls_loss: Optional[Ca
     return RetinaNet(
         backbone=backbone, head=head,
         anchor_generator=retinanet_anchor_generator(cfg["anchor_base"], backbone.strides),
-        transform=GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], IMAGENET_MEAN, IMAGENET_STD),
+        transform=pyramid_transform(cfg, IMAGENET_MEAN, IMAGENET_STD),
         cls_loss=cls_loss or CLS_LOSSES.get("focal"), box_loss=box_loss or partial(smooth_l1_loss, beta=1.0 / 9),
         pos_iou=pos_iou, neg_iou=neg_iou, allow_low_quality=allow_low_quality,
         score_thresh=score_thresh, nms_iou=nms_iou, max_dets=max_dets, topk_candidates=topk_candidates)

@@ -33,7 +33,7 @@ def test_every_trial_and_its_mlflow_run_on_the_overview(fake_reports):
     text = page(fake_reports, "index.html")
     store = fake_reports["store"]
     trials = store.trials(fakes.STUDY)
-    assert len(trials) == len(fake_reports["trials"]) == 7
+    assert len(trials) == len(fake_reports["trials"]) == 10
     for t in trials:
         assert t["trial_key"] in text
         assert f"#/experiments/7/runs/{t['mlflow_run_id']}" in text
@@ -49,10 +49,12 @@ def test_overview_states_winner_significance_and_setup(fake_reports):
     text = page(fake_reports, "index.html")
     assert "Winner: gamma=5,alpha=0.25" in text
     assert "Runner-up: gamma=2,alpha=0.25" in text
-    assert "over images (bootstrap): significant" in text
+    assert "The lead is significant on both tests" in text
+    assert "over 3 matching seeds: significant" in text and "over images (bootstrap): significant" in text
+    assert "only when both tests exclude 0" in text and "within ±1.0 AP" in text  # the rule, stated
     assert "100 bootstrap resamples of the 30 val images" in text
     assert "loss.params.gamma" in text and "3 epochs" in text and "64 train / 30 val images" in text
-    assert "1 failed, 6 finished" in text
+    assert "1 failed, 9 finished" in text
 
 
 def test_paper_comparison_marks(fake_reports):
@@ -64,12 +66,14 @@ def test_paper_comparison_marks(fake_reports):
     assert rows == {"gamma=0,alpha=0.75": "reproduced", "gamma=2,alpha=0.25": "reference",
                     "gamma=5,alpha=0.25": "not reproduced"}
     assert "Ordering <span class=\"no\">not held</span>" in text
+    assert "same direction on both tests (over 3 matching seeds: significant" in text
 
 
 def test_all_studies_index(fake_reports):
     text = (fake_reports["reports"] / "index.html").read_text()
     assert f'href="{fakes.STUDY}/index.html"' in text
-    assert "gamma=5,alpha=0.25" in text and "1 failed, 6 finished" in text
+    assert "gamma=5,alpha=0.25" in text and "1 failed, 9 finished" in text
+    assert "(over 3 matching seeds: significant, p &lt; 0.001)" in text  # seeds only: no bootstrap here
 
 
 def test_variant_table_for_the_terminal_summary(fake_reports):
@@ -77,7 +81,7 @@ def test_variant_table_for_the_terminal_summary(fake_reports):
 
     rows = variant_table(fake_reports["store"], fakes.STUDY)
     assert [r["variant"] for r in rows] == ["gamma=5,alpha=0.25", "gamma=2,alpha=0.25", "gamma=0,alpha=0.75"]
-    assert all(r["seeds"] == 2 for r in rows)
+    assert all(r["seeds"] == 3 for r in rows)
 
 
 def test_empty_study_builds(tmp_path):
@@ -129,9 +133,9 @@ def test_a_rerun_under_the_same_trial_key_supersedes_the_old_row(tmp_path):
                           {"per_class_ap": {c: 0.9 for c in fakes.CLASSES}}, "runv2" + "0" * 27, None, None)
     ctx = build_study(store, fakes.STUDY, str(tmp_path / "reports"), resamples=10)
     sd = ctx.sd
-    assert len(sd.trials) == 8 and len(sd.finished) == 6
+    assert len(sd.trials) == 11 and len(sd.finished) == 9
     row = sd.final.set_index("trial_key").loc["gamma=0,alpha=0.75/seed=0"]
-    assert row["AP"] == 0.9 and sd.seeds("gamma=0,alpha=0.75") == [0, 1]
+    assert row["AP"] == 0.9 and sd.seeds("gamma=0,alpha=0.75") == [0, 1, 2]
     text = (tmp_path / "reports" / fakes.STUDY / "index.html").read_text()
     assert "superseded by a re-run" in text and "1 superseded" in text
     assert sd.data("per_class_ap")["gamma=0,alpha=0.75/seed=0"] == {c: 0.9 for c in fakes.CLASSES}

@@ -37,6 +37,96 @@ def test_paired_difference_uses_matching_seeds_only():
     assert stats.significant(math.nan, 1.0) is None
 
 
+def test_paired_tost_by_hand():
+    # d = 0.001, 0.002, 0.003: mean 0.002, sd 0.001, se = 0.001 / sqrt 3 = 0.00057735.
+    # Difference: t = 0.002 / se = 3.4641 -> p = 0.07418 (as above): not significant.
+    # TOST, margin 0.01: t_low = 0.012 / se = 20.785, t_high = -0.008 / se = -13.856; with 2 df
+    # sf(t) = (1 - t / sqrt(t^2 + 2)) / 2, so p_high = (1 - 13.856 / sqrt(194)) / 2 = 0.002584
+    # and p_low = 0.001153: p_equiv = max = 0.002584 < 0.05 -> equivalent within 1 AP.
+    a = {0: 0.501, 1: 0.502, 2: 0.503}
+    b = {0: 0.5, 1: 0.5, 2: 0.5}
+    d = stats.paired_difference(a, b, margin=0.01)
+    assert d["p"] == pytest.approx(0.07418, abs=1e-4)
+    assert d["p_equiv"] == pytest.approx(0.002584, abs=1e-5)
+    ev = stats.seed_evidence(d, 0.01)
+    assert ev["sign"] == 0 and ev["equivalent"] is True and "equivalent within ±1.0 AP" in ev["text"]
+    # The same differences times 10 (mean 0.02, se 0.0057735): neither significant (same t) nor
+    # within 1 AP: t_high = (0.02 - 0.01) / se = 1.732, p_high = P(T <= 1.732)
+    # = 1 - (1 - 1.732 / sqrt 5) / 2 = 0.8873.
+    wide = stats.paired_difference({s: 0.5 + 10 * (a[s] - 0.5) for s in a}, b, margin=0.01)
+    assert wide["p_equiv"] == pytest.approx(0.8873, abs=1e-4)
+    assert stats.seed_evidence(wide, 0.01)["equivalent"] is False
+
+
+def test_identical_differences_are_not_p_zero():
+    # All differences 0: t = 0 / 0; nothing to explain, p = 1.
+    same = stats.paired_difference({0: 0.4, 1: 0.5, 2: 0.6}, {0: 0.4, 1: 0.5, 2: 0.6}, margin=0.01)
+    assert same["degenerate"] and same["p"] == 1.0 and (same["lo"], same["hi"]) == (0.0, 0.0)
+    assert stats.seed_evidence(same, 0.01)["sign"] == 0
+    # A constant non-zero gap (0.7 - 0.6 and 0.5 - 0.4 differ only in float rounding): t = 0.1 / 0
+    # would print p = 0; it is reported as no p and no verdict instead.
+    const = stats.paired_difference({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.4, 1: 0.5, 2: 0.6}, margin=0.01)
+    assert const["degenerate"] and math.isnan(const["p"]) and math.isnan(const["lo"])
+    assert const["mean"] == pytest.approx(0.1)
+    ev = stats.seed_evidence(const, 0.01)
+    assert ev["sign"] is None and ev["equivalent"] is None and "same difference on every seed" in ev["text"]
+
+
+def test_fewer_than_three_seeds_give_no_seed_verdict():
+    # d = 0.10, 0.11: a t test would give t = 0.105 / (0.00707 / sqrt 2) = 21 and p = 0.03 (1 df),
+    # "significant" from two trainings per variant: below MIN_SEEDS there is no verdict.
+    d = stats.paired_difference({0: 0.5, 1: 0.61}, {0: 0.4, 1: 0.5}, margin=0.01)
+    assert d["p"] == pytest.approx(0.0303, abs=1e-3)
+    ev = stats.seed_evidence(d, 0.01)
+    assert ev["sign"] is None and ev["text"] == "over seeds: too few seeds (2) to tell"
+
+
+def _boot(lo, hi, p_equiv=1.0):
+    return {"lo": lo, "hi": hi, "p_better": 0.5, "n": 100, "p_equiv": p_equiv}
+
+
+def test_decide_needs_both_tests():
+    sig3 = stats.paired_difference({0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.3, 1: 0.4, 2: 0.35}, margin=0.01)
+    assert sig3["p"] < 0.05 and sig3["mean"] > 0  # d = 0.2, 0.3, 0.25: t = 0.25 / (0.05 / sqrt 3) = 8.66
+    one_seed = stats.paired_difference({0: 0.5}, {0: 0.3}, margin=0.01)
+    # 1 seed + a significant bootstrap used to read "significant": now can't tell
+    d = stats.decide(one_seed, _boot(0.1, 0.3), 0.01)
+    assert d["sign"] is None and "too few seeds (1)" in d["why"] and "over images (bootstrap): significant" in d["why"]
+    assert stats.decide(sig3, _boot(0.1, 0.3), 0.01)["sign"] == 1
+    assert stats.decide(sig3, None, 0.01)["sign"] is None             # no image evidence
+    split = stats.decide(sig3, _boot(-0.01, 0.3), 0.01)             # the bootstrap spans 0
+    assert split["sign"] == 0 and split["split"] is True
+    assert stats.decide(sig3, _boot(-0.3, -0.1), 0.01)["sign"] == 0  # opposite sides: no verdict either way
+    assert stats.decide(sig3, None, None, needs_images=False)["sign"] == 1  # speed: seeds alone
+    # equivalence needs both TOSTs
+    close = stats.paired_difference({0: 0.501, 1: 0.502, 2: 0.503}, {0: 0.5, 1: 0.5, 2: 0.5}, margin=0.01)
+    assert stats.decide(close, _boot(-0.004, 0.008, p_equiv=0.01), 0.01)["equivalent"] is True
+    assert stats.decide(close, _boot(-0.004, 0.02, p_equiv=0.2), 0.01)["equivalent"] is False
+    assert stats.decide(close, None, 0.01)["equivalent"] is None
+
+
+def test_bootstrap_tost_share_outside_the_margin():
+    # 100 paired resamples, d = A - B: 3 at -0.02, 2 at +0.015, 95 at 0.0 -> shares 0.03 and 0.02
+    a = np.array([-0.02] * 3 + [0.015] * 2 + [0.0] * 95)
+    d = stats.bootstrap_difference(a, np.zeros(100), margin=0.01)
+    assert d["p_equiv"] == pytest.approx(0.03) and d["p_better"] == pytest.approx(0.02)
+    assert stats.image_evidence(d, 0.01)["equivalent"] is True
+    wider = stats.bootstrap_difference(np.array([-0.02] * 6 + [0.0] * 94), np.zeros(100), margin=0.01)
+    assert wider["p_equiv"] == pytest.approx(0.06) and stats.image_evidence(wider, 0.01)["equivalent"] is False
+
+
+def test_headline_verdict_with_one_seed_and_no_bootstrap():
+    from dashboards.analysis import Analysis, verdict
+
+    ts = [(_trial(2, 0.25, 0), 0.40), (_trial(0, 0.75, 0), 0.30)]
+    sd = _study({"gamma=0,alpha=0.75": {}, "gamma=2,alpha=0.25": {}}, ts)
+    h = Analysis(sd).headline()
+    assert h["winner"] == "gamma=2,alpha=0.25" and h["decision"]["sign"] is None
+    text = verdict(h)
+    assert text.startswith("Can't tell whether the lead is real")
+    assert "too few seeds (1) to tell" in text and "over images: not available" in text
+
+
 def test_bootstrap_equals_evaluating_a_resampled_ground_truth(tmp_path):
     """The fast path (per-image records re-ordered under fresh ids + COCOeval.accumulate) gives
     exactly the AP of COCOeval on a ground truth rebuilt from the resampled images."""
@@ -110,18 +200,36 @@ def test_paper_tables_match_by_config_not_name():
     assert match_variants(sd_ce, tables["focal_table1b"]) == {}
 
 
+def _evidence(seed_diffs, boot_lo, boot_hi, boot_p_equiv=1.0, margin=0.01):
+    """A ``DiffFn`` answer from per-seed differences and a bootstrap interval, through stats.decide."""
+    paired = stats.paired_difference(dict(enumerate(seed_diffs)), {s: 0.0 for s in range(len(seed_diffs))},
+                                     margin=margin)
+    boot = _boot(boot_lo, boot_hi, boot_p_equiv)
+    return dict(diff=(boot_lo + boot_hi) / 2, lo=boot_lo, hi=boot_hi, method="test",
+                **stats.decide(paired, boot, margin))
+
+
 def test_paper_marks():
     tables = {t["id"]: t for t in load_tables()}
+    variants = ("gamma=0,alpha=0.75", "gamma=0.5,alpha=0.5", "gamma=1,alpha=0.25", "gamma=2,alpha=0.25",
+                "gamma=5,alpha=0.25")
     ts = [(_trial(0, 0.75, 0), 0.30), (_trial(2, 0.25, 0), 0.40), (_trial(5, 0.25, 0), 0.50),
-          (_trial(1, 0.25, 0), 0.39)]
-    sd = _study({v: {} for v in ("gamma=0,alpha=0.75", "gamma=1,alpha=0.25", "gamma=2,alpha=0.25",
-                                 "gamma=5,alpha=0.25")}, ts)
-    cis = {"gamma=0,alpha=0.75": (-0.12, -0.08), "gamma=5,alpha=0.25": (0.05, 0.15), "gamma=1,alpha=0.25": (-0.05, 0.03)}
+          (_trial(1, 0.25, 0), 0.39), (_trial(0.5, 0.5, 0), 0.35)]
+    sd = _study({v: {} for v in variants}, ts)
+    evidence = {
+        # both tests below 0, as the paper (-2.9): d = -0.10, -0.12, -0.08 -> t = -8.66, p = 0.013
+        "gamma=0,alpha=0.75": _evidence([-0.10, -0.12, -0.08], -0.12, -0.08),
+        # both tests above 0, the paper says below (-1.8)
+        "gamma=5,alpha=0.25": _evidence([0.10, 0.12, 0.08], 0.05, 0.15),
+        # seeds significant, the bootstrap spans 0
+        "gamma=1,alpha=0.25": _evidence([-0.10, -0.12, -0.08], -0.05, 0.03),
+        # two seeds only: a clear bootstrap alone does not reproduce the row
+        "gamma=0.5,alpha=0.5": _evidence([-0.05, -0.06], -0.08, -0.03),
+    }
 
     def diff(a, b, metric):
         assert b == "gamma=2,alpha=0.25" and metric == "AP"   # the paper's best is the reference
-        lo, hi = cis[a]
-        return (lo + hi) / 2, lo, hi, "test"
+        return evidence[a]
 
     table = tables["focal_table1b"]
     c = compare(sd, table, match_variants(sd, table), diff)
@@ -130,12 +238,37 @@ def test_paper_marks():
     assert rows["gamma=0,alpha=0.75"]["mark"] == "reproduced"          # paper -2.9, ours [-12, -8]
     assert rows["gamma=5,alpha=0.25"]["mark"] == "not reproduced"      # paper -1.8, ours [+5, +15]
     assert "opposite" in rows["gamma=5,alpha=0.25"]["why"]
-    assert rows["gamma=1,alpha=0.25"]["mark"] == "not reproduced"      # CI spans 0
+    assert rows["gamma=1,alpha=0.25"]["mark"] == "not reproduced"      # the bootstrap CI spans 0
+    assert "the tests disagree" in rows["gamma=1,alpha=0.25"]["why"]
+    assert rows["gamma=0.5,alpha=0.5"]["mark"] == "undecided"
+    assert "too few seeds (2) to tell" in rows["gamma=0.5,alpha=0.5"]["why"]
     assert rows["gamma=0,alpha=0.75"]["paper_gap"] == pytest.approx(-2.9)
     assert rows["gamma=0,alpha=0.75"]["our_gap"] == pytest.approx(-10.0)  # in AP percent
     o = c["ordering"]
     assert o["paper"][0] == "gamma=2,alpha=0.25" and o["ours"][0] == "gamma=5,alpha=0.25"
     assert o["held"] is False and o["best_held"] is False
+
+
+def test_close_paper_rows_need_equivalence_on_both_tests():
+    # Faster R-CNN sec. 3.2: alternating vs approximate joint training, "close results".
+    table = {t["id"]: t for t in load_tables()}["frcnn_sec3_2"]
+
+    def trial(scheme, seed=0):
+        return ({"trial_key": f"{scheme}/seed={seed}", "variant": scheme, "seed": seed,
+                 "config": {"detector": {"name": "faster_rcnn"}, "train": {"scheme": scheme}}}, 0.5)
+
+    sd = _study({"alternating": {}, "approximate_joint": {}}, [trial("alternating"), trial("approximate_joint")])
+    within = [0.001, 0.002, 0.003]          # seed TOST p = 0.0026 (test_paired_tost_by_hand)
+    cases = [
+        (_evidence(within, -0.004, 0.008, boot_p_equiv=0.01), "reproduced"),
+        # an interval containing 0 is not equivalence: the bootstrap reaches 2 AP past the margin
+        (_evidence(within, -0.02, 0.02, boot_p_equiv=0.2), "not reproduced"),
+        (_evidence([0.001, 0.002], -0.004, 0.008, boot_p_equiv=0.01), "undecided"),   # 2 seeds
+        (_evidence([0.10, 0.12, 0.08], 0.05, 0.15), "not reproduced"),                 # clearly apart
+    ]
+    for answer, mark in cases:
+        c = compare(sd, table, match_variants(sd, table), lambda a, b, m: answer)
+        assert [r["mark"] for r in c["rows"]] == ["reference", mark], answer["why"]
 
 
 def test_one_factor_tables_ignore_variants_that_change_another_factor():

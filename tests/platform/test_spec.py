@@ -143,6 +143,10 @@ MALFORMED = [
      "sweep.variants[1].train.schedule", "expected 'cosine', 'step' or 'constant', got 'linear'"),
     ("variant-and-grid", BASE + "sweep: {grid: {train.epochs: [1]}, variants: [{train.epochs: 2}]}\n",
      "sweep.variants[0].train.epochs", "also swept in sweep.grid"),
+    # COCO AP counts at most 100 detections per image (maxDets 1, 10, 100): more would not be scored
+    ("max-dets-above-coco", BASE + "eval: {max_dets: 150}\n", "eval.max_dets", "must be <= 100, got 150"),
+    ("max-dets-grid", BASE + "sweep: {grid: {eval.max_dets: [100, 300]}}\n", "sweep.grid.eval.max_dets[1]",
+     "must be <= 100, got 300"),
 ]
 
 
