@@ -130,12 +130,13 @@ class TrainSpec(_Strict):
     @model_validator(mode="after")
     def epochs_from_phases(self) -> "TrainSpec":
         if self.phases:
-            if "epochs" in self.model_fields_set:
+            total = sum(p.epochs for p in self.phases)
+            if "epochs" in self.model_fields_set and self.epochs != total:  # (re-validation sees the total)
                 raise ValueError("give each phase its epochs, not train.epochs, when train.phases is set")
             names = [p.name for p in self.phases]
             if len(set(names)) != len(names):
                 raise ValueError(f"phase names repeat: {names}")
-            self.epochs = sum(p.epochs for p in self.phases)
+            self.epochs = total
         return self
 
 

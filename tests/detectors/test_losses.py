@@ -1,5 +1,7 @@
 """detectors.losses: known answers, torchvision agreement, reductions, empty input, gradients."""
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -253,17 +255,39 @@ def test_smooth_l1_beta0_is_l1():
 # --- registries ----------------------------------------------------------------------------
 
 
-def test_registries_names_and_parameters():
-    assert CLS_LOSSES.names() == ["balanced_ce", "ce", "focal", "qfl"]
-    assert BOX_LOSSES.names() == ["l1", "smooth_l1"]
-    assert CLS_LOSSES.get("focal") is focal_loss
-    tunable = lambda reg, name: set(reg.parameters(name)) - {"reduction"}  # noqa: E731
-    assert tunable(CLS_LOSSES, "ce") == set()
-    assert tunable(CLS_LOSSES, "balanced_ce") == {"alpha"}
-    assert tunable(CLS_LOSSES, "focal") == {"gamma", "alpha"}
-    assert tunable(BOX_LOSSES, "smooth_l1") == {"beta"}
-    assert tunable(BOX_LOSSES, "l1") == set()
+def test_every_registered_loss_runs_with_its_declared_defaults():
+    # Whatever is registered: the declared study parameters are the function's keyword
+    # parameters (reduction is filled by the models), each default fits its own declared
+    # type and range, and the function runs on them for every reduction.
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.0], [-3.0, 4.0]])
+    onehot = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    for registry, target in ((CLS_LOSSES, onehot), (BOX_LOSSES, torch.zeros(3, 2))):
+        for name in registry:
+            entry = registry.entry(name)
+            sig = inspect.signature(entry.fn)
+            keywords = {k for k, p in sig.parameters.items() if p.default is not p.empty} - {"reduction"}
+            assert set(entry.params) == keywords, name
+            defaults = {k: p.check(p.default) for k, p in entry.params.items()}
+            assert defaults == {k: p.default for k, p in entry.params.items()}, name
+            assert entry.fn(logits, target, **defaults, reduction="none").shape == logits.shape
+            for reduction in ("sum", "mean"):
+                assert torch.isfinite(entry.fn(logits, target, **defaults, reduction=reduction)), (name, reduction)
+
+
+def test_declared_ranges_reject_what_the_functions_reject():
     # paper defaults: focal gamma 2, alpha 0.25 (Table 1b); balanced CE alpha 0.75 (Table 1a)
     assert CLS_LOSSES.parameters("focal")["gamma"].default == 2.0
     assert CLS_LOSSES.parameters("focal")["alpha"].default == 0.25
     assert CLS_LOSSES.parameters("balanced_ce")["alpha"].default == 0.75
+    focal = CLS_LOSSES.entry("focal")
+    assert focal.check_params({"gamma": 1, "alpha": "inverse_frequency"}) == {"gamma": 1.0, "alpha": "inverse_frequency"}
+    assert focal.check_params({"alpha": [1, 0.5]}) == {"alpha": [1.0, 0.5]}
+    for bad, message in (({"gamma": -1}, "must be >= 0, got -1"), ({"alpha": 1.5}, "must be in [0, 1], got 1.5"),
+                         ({"alpha": "rare"}, "expected a number in [0, 1], a list of numbers, 'inverse_frequency' "
+                                             "or null, got 'rare'")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            focal.check_params(bad)
+        with pytest.raises((ValueError, TypeError)):  # the function itself agrees
+            focal_loss(torch.zeros(1, 2), torch.zeros(1, 2), **{"gamma": 2.0, "alpha": 0.25, **bad})
+    with pytest.raises(ValueError, match=re.escape("must be >= 0, got -0.5")):
+        BOX_LOSSES.entry("smooth_l1").check_params({"beta": -0.5})

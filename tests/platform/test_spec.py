@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from platform.expand import expand
 from platform.study import StudyError, load_study
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -147,6 +148,32 @@ MALFORMED = [
     ("max-dets-above-coco", BASE + "eval: {max_dets: 150}\n", "eval.max_dets", "must be <= 100, got 150"),
     ("max-dets-grid", BASE + "sweep: {grid: {eval.max_dets: [100, 300]}}\n", "sweep.grid.eval.max_dets[1]",
      "must be <= 100, got 300"),
+    # the detectors' declarations: loss names, loss roles, parameter ranges, phases
+    ("loss-weight-typo", BASE + "train: {loss_weights: {clss: 2}}\n", "train.loss_weights.clss",
+     "detector 'retinanet' returns no loss 'clss'; did you mean 'cls'? (its losses: cls, box)"),
+    ("loss-role-unknown", BASE + "losses: {rpn_box: {name: l1}}\n", "losses.rpn_box",
+     "detector 'retinanet' takes no 'rpn_box' loss; did you mean 'box'? (its loss roles: cls, box)"),
+    ("loss-role-twice", BASE + "losses: {cls: {name: ce}}\n", "losses.cls", "already set by the 'loss' section"),
+    ("loss-role-wrong-kind", BASE + "losses: {box: {name: focal}}\n", "losses.box.name", "unknown box loss 'focal'"),
+    ("loss-param-range", BASE.replace("{name: focal}", "{name: focal, params: {gamma: -1}}"),
+     "loss.params.gamma", "must be >= 0, got -1"),
+    ("detector-param-range", BASE.replace("{name: retinanet}", "{name: retinanet, params: {pos_iou: 1.5}}"),
+     "detector.params.pos_iou", "must be in (0, 1), got 1.5"),
+    ("detector-param-choice", BASE.replace("{name: retinanet}", "{name: gfl, params: {box: gauss}}")
+     .replace("{name: focal}", "{name: qfl}"), "detector.params.box",
+     "expected one of 'dirac', 'gaussian', 'general', 'general_dfl', got 'gauss'"),
+    ("detector-params-ordered", BASE.replace("{name: retinanet}", "{name: retinanet, params: {neg_iou: 0.6}}"),
+     "detector.params.neg_iou", "neg_iou (0.6) must not exceed pos_iou (0.5)"),
+    ("joint-score-needs-soft-loss", BASE.replace("{name: retinanet}", "{name: gfl}"), "loss.name",
+     "quality 'joint' trains soft IoU targets: use the 'qfl' (or 'ce') loss, not 'focal'"),
+    ("phase-loss-typo", BASE + "train: {phases: [{name: a, epochs: 1, losses: [clss]}]}\n",
+     "train.phases[0].losses[0]", "returns no loss 'clss'; did you mean 'cls'?"),
+    ("phases-and-epochs", BASE + "train: {epochs: 3, phases: [{name: a, epochs: 1}]}\n", "train",
+     "give each phase its epochs, not train.epochs"),
+    ("phase-names-repeat", BASE + "train: {phases: [{name: a, epochs: 1}, {name: a, epochs: 1}]}\n", "train",
+     "phase names repeat"),
+    ("grid-loss-weight-typo", BASE + "sweep: {grid: {train.loss_weights.bx: [1, 2]}}\n",
+     "sweep.grid.train.loss_weights.bx", "no such key in the study config; did you mean 'train.loss_weights.box'?"),
 ]
 
 
@@ -165,3 +192,20 @@ def test_malformed_study_is_one_line_naming_file_and_key(tmp_path, text, path, f
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(StudyError, match=r"nope\.yaml: no such file"):
         load_study(str(tmp_path / "nope.yaml"))
+
+
+def test_loss_roles_phases_and_weights_reach_the_trials(tmp_path):
+    text = BASE + ("losses: {box: {name: smooth_l1, params: {beta: 0.5}}}\n"
+                   "train: {loss_weights: {box: 2}, phases: [{name: head, epochs: 1, trainable: [head], "
+                   "losses: [cls]}, {name: all, epochs: 2, lr: 0.002}]}\n"
+                   "sweep: {grid: {losses.box.params.beta: [0.5, 0.25]}}\n")
+    study = load_study(write(tmp_path, text))
+    assert study.train.epochs == 3  # the phases' total
+    trials = expand(study)
+    assert [t["losses"]["box"] for t in trials] == [{"name": "smooth_l1", "params": {"beta": b}} for b in (0.5, 0.25)]
+    assert trials[0]["train"]["loss_weights"] == {"box": 2.0}
+    assert [p["name"] for p in trials[0]["train"]["phases"]] == ["head", "all"]
+    # a role the study leaves to its default can still be swept
+    swept = load_study(write(tmp_path, BASE + "sweep: {grid: {losses.box.params.beta: [0.1, 0.2]}}\n", "b.yaml"))
+    assert [t["losses"]["box"] for t in expand(swept)] == [{"name": "smooth_l1", "params": {"beta": b}}
+                                                          for b in (0.1, 0.2)]
