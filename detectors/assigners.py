@@ -14,7 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
+
+from detectors.boxes import box_area, box_centres, box_iou, box_to_distance
 
 __all__ = ["BACKGROUND", "IGNORE", "max_iou_assign", "atss_assign", "fcos_assign", "fcos_size_ranges"]
 
@@ -87,18 +88,6 @@ def max_iou_assign(
     return assigned
 
 
-def _centres(boxes: Tensor) -> Tensor:
-    """``[N, 4]`` xyxy -> ``[N, 2]`` centres."""
-    return torch.stack(((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2), dim=1)
-
-
-def _inside(points: Tensor, boxes: Tensor, eps: float = 0.01) -> Tensor:
-    """``[P, G]``: point strictly inside the box (by more than ``eps`` px on every side, as mmdet)."""
-    x, y = points[:, 0, None], points[:, 1, None]
-    ltrb = torch.stack((x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y), dim=-1)
-    return ltrb.min(dim=-1).values > eps
-
-
 @torch.no_grad()
 def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes: Tensor,
                 topk: int = 9) -> Tensor:
@@ -129,8 +118,8 @@ def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
         return assigned
     anchors = anchors.to(gt_boxes.dtype)
     iou = box_iou(anchors, gt_boxes)  # [A, G]
-    anchor_ctr = _centres(anchors)
-    dist = torch.cdist(anchor_ctr, _centres(gt_boxes))  # [A, G]
+    anchor_ctr = box_centres(anchors)
+    dist = torch.cdist(anchor_ctr, box_centres(gt_boxes))  # [A, G]
 
     candidates: List[Tensor] = []  # per level, [k, G] anchor indices
     start = 0
@@ -145,7 +134,8 @@ def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
         thresh = cand_iou.mean(0) + cand_iou.std(0)
     else:  # a single candidate: no spread to measure; it must merely overlap
         thresh = torch.zeros_like(cand_iou[0])
-    inside = _inside(anchor_ctr, gt_boxes).gather(0, cand)  # [K, G]: candidate centre inside its gt
+    # Anchor centre inside the gt by more than 0.01 px on every side (as mmdet), then per candidate: [K, G]
+    inside = (box_to_distance(anchor_ctr[:, None], gt_boxes[None]).min(dim=-1).values > 0.01).gather(0, cand)
     is_pos = (cand_iou >= thresh) & inside
     gt_idx = torch.arange(gt_boxes.shape[0], device=gt_boxes.device).expand_as(cand)
 
@@ -211,17 +201,16 @@ def fcos_assign(points: Tensor, num_points_per_level: Sequence[int], strides: Se
 
     stride, lo, hi = per_point(strides), per_point([r[0] for r in ranges]), per_point([r[1] for r in ranges])
 
-    x, y = points[:, 0, None], points[:, 1, None]  # [P, 1]
-    ltrb = torch.stack((x - gt_boxes[:, 0], y - gt_boxes[:, 1], gt_boxes[:, 2] - x, gt_boxes[:, 3] - y), dim=-1)
+    ltrb = box_to_distance(points[:, None], gt_boxes[None])  # [P, G, 4]
     ok = ltrb.min(dim=-1).values > 0  # [P, G] inside the box
     if center_radius is not None:
-        ctr = _centres(gt_boxes)  # [G, 2]
-        r = center_radius * stride[:, None]
-        ok &= ((x - ctr[:, 0]).abs() < r) & ((y - ctr[:, 1]).abs() < r)
+        # |point - gt centre| < radius on both axes: [P, G, 2] -> [P, G]
+        near = (points[:, None] - box_centres(gt_boxes)[None]).abs() < center_radius * stride[:, None, None]
+        ok &= near.all(dim=-1)
     reach = ltrb.max(dim=-1).values
     ok &= (reach > lo[:, None]) & (reach <= hi[:, None])
 
-    area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    area = box_area(gt_boxes)
     cost = torch.where(ok, area.expand_as(ok), torch.full_like(ok, float("inf"), dtype=area.dtype))
     best_area, best_gt = cost.min(dim=1)
     pos = torch.isfinite(best_area)

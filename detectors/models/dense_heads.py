@@ -1,4 +1,4 @@
-"""The head of the configurable dense detector and its box geometry.
+"""The head of the configurable dense detector and its box-output decoding.
 
 One location, one prediction (FCOS, ATSS and GFL all use a single point or
 square anchor per location): a classification tower and a box tower of
@@ -57,32 +57,6 @@ def side_distances(raw: Tensor, box: str, reg_max: int, bin_width: float) -> Ten
 def gaussian_log_var(raw: Tensor) -> Tensor:
     """The Gaussian representation's log-variances ``[M, 4]``, bounded (see ``LOG_VAR_BOUND``)."""
     return raw[:, 4:8].clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
-
-
-def box_centres(boxes: Tensor) -> Tensor:
-    """``[N, 4]`` xyxy -> ``[N, 2]`` (x, y) centres."""
-    return torch.stack(((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2), dim=1)
-
-
-def distance_to_box(points: Tensor, dist: Tensor) -> Tensor:
-    """Points ``[N, 2]`` and side distances ``[N, 4]`` (l, t, r, b, pixels) -> xyxy ``[N, 4]``."""
-    x, y = points.unbind(1)
-    return torch.stack((x - dist[:, 0], y - dist[:, 1], x + dist[:, 2], y + dist[:, 3]), dim=1)
-
-
-def box_to_distance(points: Tensor, boxes: Tensor) -> Tensor:
-    """Inverse of :func:`distance_to_box`; negative where the point is outside the box."""
-    x, y = points.unbind(1)
-    return torch.stack((x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y), dim=1)
-
-
-def aligned_box_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
-    """IoU of row-paired xyxy boxes ``[N, 4]`` x ``[N, 4]`` -> ``[N]`` (``box_iou``'s diagonal)."""
-    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    return inter / (area_a + area_b - inter + eps)
 
 
 def centerness_target(dist: Tensor) -> Tensor:
