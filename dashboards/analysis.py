@@ -6,13 +6,14 @@
     a.difference(v, w, "AP")   # (diff, lo, hi, method) used by the paper comparison
 
 The bootstrap over val images needs every compared trial's detections (trial
-data "detections") and the val annotation file named in the trial configs; when
-either is missing the pages say so and use the seed-based interval alone.
+data "detections") and the val ground truth they were evaluated on, which the
+driver stored once per val set (trial data "val_ground_truth", a digest of the
+stored copy); when either is missing the pages say so and use the seed-based
+interval alone. Nothing here reads a file: the pages read the store alone.
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -20,6 +21,7 @@ import pandas as pd
 
 from dashboards import stats
 from dashboards.data import StudyData
+from detectors.cocotools import coco_ground_truth
 
 BOOTSTRAP_RESAMPLES = 200
 BOOTSTRAP_SEED = 0
@@ -57,19 +59,23 @@ class Analysis:
         """variant -> AP per bootstrap resample (seeds pooled), computed once; None if impossible."""
         if self._boot is not None or self.boot_note:
             return self._boot
-        dets = self.sd.data("detections")
+        dets, gt_digests = self.sd.data("detections"), self.sd.data("val_ground_truth")
         finished = self.sd.finished
         missing = [t["trial_key"] for t in finished if t["trial_key"] not in dets]
-        gts = {t["config"].get("dataset", {}).get("val_annotations") for t in finished}
+        no_gt = [t["trial_key"] for t in finished if t["trial_key"] not in gt_digests]
+        digests = {gt_digests.get(t["trial_key"]) for t in finished}
         if not finished:
             self.boot_note = "no finished trials"
         elif missing:
             self.boot_note = f"no stored detections for {len(missing)} of {len(finished)} trials"
-        elif len(gts) != 1 or not next(iter(gts)) or not os.path.isfile(next(iter(gts))):
-            self.boot_note = ("variants were evaluated on different val sets" if len(gts) != 1
-                              else f"val annotations not found: {next(iter(gts))}")
+        elif no_gt:
+            self.boot_note = f"no stored val ground truth for {len(no_gt)} of {len(finished)} trials"
+        elif len(digests) != 1:
+            self.boot_note = "variants were evaluated on different val sets"
+        elif (stored := self.sd.ground_truth(next(iter(digests)))) is None:
+            self.boot_note = "the stored val ground truth is missing"
         else:
-            gt = stats.load_gt(next(iter(gts)))
+            gt = coco_ground_truth(stored)
             by_variant = {v: [dets[t["trial_key"]] for t in finished if t["variant"] == v]
                           for v in self.sd.variants}
             self._boot = stats.bootstrap_ap(gt, by_variant, self.resamples, BOOTSTRAP_SEED)

@@ -78,6 +78,10 @@ class StudyData:
             self._cache[key] = self._store.trial_data(self.name, key) if self._store is not None else {}
         return self._cache[key]
 
+    def ground_truth(self, digest: str) -> Optional[Dict[str, Any]]:
+        """The stored val ground truth (COCO-format dict) a trial's ``data("val_ground_truth")`` names."""
+        return self._store.ground_truth(digest) if self._store is not None else None
+
     @property
     def finished(self) -> List[Dict[str, Any]]:
         """Finished trials whose results the pages use (superseded re-runs left out)."""
