@@ -17,22 +17,13 @@ from typing import Any, Dict, Iterable, Optional
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from dashboards.data import flatten
+
 HASH_TAG = "detbench.config_hash"
 STUDY_TAG = "detbench.study"
 PARENT_TAG = "mlflow.parentRunId"
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "pycocotools", "numpy")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
-
-
-def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def git_commit(repo_root: str) -> str:
