@@ -130,9 +130,13 @@ def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, 
             final = {**{k: v for k, v in ev["metrics"].items() if v is not None},
                      **{f"speed/{k}": v for k, v in speed.items()}, "epoch": EPOCHS - 1, "step": 8 * EPOCHS}
             ap = ev["metrics"]["AP"]
-            epochs = [{"step": 8 * (e + 1), "epoch": e, "train/loss": 2.0 / (e + 1) + 0.1 * n,
+            # rows keyed by the optimiser step, with the epoch and the training phase as metrics
+            epochs = [{"step": 8 * (e + 1), "epoch": e, "phase": 0, "train/loss": 2.0 / (e + 1) + 0.1 * n,
                        "train/loss_cls": 1.2 / (e + 1), "train/loss_box": 0.8 / (e + 1), "lr": 0.002,
-                       "val/AP": ap * (e + 1) / EPOCHS, "val/AP50": min(1.0, 1.3 * ap * (e + 1) / EPOCHS)}
+                       "train/img_s": 150.0 - 10 * n, "val/AP": ap * (e + 1) / EPOCHS,
+                       "val/AP50": min(1.0, 1.3 * ap * (e + 1) / EPOCHS),
+                       # a term only one variant reports (GFL's DFL), here to exercise the loss page
+                       **({"train/loss_dfl": 0.3 / (e + 1)} if gamma == 5.0 else {})}
                       for e in range(EPOCHS)]
             data = {"metrics": ev["metrics"], "per_class_ap": ev["per_class_ap"], "pr_curves": ev["pr_curves"],
                     "speed": speed, "loss_diagnostics": _diagnostics(gamma, alpha, seed), "detections": dets}
