@@ -13,7 +13,6 @@ interval alone. Nothing here reads a file: the pages read the store alone.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -151,6 +150,3 @@ def verdict(h: Dict[str, Any]) -> str:
         head = "The lead is significant on one test only"
     return f"{head} ({'; '.join(parts)})."
 
-
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

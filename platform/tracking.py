@@ -125,6 +125,3 @@ class StudyTracker:
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri '{self.tracking_uri}' --host 127.0.0.1 --port 5000"
 
-    def run_url(self, run_id: str) -> str:
-        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}"
-
