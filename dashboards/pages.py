@@ -128,8 +128,8 @@ def build_speed(ctx: PageContext) -> str:
         row = {"variant": esc(v), "seeds": len(sd.seeds(v))}
         for m, label in present:
             r = summaries[label].iloc[i]
-            digits, scale = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
-            row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, scale)
+            digits, factor = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
+            row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, factor)
         row["Pareto"] = "✓" if v in front else ""
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []

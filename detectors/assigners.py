@@ -148,13 +148,13 @@ def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
     return assigned
 
 
-def fcos_size_ranges(strides: Sequence[float], scale: float = 8.0) -> List[Tuple[float, float]]:
-    """FCOS's regression ranges: level ``i`` keeps ``max(l, t, r, b)`` in ``(scale*s_{i-1}, scale*s_i]``.
+def fcos_size_ranges(strides: Sequence[float], multiple: float = 8.0) -> List[Tuple[float, float]]:
+    """FCOS's regression ranges: level ``i`` keeps ``max(l, t, r, b)`` in ``(m*s_{i-1}, m*s_i]``, ``m = multiple``.
 
-    With strides 8..128 and ``scale = 8`` these are the paper's 0, 64, 128, 256,
+    With strides 8..128 and ``multiple = 8`` these are the paper's 0, 64, 128, 256,
     512, inf; the first level starts at 0 and the last is open.
     """
-    bounds = [0.0] + [scale * s for s in strides[:-1]] + [float("inf")]
+    bounds = [0.0] + [multiple * s for s in strides[:-1]] + [float("inf")]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
