@@ -67,7 +67,7 @@ def max_iou_assign(
         raise ValueError(f"neg_iou ({neg_iou}) must be <= pos_iou ({pos_iou})")
     num_anchors = anchors.shape[0]
     if gt_boxes.shape[0] == 0 or num_anchors == 0:
-        return torch.full((num_anchors,), BACKGROUND, dtype=torch.int64, device=anchors.device)
+        return _background(num_anchors, anchors.device)
 
     iou = box_iou(gt_boxes, anchors.to(gt_boxes.dtype))  # [G, A]
     best_iou, best_gt = iou.max(dim=0)  # per anchor, [A]
@@ -86,6 +86,16 @@ def max_iou_assign(
         has_lq = lq_iou >= 0
         assigned[has_lq] = lq_gt[has_lq]
     return assigned
+
+
+def _background(n: int, device) -> Tensor:
+    """int64 ``[n]``, all ``BACKGROUND``: the start of every assignment."""
+    return torch.full((n,), BACKGROUND, dtype=torch.int64, device=device)
+
+
+def _check_level_sizes(per_level: Sequence[int], n: int, what: str) -> None:
+    if sum(per_level) != n:
+        raise ValueError(f"num_{what}_per_level sums to {sum(per_level)}, but there are {n} {what}")
 
 
 @torch.no_grad()
@@ -110,10 +120,8 @@ def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
         int64 ``[A]``: gt index ``>= 0`` or ``BACKGROUND``. ``G == 0`` -> all ``BACKGROUND``.
     """
     num_anchors = anchors.shape[0]
-    if sum(num_anchors_per_level) != num_anchors:
-        raise ValueError(f"num_anchors_per_level sums to {sum(num_anchors_per_level)}, "
-                         f"but there are {num_anchors} anchors")
-    assigned = torch.full((num_anchors,), BACKGROUND, dtype=torch.int64, device=anchors.device)
+    _check_level_sizes(num_anchors_per_level, num_anchors, "anchors")
+    assigned = _background(num_anchors, anchors.device)
     if gt_boxes.shape[0] == 0 or num_anchors == 0:
         return assigned
     anchors = anchors.to(gt_boxes.dtype)
@@ -184,13 +192,11 @@ def fcos_assign(points: Tensor, num_points_per_level: Sequence[int], strides: Se
     num_points = points.shape[0]
     if len(num_points_per_level) != len(strides):
         raise ValueError(f"{len(num_points_per_level)} levels but {len(strides)} strides")
-    if sum(num_points_per_level) != num_points:
-        raise ValueError(f"num_points_per_level sums to {sum(num_points_per_level)}, "
-                         f"but there are {num_points} points")
+    _check_level_sizes(num_points_per_level, num_points, "points")
     ranges = list(size_ranges) if size_ranges is not None else fcos_size_ranges(strides)
     if len(ranges) != len(strides):
         raise ValueError(f"{len(ranges)} size ranges for {len(strides)} levels")
-    assigned = torch.full((num_points,), BACKGROUND, dtype=torch.int64, device=points.device)
+    assigned = _background(num_points, points.device)
     if gt_boxes.shape[0] == 0 or num_points == 0:
         return assigned
     points = points.to(gt_boxes.dtype)
