@@ -6,13 +6,13 @@
     a.difference(v, w, "AP")   # diff, display CI, both tests and their joint verdict (paper comparison)
 
 The bootstrap over val images needs every compared trial's detections (trial
-data "detections") and the val annotation file named in the trial configs; when
-either is missing the pages say so and use the seed-based interval alone.
+data "detections") and the val ground truth they were evaluated on, which the
+driver stored once per val set (trial data "val_ground_truth", a digest of the
+stored copy); when either is missing the pages say so and use the seed-based
+interval alone. Nothing here reads a file: the pages read the store alone.
 """
 from __future__ import annotations
 
-import math
-import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -20,6 +20,7 @@ import pandas as pd
 
 from dashboards import stats
 from dashboards.data import StudyData
+from detectors.cocotools import coco_ground_truth
 
 BOOTSTRAP_RESAMPLES = 200
 BOOTSTRAP_SEED = 0
@@ -57,19 +58,23 @@ class Analysis:
         """variant -> AP per bootstrap resample (seeds pooled), computed once; None if impossible."""
         if self._boot is not None or self.boot_note:
             return self._boot
-        dets = self.sd.data("detections")
+        dets, gt_digests = self.sd.data("detections"), self.sd.data("val_ground_truth")
         finished = self.sd.finished
         missing = [t["trial_key"] for t in finished if t["trial_key"] not in dets]
-        gts = {t["config"].get("dataset", {}).get("val_annotations") for t in finished}
+        no_gt = [t["trial_key"] for t in finished if t["trial_key"] not in gt_digests]
+        digests = {gt_digests.get(t["trial_key"]) for t in finished}
         if not finished:
             self.boot_note = "no finished trials"
         elif missing:
             self.boot_note = f"no stored detections for {len(missing)} of {len(finished)} trials"
-        elif len(gts) != 1 or not next(iter(gts)) or not os.path.isfile(next(iter(gts))):
-            self.boot_note = ("variants were evaluated on different val sets" if len(gts) != 1
-                              else f"val annotations not found: {next(iter(gts))}")
+        elif no_gt:
+            self.boot_note = f"no stored val ground truth for {len(no_gt)} of {len(finished)} trials"
+        elif len(digests) != 1:
+            self.boot_note = "variants were evaluated on different val sets"
+        elif (stored := self.sd.ground_truth(next(iter(digests)))) is None:
+            self.boot_note = "the stored val ground truth is missing"
         else:
-            gt = stats.load_gt(next(iter(gts)))
+            gt = coco_ground_truth(stored)
             by_variant = {v: [dets[t["trial_key"]] for t in finished if t["variant"] == v]
                           for v in self.sd.variants}
             self._boot = stats.bootstrap_ap(gt, by_variant, self.resamples, BOOTSTRAP_SEED)
@@ -155,6 +160,3 @@ RULE = (f"A lead counts as significant only when both tests exclude 0 at 95% on 
         f"on both put the gap within ±{100 * stats.EQUIVALENCE_MARGIN:.1f} AP; an interval that merely "
         f"contains 0 shows neither.")
 
-
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

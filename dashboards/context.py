@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from dashboards.analysis import Analysis
 from dashboards.data import StudyData
@@ -60,7 +60,3 @@ class PageContext:
             return esc(run_id[:12])
         url = MLFLOW_RUN_URL.format(exp=exp, run=run_id)
         return f'<a href="{esc(url)}" title="{esc(run_id)}">{esc(run_id[:8])}</a>'
-
-    def variants_with(self, key: str) -> List[str]:
-        have = {t["variant"] for t in self.sd.finished if t["trial_key"] in self.sd.data(key)}
-        return [v for v in self.sd.variants if v in have]

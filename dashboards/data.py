@@ -27,7 +27,11 @@ BOOKKEEPING = {"study", "trial_key", "variant", "seed", "config_hash", "trial_di
 
 
 def flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
-    """Nested dicts -> {"a.b.c": value}; lists are kept whole (as tuples, so they compare and hash)."""
+    """Nested dicts -> {"a.b.c": value}; lists are kept whole (as tuples, so they compare and hash).
+
+    The one flattening of a trial config: swept keys here, MLflow params in
+    ``platform.tracking`` (a tuple is JSON-dumped as the list it was).
+    """
     out: Dict[str, Any] = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -77,6 +81,10 @@ class StudyData:
         if key not in self._cache:
             self._cache[key] = self._store.trial_data(self.name, key) if self._store is not None else {}
         return self._cache[key]
+
+    def ground_truth(self, digest: str) -> Optional[Dict[str, Any]]:
+        """The stored val ground truth (COCO-format dict) a trial's ``data("val_ground_truth")`` names."""
+        return self._store.ground_truth(digest) if self._store is not None else None
 
     @property
     def finished(self) -> List[Dict[str, Any]]:

@@ -122,21 +122,27 @@ def pr_curves(recall: List[float], curves: Dict[str, Dict[str, List[float]]], io
 
 
 def epoch_curves(epochs: pd.DataFrame, names: Sequence[str], variants: Sequence[str], title: str,
-                 x: str = "epoch") -> go.Figure:
-    """Per-epoch metrics (mean over seeds) per variant, one panel per metric name."""
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=list(names), horizontal_spacing=0.08)
-    fig.update_layout(template=TEMPLATE, title=dict(text=title, x=0.01))
+                 x: str = "epoch", ncols: int = 3) -> go.Figure:
+    """Per-epoch metrics (mean over seeds) per variant, one panel per metric name, ``ncols`` panels a row."""
+    ncols = max(1, min(ncols, len(names)))
+    nrows = max(1, math.ceil(len(names) / ncols))
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=list(names), horizontal_spacing=0.08,
+                        vertical_spacing=0.3 / nrows if nrows > 1 else 0.1)
+    fig.update_layout(template=TEMPLATE, title=dict(text=title, x=0.01), height=300 * nrows + 80)
     cols = colors(variants)
-    for j, name in enumerate(names, start=1):
+    for j, name in enumerate(names):
+        row, col = j // ncols + 1, j % ncols + 1
         df = epochs[epochs["name"] == name]
         for v in variants:
             d = df[df["variant"] == v].groupby(x)["value"].mean().reset_index()
             if d.empty:
                 continue
             fig.add_scatter(x=d[x], y=d["value"], mode="lines+markers", name=v, legendgroup=v,
-                            showlegend=(j == 1), line=dict(color=cols[v]), marker=dict(size=4),
-                            row=1, col=j, hovertemplate=f"{v}<br>{x} %{{x}}: %{{y:.4f}}<extra></extra>")
-        fig.update_xaxes(title_text=x, row=1, col=j, dtick=1 if x == "epoch" and df[x].nunique() <= 20 else None)
+                            showlegend=v not in {t.name for t in fig.data}, line=dict(color=cols[v]),
+                            marker=dict(size=4), row=row, col=col,
+                            hovertemplate=f"{v}<br>{x} %{{x}}: %{{y:.4f}}<extra></extra>")
+        fig.update_xaxes(title_text=x, row=row, col=col,
+                         dtick=1 if x == "epoch" and df[x].nunique() <= 20 else None)
     return fig
 
 

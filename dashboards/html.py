@@ -112,13 +112,14 @@ def num(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def mean_ci(mean, lo, hi, digits: int = 3, scale: float = 1.0) -> str:
-    """"0.512 ± 0.014" (a symmetric t interval as mean ± half-width); the mean alone without an interval."""
+def mean_ci(mean, lo, hi, digits: int = 3, factor: float = 1.0) -> str:
+    """"0.512 ± 0.014" (a symmetric t interval as mean ± half-width); the mean alone without an interval.
+    ``factor`` converts units for display (1e-6: parameters in millions)."""
     if mean is None or not math.isfinite(mean):
         return num(None)
-    text = f"{mean * scale:.{digits}f}"
+    text = f"{mean * factor:.{digits}f}"
     if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) and hi > lo:
-        text += f' <span class="note">± {(hi - lo) / 2 * scale:.{digits}f}</span>'
+        text += f' <span class="note">± {(hi - lo) / 2 * factor:.{digits}f}</span>'
     return text
 
 

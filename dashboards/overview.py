@@ -137,12 +137,12 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
 def paper_section(ctx: PageContext, figs: Figures) -> str:
     out = []
     for c in comparisons(ctx.sd, ctx.an.difference):
-        t, o, sc = c["table"], c["ordering"], c["scale"]
-        unit = "AP (%)" if sc == 100 else t["metric"]
+        t, o = c["table"], c["ordering"]
+        unit = "AP (%)" if c["factor"] == 100 else t["metric"]
         head = (f"<h3>{esc(t['paper'])}, {esc(t['source'])}: {esc(t['title'])}</h3>"
                 f"<p class=note>{esc(t['citation'])}; {esc(t['setting'])}. Data: dashboards/paper/{esc(t['file'])}. "
                 f"Reference: the paper's best matched variant, {esc(c['reference'])}. Our gaps are in our own units; "
-                f"relative gaps (% of the reference) compare across the two scales.</p>")
+                f"relative gaps (% of the reference) compare across the two units.</p>")
         if o:
             held = '<span class="ok">held</span>' if o["held"] else '<span class="no">not held</span>'
             best = '<span class="ok">same</span>' if o["best_held"] else '<span class="no">different</span>'

@@ -128,8 +128,8 @@ def build_speed(ctx: PageContext) -> str:
         row = {"variant": esc(v), "seeds": len(sd.seeds(v))}
         for m, label in present:
             r = summaries[label].iloc[i]
-            digits, scale = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
-            row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, scale)
+            digits, factor = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
+            row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, factor)
         row["Pareto"] = "✓" if v in front else ""
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
@@ -222,16 +222,25 @@ def _figure4_section(ctx: PageContext, figs: Figures, diag: Dict[str, dict]) -> 
     return "".join(parts)
 
 
+def loss_names(names) -> List[str]:
+    """The training losses among metric names: ``train/loss`` (the weighted total) first, then every
+    ``train/loss_*`` term in name order, whatever terms the trials' detectors report."""
+    present = set(names)
+    return [n for n in ("train/loss",) if n in present] + sorted(n for n in present if n.startswith("train/loss_"))
+
+
 def build_loss(ctx: PageContext) -> str:
     sd, figs = ctx.sd, Figures("loss")
     parts = []
-    ep = sd.epochs[sd.epochs["name"].isin(["train/loss", "train/loss_cls", "train/loss_box"])]
+    names = loss_names(sd.epochs["name"].unique())
+    ep = sd.epochs[sd.epochs["name"].isin(names)]
     parts.append("<h2>Training loss</h2>")
     if not ep.empty:
-        names = [n for n in ("train/loss", "train/loss_cls", "train/loss_box") if n in set(ep["name"])]
-        parts.append(figs.div(figures.epoch_curves(ep, names, sd.variants, "Training loss at the end of each "
-                                                   "epoch (unweighted terms, mean over seeds)", x="epoch"),
-                              height=380))
+        parts.append("<p class=note>Mean over an epoch's steps, then over seeds; <code>train/loss</code> is the "
+                     "weighted total the optimiser minimised, the <code>train/loss_*</code> panels the unweighted "
+                     "terms each detector reports (a variant without a term has no curve in its panel).</p>")
+        parts.append(figs.div(figures.epoch_curves(ep, names, sd.variants, "Training loss per epoch "
+                                                   "(mean over seeds)", x="epoch")))
     else:
         parts.append(_missing("per-epoch losses"))
     parts.append(_diagnostics_section(ctx, figs))

@@ -80,7 +80,8 @@ def match_variants(sd: StudyData, table: Dict[str, Any]) -> Dict[str, Dict[str, 
     return {v: r for v, r in out.items() if rows.count(id(r)) == 1}
 
 
-def _scale(metric: str) -> float:
+def _factor(metric: str) -> float:
+    """Our value -> the paper's unit: AP-like metrics are printed in percent."""
     return 100.0 if metric in PERCENT_METRICS else 1.0
 
 
@@ -89,8 +90,8 @@ def compare(sd: StudyData, table: Dict[str, Any], matched: Dict[str, Dict[str, A
     """The comparison rows and the ordering verdict for one matched table."""
     metric, higher = table["metric"], table.get("higher_is_better", True)
     close = table.get("relation") == "close"
-    scale = _scale(metric)
-    ours = {v: sd.metric(metric).query("variant == @v")["value"].mean() * scale for v in matched}
+    factor = _factor(metric)
+    ours = {v: sd.metric(metric).query("variant == @v")["value"].mean() * factor for v in matched}
     paper = {v: row.get("value") for v, row in matched.items()}
     numbered = [v for v in matched if paper[v] is not None]
     if close or not numbered:
@@ -101,14 +102,14 @@ def compare(sd: StudyData, table: Dict[str, Any], matched: Dict[str, Dict[str, A
     for v in matched:
         p_gap = None if close or paper[v] is None or paper[ref] is None else paper[v] - paper[ref]
         d = diff(v, ref, metric) if v != ref else None
-        our_gap, lo, hi, method = (d["diff"] * scale, d["lo"] * scale, d["hi"] * scale, d["method"]) if d else (
+        our_gap, lo, hi, method = (d["diff"] * factor, d["lo"] * factor, d["hi"] * factor, d["method"]) if d else (
             math.nan, math.nan, math.nan, "")
         mark, why = _mark(p_gap, d, close) if v != ref else ("reference", "the paper's best")
         rows.append({"variant": v, "paper": paper[v], "ours": ours[v], "paper_gap": p_gap,
                      "paper_rel": None if p_gap is None else p_gap / paper[ref],
                      "our_gap": our_gap, "our_rel": our_gap / ours[ref] if ours[ref] else math.nan,
                      "lo": lo, "hi": hi, "method": method, "mark": mark, "why": why})
-    return {"table": table, "reference": ref, "rows": rows, "scale": scale,
+    return {"table": table, "reference": ref, "rows": rows, "factor": factor,
             "ordering": _ordering(numbered, paper, ours, higher)}
 
 

@@ -33,6 +33,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats as _st
 
+from detectors.cocotools import coco_ground_truth, load_results
+
 CONF = 0.95
 ALPHA = 1 - CONF
 # Fewer matching seeds give no seed verdict: with 2 the t test has 1 degree of
@@ -112,27 +114,6 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def load_gt(path: str):
-    from pycocotools.coco import COCO
-
-    with _quiet():
-        return COCO(path)
-
-
-def _results(gt, detections: List[dict]):
-    """gt.loadRes on copies (loadRes edits its input); an empty list gets an empty results set."""
-    from pycocotools.coco import COCO
-
-    with _quiet():
-        if detections:
-            return gt.loadRes([dict(d, bbox=list(d["bbox"])) for d in detections])
-        dt = COCO()
-        dt.dataset = {"images": list(gt.dataset["images"]), "annotations": [],
-                      "categories": copy.deepcopy(gt.dataset.get("categories", []))}
-        dt.createIndex()
-        return dt
-
-
 def _ap_from(ev) -> float:
     """AP@[.5:.95] as COCOeval.summarize reads it: the defined precision entries, last maxDets."""
     p = ev.eval["precision"][:, :, :, 0, -1]
@@ -144,7 +125,7 @@ def _evaluated(gt, detections: List[dict], img_ids: Sequence[int]):
     """COCOeval after ``evaluate()``: area 'all' and 100 detections only (what AP reads)."""
     from pycocotools.cocoeval import COCOeval
 
-    ev = COCOeval(gt, _results(gt, detections), iouType="bbox")
+    ev = COCOeval(gt, load_results(gt, detections), iouType="bbox")
     ev.params.imgIds = list(img_ids)
     ev.params.areaRng, ev.params.areaRngLbl, ev.params.maxDets = [ev.params.areaRng[0]], ["all"], [100]
     with _quiet():
@@ -168,8 +149,6 @@ def _accumulate_on(ev, idx: np.ndarray) -> float:
 
 def resampled_ap(gt, detections: List[dict], img_ids: Sequence[int]) -> float:
     """Reference definition: AP on a ground truth rebuilt from ``img_ids`` (repeats allowed) with fresh ids."""
-    from pycocotools.coco import COCO
-
     anns_by_img: Dict[int, List[dict]] = {}
     for a in gt.dataset["annotations"]:
         anns_by_img.setdefault(a["image_id"], []).append(a)
@@ -181,11 +160,8 @@ def resampled_ap(gt, detections: List[dict], img_ids: Sequence[int]) -> float:
         images.append(dict(gt.imgs[old], id=new_id))
         anns += [dict(a, id=len(anns) + j + 1, image_id=new_id) for j, a in enumerate(anns_by_img.get(old, []))]
         dets += [dict(d, image_id=new_id) for d in dets_by_img.get(old, [])]
-    new_gt = COCO()
-    new_gt.dataset = {"images": images, "annotations": anns,
-                      "categories": copy.deepcopy(gt.dataset["categories"])}
-    with _quiet():
-        new_gt.createIndex()
+    new_gt = coco_ground_truth({"images": images, "annotations": anns,
+                                "categories": copy.deepcopy(gt.dataset["categories"])})
     ev = _evaluated(new_gt, dets, list(range(len(images))))
     with _quiet():
         ev.accumulate()

@@ -14,7 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
+
+from detectors.boxes import box_area, box_centres, box_iou, box_to_distance
 
 __all__ = ["BACKGROUND", "IGNORE", "max_iou_assign", "atss_assign", "fcos_assign", "fcos_size_ranges"]
 
@@ -66,7 +67,7 @@ def max_iou_assign(
         raise ValueError(f"neg_iou ({neg_iou}) must be <= pos_iou ({pos_iou})")
     num_anchors = anchors.shape[0]
     if gt_boxes.shape[0] == 0 or num_anchors == 0:
-        return torch.full((num_anchors,), BACKGROUND, dtype=torch.int64, device=anchors.device)
+        return _background(num_anchors, anchors.device)
 
     iou = box_iou(gt_boxes, anchors.to(gt_boxes.dtype))  # [G, A]
     best_iou, best_gt = iou.max(dim=0)  # per anchor, [A]
@@ -87,16 +88,14 @@ def max_iou_assign(
     return assigned
 
 
-def _centres(boxes: Tensor) -> Tensor:
-    """``[N, 4]`` xyxy -> ``[N, 2]`` centres."""
-    return torch.stack(((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2), dim=1)
+def _background(n: int, device) -> Tensor:
+    """int64 ``[n]``, all ``BACKGROUND``: the start of every assignment."""
+    return torch.full((n,), BACKGROUND, dtype=torch.int64, device=device)
 
 
-def _inside(points: Tensor, boxes: Tensor, eps: float = 0.01) -> Tensor:
-    """``[P, G]``: point strictly inside the box (by more than ``eps`` px on every side, as mmdet)."""
-    x, y = points[:, 0, None], points[:, 1, None]
-    ltrb = torch.stack((x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y), dim=-1)
-    return ltrb.min(dim=-1).values > eps
+def _check_level_sizes(per_level: Sequence[int], n: int, what: str) -> None:
+    if sum(per_level) != n:
+        raise ValueError(f"num_{what}_per_level sums to {sum(per_level)}, but there are {n} {what}")
 
 
 @torch.no_grad()
@@ -121,16 +120,14 @@ def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
         int64 ``[A]``: gt index ``>= 0`` or ``BACKGROUND``. ``G == 0`` -> all ``BACKGROUND``.
     """
     num_anchors = anchors.shape[0]
-    if sum(num_anchors_per_level) != num_anchors:
-        raise ValueError(f"num_anchors_per_level sums to {sum(num_anchors_per_level)}, "
-                         f"but there are {num_anchors} anchors")
-    assigned = torch.full((num_anchors,), BACKGROUND, dtype=torch.int64, device=anchors.device)
+    _check_level_sizes(num_anchors_per_level, num_anchors, "anchors")
+    assigned = _background(num_anchors, anchors.device)
     if gt_boxes.shape[0] == 0 or num_anchors == 0:
         return assigned
     anchors = anchors.to(gt_boxes.dtype)
     iou = box_iou(anchors, gt_boxes)  # [A, G]
-    anchor_ctr = _centres(anchors)
-    dist = torch.cdist(anchor_ctr, _centres(gt_boxes))  # [A, G]
+    anchor_ctr = box_centres(anchors)
+    dist = torch.cdist(anchor_ctr, box_centres(gt_boxes))  # [A, G]
 
     candidates: List[Tensor] = []  # per level, [k, G] anchor indices
     start = 0
@@ -145,7 +142,8 @@ def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
         thresh = cand_iou.mean(0) + cand_iou.std(0)
     else:  # a single candidate: no spread to measure; it must merely overlap
         thresh = torch.zeros_like(cand_iou[0])
-    inside = _inside(anchor_ctr, gt_boxes).gather(0, cand)  # [K, G]: candidate centre inside its gt
+    # Anchor centre inside the gt by more than 0.01 px on every side (as mmdet), then per candidate: [K, G]
+    inside = (box_to_distance(anchor_ctr[:, None], gt_boxes[None]).min(dim=-1).values > 0.01).gather(0, cand)
     is_pos = (cand_iou >= thresh) & inside
     gt_idx = torch.arange(gt_boxes.shape[0], device=gt_boxes.device).expand_as(cand)
 
@@ -158,13 +156,13 @@ def atss_assign(anchors: Tensor, num_anchors_per_level: Sequence[int], gt_boxes:
     return assigned
 
 
-def fcos_size_ranges(strides: Sequence[float], scale: float = 8.0) -> List[Tuple[float, float]]:
-    """FCOS's regression ranges: level ``i`` keeps ``max(l, t, r, b)`` in ``(scale*s_{i-1}, scale*s_i]``.
+def fcos_size_ranges(strides: Sequence[float], multiple: float = 8.0) -> List[Tuple[float, float]]:
+    """FCOS's regression ranges: level ``i`` keeps ``max(l, t, r, b)`` in ``(m*s_{i-1}, m*s_i]``, ``m = multiple``.
 
-    With strides 8..128 and ``scale = 8`` these are the paper's 0, 64, 128, 256,
+    With strides 8..128 and ``multiple = 8`` these are the paper's 0, 64, 128, 256,
     512, inf; the first level starts at 0 and the last is open.
     """
-    bounds = [0.0] + [scale * s for s in strides[:-1]] + [float("inf")]
+    bounds = [0.0] + [multiple * s for s in strides[:-1]] + [float("inf")]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
@@ -194,13 +192,11 @@ def fcos_assign(points: Tensor, num_points_per_level: Sequence[int], strides: Se
     num_points = points.shape[0]
     if len(num_points_per_level) != len(strides):
         raise ValueError(f"{len(num_points_per_level)} levels but {len(strides)} strides")
-    if sum(num_points_per_level) != num_points:
-        raise ValueError(f"num_points_per_level sums to {sum(num_points_per_level)}, "
-                         f"but there are {num_points} points")
+    _check_level_sizes(num_points_per_level, num_points, "points")
     ranges = list(size_ranges) if size_ranges is not None else fcos_size_ranges(strides)
     if len(ranges) != len(strides):
         raise ValueError(f"{len(ranges)} size ranges for {len(strides)} levels")
-    assigned = torch.full((num_points,), BACKGROUND, dtype=torch.int64, device=points.device)
+    assigned = _background(num_points, points.device)
     if gt_boxes.shape[0] == 0 or num_points == 0:
         return assigned
     points = points.to(gt_boxes.dtype)
@@ -211,17 +207,16 @@ def fcos_assign(points: Tensor, num_points_per_level: Sequence[int], strides: Se
 
     stride, lo, hi = per_point(strides), per_point([r[0] for r in ranges]), per_point([r[1] for r in ranges])
 
-    x, y = points[:, 0, None], points[:, 1, None]  # [P, 1]
-    ltrb = torch.stack((x - gt_boxes[:, 0], y - gt_boxes[:, 1], gt_boxes[:, 2] - x, gt_boxes[:, 3] - y), dim=-1)
+    ltrb = box_to_distance(points[:, None], gt_boxes[None])  # [P, G, 4]
     ok = ltrb.min(dim=-1).values > 0  # [P, G] inside the box
     if center_radius is not None:
-        ctr = _centres(gt_boxes)  # [G, 2]
-        r = center_radius * stride[:, None]
-        ok &= ((x - ctr[:, 0]).abs() < r) & ((y - ctr[:, 1]).abs() < r)
+        # |point - gt centre| < radius on both axes: [P, G, 2] -> [P, G]
+        near = (points[:, None] - box_centres(gt_boxes)[None]).abs() < center_radius * stride[:, None, None]
+        ok &= near.all(dim=-1)
     reach = ltrb.max(dim=-1).values
     ok &= (reach > lo[:, None]) & (reach <= hi[:, None])
 
-    area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    area = box_area(gt_boxes)
     cost = torch.where(ok, area.expand_as(ok), torch.full_like(ok, float("inf"), dtype=area.dtype))
     best_area, best_gt = cost.min(dim=1)
     pos = torch.isfinite(best_area)

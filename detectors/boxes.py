@@ -1,4 +1,4 @@
-"""The one box module: format conversions, clipping, IoU and the box coder.
+"""The one box module: format conversions, clipping, IoU, centres, side distances and the box coder.
 
 Every box inside ``detectors/`` is a float ``[N, 4]`` tensor in xyxy absolute
 pixels ``(x1, y1, x2, y2)``. Other formats (COCO xywh) exist only at the edges
@@ -6,7 +6,11 @@ pixels ``(x1, y1, x2, y2)``. Other formats (COCO xywh) exist only at the edges
 bug has exactly one place to live (cf. detectron2 ``structures/boxes.py``).
 
 ``box_area`` and ``box_iou`` are torchvision's, re-exported rather than
-rewritten.
+rewritten. The point <-> side-distance pair is the box encoding of the
+one-point-per-location heads (FCOS, ATSS, GFL) and of the point-in-box tests of
+their assigners. Functions written with ``...`` indexing broadcast over leading
+dimensions: ``box_to_distance(points[:, None], boxes[None])`` gives every
+(point, box) pair, ``[P, G, 4]``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ __all__ = [
     "clip_boxes",
     "box_area",
     "box_iou",
+    "aligned_box_iou",
+    "box_centres",
+    "distance_to_box",
+    "box_to_distance",
     "BoxCoder",
 ]
 
@@ -67,6 +75,36 @@ def clip_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
     y1 = y1.clamp(min=0, max=height)
     y2 = y2.clamp(min=0, max=height)
     return torch.stack((x1, y1, x2, y2), dim=-1)
+
+
+def aligned_box_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
+    """IoU of row-paired xyxy boxes ``[N, 4]`` x ``[N, 4]`` -> ``[N]`` (``box_iou``'s diagonal).
+
+    ``eps`` keeps two zero-area boxes at IoU 0 instead of NaN.
+    """
+    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    return inter / (area_a + area_b - inter + eps)
+
+
+def box_centres(boxes: Tensor) -> Tensor:
+    """xyxy ``[..., 4]`` -> ``[..., 2]`` (x, y) centres, ``((x1 + x2) / 2, (y1 + y2) / 2)``."""
+    return torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), dim=-1)
+
+
+def distance_to_box(points: Tensor, dist: Tensor) -> Tensor:
+    """Points ``[..., 2]`` and side distances ``[..., 4]`` (l, t, r, b, pixels) -> xyxy ``[..., 4]``."""
+    x, y = points[..., 0], points[..., 1]
+    return torch.stack((x - dist[..., 0], y - dist[..., 1], x + dist[..., 2], y + dist[..., 3]), dim=-1)
+
+
+def box_to_distance(points: Tensor, boxes: Tensor) -> Tensor:
+    """Inverse of :func:`distance_to_box`: ``[..., 4]`` (l, t, r, b) from points ``[..., 2]`` to xyxy
+    ``boxes`` ``[..., 4]`` (broadcast); a side is negative where the point lies outside it."""
+    x, y = points[..., 0], points[..., 1]
+    return torch.stack((x - boxes[..., 0], y - boxes[..., 1], boxes[..., 2] - x, boxes[..., 3] - y), dim=-1)
 
 
 class BoxCoder:

@@ -4,6 +4,9 @@
     out = evaluate_coco(dataset.coco, results, dataset.class_names, dataset.cat_ids)
     out["metrics"]["AP"], out["per_class_ap"]["circle"], out["pr_curves"]["iou50"]["circle"]
 
+The pycocotools plumbing shared with the dataset loader and the driver side
+(``load_results``, ``coco_ground_truth``) is in ``detectors/cocotools.py``.
+
 Conventions of the returned dict (everything plain Python, JSON-able):
 
 - ``metrics``: the first 9 of COCOeval's 12 summary numbers (``METRIC_NAMES``).
@@ -20,9 +23,8 @@ Conventions of the returned dict (everything plain Python, JSON-able):
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detectors.boxes import xyxy_to_xywh
+from detectors.cocotools import load_results
 
 __all__ = ["METRIC_NAMES", "to_coco_results", "evaluate_coco", "predict", "evaluate_model"]
 
@@ -83,7 +86,7 @@ def evaluate_coco(coco_gt: COCO, results: List[dict], class_names: Optional[Sequ
         class_names = [c["name"] for c in coco_gt.loadCats(cat_ids)]
     if len(class_names) != len(cat_ids):
         raise ValueError(f"{len(class_names)} class names for {len(cat_ids)} category ids")
-    coco_dt = _load_results(coco_gt, results)
+    coco_dt = load_results(coco_gt, results)
     ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
     ev.params.catIds = sorted(cat_ids)
     with contextlib.redirect_stdout(io.StringIO()):  # per-image timing lines
@@ -116,28 +119,6 @@ def _defined(value) -> Optional[float]:
     """COCOeval's -1 ("no ground truth here") -> None; anything else a plain float."""
     value = float(value)
     return None if value < 0 else value
-
-
-def _load_results(coco_gt: COCO, results: List[dict]) -> COCO:
-    """``coco_gt.loadRes`` on copies of ``results``, also for an empty list.
-
-    loadRes adds ``id``, ``area``, ``iscrowd`` and ``segmentation`` to the dicts
-    it is given; copies keep the caller's results (written as detections.json)
-    clean. It also fails on an empty list (it reads ``anns[0]``), so an empty
-    detection set gets an empty results object and COCOeval runs as usual:
-    0.0 where there is ground truth, None where there is none.
-    """
-    unknown = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
-    if unknown:
-        raise ValueError(f"results refer to image ids not in the ground truth: {sorted(unknown)[:5]}")
-    with contextlib.redirect_stdout(io.StringIO()):  # "Loading and preparing results..."
-        if results:
-            return coco_gt.loadRes([dict(r, bbox=list(r["bbox"])) for r in results])
-        coco_dt = COCO()
-        coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
-                           "categories": copy.deepcopy(coco_gt.dataset.get("categories", []))}
-        coco_dt.createIndex()
-    return coco_dt
 
 
 @torch.no_grad()

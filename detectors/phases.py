@@ -96,7 +96,7 @@ def build_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, total: int, cfg: Mapping[str, Any]) -> float:
-    """Linear warm-up from 0.1% to 100%, then cosine to 0 or steps of ``lr_decay`` at ``milestones``."""
+    """Linear warm-up from 0.1% to 100%, then cosine to 0, or multistep: times ``lr_decay`` at each of ``milestones``."""
     warmup = cfg.get("warmup_iters", 0)
     if step < warmup:
         return 0.001 + (1 - 0.001) * step / warmup
@@ -104,7 +104,7 @@ def lr_factor(step: int, total: int, cfg: Mapping[str, Any]) -> float:
     if schedule == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    if schedule == "step":
+    if schedule == "multistep":
         passed = sum(step >= m * total for m in cfg.get("milestones", [0.67, 0.89]))
         return cfg.get("lr_decay", 0.1) ** passed
     return 1.0

@@ -40,7 +40,10 @@ def measure_speed(model: torch.nn.Module, dataset, device, *, enabled: bool = Tr
                   latency_images: int = 50, warmup: int = 10, throughput_batch: int = 8,
                   throughput_batches: int = 5) -> Dict[str, float]:
     """Return ``latency_ms_p50``, ``latency_ms_p95``, ``throughput_img_s``, ``params``,
-    ``gflops``, ``peak_rss_mb`` (and ``peak_gpu_mb`` on CUDA), ``threads``."""
+    ``gflops``, ``peak_rss_mb`` (and ``peak_gpu_mb`` on CUDA), ``threads``; ``{}`` when not
+    ``enabled`` (the trial's ``eval.speed`` section is passed as keyword arguments)."""
+    if not enabled:
+        return {}
     model.eval()
     device = torch.device(device)
     for img in _images(dataset, warmup, device):

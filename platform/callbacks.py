@@ -14,6 +14,8 @@ from typing import Dict, List, Optional, TextIO
 
 from ray.tune import Callback
 
+from detectors.cocotools import bbox_ground_truth
+
 # Keys Tune adds to every result; everything else in a result is ours.
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "hostname",
              "node_ip", "time_since_restore", "iterations_since_restore", "date", "config", "trial_id",
@@ -36,6 +38,16 @@ def trial_error_text(trial) -> str:
         if lines:
             return lines[-1]
     return "trial failed (no error file)"
+
+
+def val_ground_truth(trial: dict) -> Optional[dict]:
+    """What the pages' image bootstrap needs of the trial's val annotation file, so that
+    the pages read the store alone; None when the file is gone."""
+    path = (trial.get("dataset") or {}).get("val_annotations")
+    if not (path and os.path.isfile(path)):
+        return None
+    with open(path) as f:
+        return bbox_ground_truth(json.load(f))
 
 
 class StudyCallback(Callback):
@@ -92,7 +104,8 @@ class StudyCallback(Callback):
         # one row per epoch report, keyed by its global optimiser step; "epoch" and "phase" are metrics in it
         epoch_rows = [{**m, "step": s} for s, m in sorted(self.epochs.get(trial.trial_id, {}).items())]
         self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id,
-                                   self.started.get(trial.trial_id), datetime.now(timezone.utc))
+                                   self.started.get(trial.trial_id), datetime.now(timezone.utc),
+                                   val_ground_truth=val_ground_truth(spec))
         self.tracker.end_child(run_id, "FINISHED")
         self.finished.append({"trial": spec, "metrics": final})
 

@@ -49,7 +49,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
 
 
-def _start_ray(address: str | None, log_dir: str) -> None:
+def _start_ray(address: str | None) -> None:
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs."""
     import ray
 
@@ -64,7 +64,7 @@ def _start_ray(address: str | None, log_dir: str) -> None:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
 
 
-def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None, log_dir: str):
+def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None):
     """One Tune trial per trial dict; returns the ResultGrid."""
     from ray import tune
 
@@ -131,7 +131,7 @@ def run_study(study, trials: List[dict], args) -> int:
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)
     try:
-        _start_ray(args.address, run_dir)
+        _start_ray(args.address)
     except ConnectionError as exc:
         where = args.address or os.environ.get("RAY_ADDRESS")
         print(f"error: cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}", file=sys.stderr)
@@ -152,7 +152,7 @@ def run_study(study, trials: List[dict], args) -> int:
         recorder = StudyCallback(study.name, tracker, store, force=args.force)
         progress = ProgressCallback(len(todo), concurrency)
         print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
-        run_trials(study, todo, [recorder, progress], args.max_concurrent, run_dir)
+        run_trials(study, todo, [recorder, progress], args.max_concurrent)
     except KeyboardInterrupt:
         interrupted = True
     finally:

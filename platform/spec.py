@@ -88,7 +88,7 @@ class PhaseSpec(_Strict):
     momentum: Optional[float] = Field(None, ge=0, lt=1)
     weight_decay: Optional[float] = Field(None, ge=0)
     warmup_iters: Optional[int] = Field(None, ge=0)
-    schedule: Optional[Literal["cosine", "step", "constant"]] = None
+    schedule: Optional[Literal["cosine", "multistep", "constant"]] = None
     milestones: Optional[List[float]] = None
     lr_decay: Optional[float] = Field(None, gt=0)
 
@@ -112,9 +112,9 @@ class TrainSpec(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_iters: int = Field(50, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: List[float] = [0.67, 0.89]
-    lr_decay: float = Field(0.1, gt=0)   # learning-rate factor at each milestone of the "step" schedule
+    lr_decay: float = Field(0.1, gt=0)   # learning-rate factor at each milestone of the "multistep" schedule
     grad_clip: Optional[float] = Field(10.0, gt=0)
     loss_weights: Dict[str, float] = {}  # by loss name without "loss_"; unnamed losses weigh 1
     max_steps: Optional[int] = Field(None, ge=1)  # per phase

@@ -6,11 +6,15 @@ The driver is the only writer; dashboards read through the read API at the
 bottom and never see the ORM classes. Metrics are stored long (one row per
 trial, name and step; ``step IS NULL`` for final metrics) so a new metric needs
 no schema change. Everything a finished trial produced is written in one
-transaction: a failure leaves the trial's earlier rows as they were.
+transaction: a failure leaves the trial's earlier rows as they were. The val
+ground truth a trial was evaluated on (what the pages' image bootstrap needs)
+is stored once per content in ``ground_truths``; a trial's data key
+``val_ground_truth`` holds its digest, so thirty trials on COCO val2017 keep one copy.
 Timestamps are timezone-aware UTC on the way in and out.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -114,6 +118,17 @@ class TrialDataRow(Base):
     trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
     key: Mapped[str] = mapped_column(String(200))
     json: Mapped[str] = mapped_column(Text)
+
+
+class GroundTruthRow(Base):
+    """A val ground truth (COCO-format dict), stored once however many trials were evaluated on it."""
+
+    __tablename__ = "ground_truths"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the canonical JSON
+    json: Mapped[str] = mapped_column(Text)
+
+
+GROUND_TRUTH_KEY = "val_ground_truth"  # trial-data key holding the digest
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -227,16 +242,26 @@ class Store:
 
     def record_finished(self, study_name: str, trial: Mapping[str, Any], final_metrics: Mapping[str, Any],
                         epoch_metrics: List[Mapping[str, Any]], data: Mapping[str, Any],
-                        mlflow_run_id: Optional[str], started_at: Timestamp, finished_at: Timestamp) -> None:
+                        mlflow_run_id: Optional[str], started_at: Timestamp, finished_at: Timestamp,
+                        val_ground_truth: Optional[Mapping[str, Any]] = None) -> None:
         """One transaction: the trial row (finished), its metrics and data replacing earlier ones.
 
         ``final_metrics``: name -> number (stored with step NULL). ``epoch_metrics``:
         dicts with ``"step"`` and name -> number. ``data``: key -> JSON-able object.
+        ``val_ground_truth``: the COCO-format dict the trial was evaluated on, stored
+        once per content (see the module docstring).
         Non-numeric metric values other than None/str raise; so does non-JSON data,
         and then nothing of this call is written.
         """
         started, finished = _utc(started_at), _utc(finished_at) or _now()
+        data = dict(data)
+        gt_text = None
+        if val_ground_truth is not None:
+            gt_text = json.dumps(val_ground_truth, sort_keys=True, separators=(",", ":"))
+            data[GROUND_TRUTH_KEY] = hashlib.sha256(gt_text.encode()).hexdigest()
         with self._tx() as s:
+            if gt_text is not None and s.get(GroundTruthRow, data[GROUND_TRUTH_KEY]) is None:
+                s.add(GroundTruthRow(digest=data[GROUND_TRUTH_KEY], json=gt_text))
             row = self._trial_row(s, study_name, trial, "finished")
             s.flush()
             s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
@@ -319,3 +344,9 @@ class Store:
                  .join(StudyRow).where(StudyRow.name == study_name, TrialRow.status == "finished",
                                        TrialDataRow.key == key).order_by(TrialRow.id))
             return {k: json.loads(text) for k, text in s.execute(q)}
+
+    def ground_truth(self, digest: str) -> Optional[Dict[str, Any]]:
+        """The stored val ground truth with this digest (trial data ``val_ground_truth``), or None."""
+        with self._session() as s:
+            row = s.get(GroundTruthRow, digest)
+            return None if row is None else json.loads(row.json)

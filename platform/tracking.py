@@ -17,22 +17,13 @@ from typing import Any, Dict, Iterable, Optional
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from dashboards.data import flatten
+
 HASH_TAG = "detbench.config_hash"
 STUDY_TAG = "detbench.study"
 PARENT_TAG = "mlflow.parentRunId"
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "pycocotools", "numpy")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
-
-
-def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def git_commit(repo_root: str) -> str:
@@ -133,7 +124,4 @@ class StudyTracker:
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri '{self.tracking_uri}' --host 127.0.0.1 --port 5000"
-
-    def run_url(self, run_id: str) -> str:
-        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}"
 

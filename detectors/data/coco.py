@@ -14,8 +14,6 @@ ground truth for COCOeval, which knows how to ignore them.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -25,10 +23,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
 from torch import Tensor
 
 from detectors.boxes import clip_boxes, xywh_to_xyxy
+from detectors.cocotools import coco_ground_truth
 
 __all__ = ["DatasetError", "CocoDetection", "collate"]
 
@@ -78,7 +76,7 @@ class CocoDetection(torch.utils.data.Dataset):
         for t in self._targets.values():
             for label in t["labels"].tolist():
                 self.class_counts[label] += 1
-        self.coco = _make_coco(data)
+        self.coco = coco_ground_truth(data)
 
     # --- validation ---------------------------------------------------------
 
@@ -227,22 +225,3 @@ def _read_json(path: str):
             return json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{path}: cannot read annotations: {e}") from None
-
-
-def _make_coco(data: dict) -> COCO:
-    """A pycocotools ``COCO`` over ``data`` (no second read of the file, no prints).
-
-    COCOeval needs ``iscrowd`` and ``area`` on every ground-truth annotation;
-    missing ones are filled in (0, and the box area) on copies, the input is untouched.
-    """
-    anns = []
-    for ann in data.get("annotations", []):
-        ann = dict(ann)
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-        anns.append(ann)
-    coco = COCO()
-    coco.dataset = {**data, "annotations": anns}
-    with contextlib.redirect_stdout(io.StringIO()):  # "creating index..."
-        coco.createIndex()
-    return coco

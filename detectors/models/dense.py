@@ -41,15 +41,14 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectors.assigners import atss_assign, fcos_assign, fcos_size_ranges, max_iou_assign
-from detectors.boxes import clip_boxes
+from detectors.boxes import aligned_box_iou, box_centres, box_to_distance, clip_boxes, distance_to_box
 from detectors.losses import CLS_LOSSES, balanced_ce_loss, focal_loss
 from detectors.losses.gfl import giou_loss
 from detectors.models import MODELS, LossRole, register_detector
 from detectors.models.backbones import pyramid_backbone, pyramid_transform, scale_config
 from detectors.models.box_repr import make_box_representation
-from detectors.models.dense_heads import (DenseHead, aligned_box_iou, box_centres, box_to_distance,
-                                          centerness_target, distance_to_box)
 from detectors.models.postprocess import level_candidates, merge_levels
+from detectors.models.dense_heads import DenseHead, centerness_target
 from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD, SCALES
 from detectors.registry import NonNegativeInt, OpenUnit, Positive, PositiveInt
 

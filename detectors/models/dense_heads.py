@@ -1,4 +1,4 @@
-"""The head of the configurable dense detector and its box geometry.
+"""The head of the configurable dense detector and its box-output decoding.
 
 One location, one prediction (FCOS, ATSS and GFL all use a single point or
 square anchor per location): a classification tower and a box tower of
@@ -25,32 +25,6 @@ from torch import Tensor, nn
 from detectors.models.retinanet import RetinaHead, conv_subnet
 
 
-def box_centres(boxes: Tensor) -> Tensor:
-    """``[N, 4]`` xyxy -> ``[N, 2]`` (x, y) centres."""
-    return torch.stack(((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2), dim=1)
-
-
-def distance_to_box(points: Tensor, dist: Tensor) -> Tensor:
-    """Points ``[N, 2]`` and side distances ``[N, 4]`` (l, t, r, b, pixels) -> xyxy ``[N, 4]``."""
-    x, y = points.unbind(1)
-    return torch.stack((x - dist[:, 0], y - dist[:, 1], x + dist[:, 2], y + dist[:, 3]), dim=1)
-
-
-def box_to_distance(points: Tensor, boxes: Tensor) -> Tensor:
-    """Inverse of :func:`distance_to_box`; negative where the point is outside the box."""
-    x, y = points.unbind(1)
-    return torch.stack((x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y), dim=1)
-
-
-def aligned_box_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
-    """IoU of row-paired xyxy boxes ``[N, 4]`` x ``[N, 4]`` -> ``[N]`` (``box_iou``'s diagonal)."""
-    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    return inter / (area_a + area_b - inter + eps)
-
-
 def centerness_target(dist: Tensor) -> Tensor:
     """FCOS centerness ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` (FCOS eq. 3).
 
@@ -64,15 +38,15 @@ def centerness_target(dist: Tensor) -> Tensor:
     return (ratio_x * ratio_y).sqrt()
 
 
-class Scale(nn.Module):
-    """A learnable scalar (one per pyramid level)."""
+class LevelGain(nn.Module):
+    """A learnable gain on one pyramid level's box outputs (FCOS sec. 3.3: levels share the head, not object sizes)."""
 
     def __init__(self, value: float = 1.0) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(value)))
+        self.gain = nn.Parameter(torch.tensor(float(value)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
+        return x * self.gain
 
 
 class DenseHead(nn.Module):
@@ -101,7 +75,7 @@ class DenseHead(nn.Module):
         self.box_out = nn.Conv2d(width, self.box_dim, 3, padding=1)
         # The quality branch sits on the box tower (FCOS's improved variant, ATSS, IoU-aware).
         self.quality_out = nn.Conv2d(width, 1, 3, padding=1) if has_quality else None
-        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        self.level_gains = nn.ModuleList(LevelGain(1.0) for _ in range(num_levels))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
@@ -112,10 +86,10 @@ class DenseHead(nn.Module):
 
     def forward(self, feats: List[Tensor]) -> Dict[str, Optional[Tensor]]:
         cls, box, quality = [], [], []
-        for f, scale in zip(feats, self.scales):
+        for f, gain in zip(feats, self.level_gains):
             c, b = self.cls_tower(f), self.box_tower(f)
             cls.append(RetinaHead._flatten(self.cls_out(c), self.num_classes))
-            box.append(RetinaHead._flatten(scale(self.box_out(b)), self.box_dim))
+            box.append(RetinaHead._flatten(gain(self.box_out(b)), self.box_dim))
             if self.quality_out is not None:
                 quality.append(RetinaHead._flatten(self.quality_out(b), 1))
         return {"cls": torch.cat(cls, 1), "box": torch.cat(box, 1),

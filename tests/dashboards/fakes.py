@@ -2,10 +2,12 @@
 
 Three focal-loss variants x 3 seeds (the fewest that give a seed verdict), whose (gamma, alpha) pairs are rows of the
 focal loss paper's Table 1b, plus one trial that failed (its own variant).
-Detections are made from a small COCO ground truth on disk with a box jitter
-per variant (gamma 5 the tightest, gamma 0 the loosest), and every accuracy
-number is COCOeval's on those detections (detectors.evaluate), so the pages,
-the bootstrap and the stored metrics agree. The intended outcome:
+Detections are made from a small COCO ground truth with a box jitter per
+variant (gamma 5 the tightest, gamma 0 the loosest), and every accuracy number
+is COCOeval's on those detections (detectors.evaluate), so the pages, the
+bootstrap and the stored metrics agree. The ground truth is stored with each
+finished trial, as the driver's callback does, and its file is removed once the
+store is written: the pages must read the store alone. The intended outcome:
 
     AP: gamma=5 > gamma=2 > gamma=0, with clear gaps
     paper (Table 1b): gamma=2 34.0 > gamma=5 32.2 > gamma=0 31.1
@@ -102,13 +104,13 @@ def _diagnostics(gamma: float, alpha: float, seed: int) -> dict:
 
 def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, dict]:
     """Write the fake study into ``store``; returns trial_key -> trial dict (failed one included)."""
+    from detectors.cocotools import bbox_ground_truth, coco_ground_truth
     from detectors.evaluate import evaluate_coco
-    from pycocotools.coco import COCO
 
     gt_path = write_ground_truth(os.path.join(tmp_dir, "instances_val.json"))
     with open(gt_path) as f:
         gt = json.load(f)
-    coco = COCO(gt_path)
+    coco = coco_ground_truth(gt)
     spec = {"name": STUDY, "tracking": {"mlflow_uri": f"sqlite:///{tmp_dir}/mlflow.db"}}
     store.upsert_study(STUDY, "Fake focal-loss sweep for the dashboard tests.", spec,
                        os.path.join(tmp_dir, f"{STUDY}.yaml"), mlflow_experiment_id=mlflow_experiment_id,
@@ -129,17 +131,23 @@ def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, 
             final = {**{k: v for k, v in ev["metrics"].items() if v is not None},
                      **{f"speed/{k}": v for k, v in speed.items()}, "epoch": EPOCHS - 1, "step": 8 * EPOCHS}
             ap = ev["metrics"]["AP"]
-            epochs = [{"step": 8 * (e + 1), "epoch": e, "train/loss": 2.0 / (e + 1) + 0.1 * n,
+            # rows keyed by the optimiser step, with the epoch and the training phase as metrics
+            epochs = [{"step": 8 * (e + 1), "epoch": e, "phase": 0, "train/loss": 2.0 / (e + 1) + 0.1 * n,
                        "train/loss_cls": 1.2 / (e + 1), "train/loss_box": 0.8 / (e + 1), "lr": 0.002,
-                       "val/AP": ap * (e + 1) / EPOCHS, "val/AP50": min(1.0, 1.3 * ap * (e + 1) / EPOCHS)}
+                       "train/img_s": 150.0 - 10 * n, "val/AP": ap * (e + 1) / EPOCHS,
+                       "val/AP50": min(1.0, 1.3 * ap * (e + 1) / EPOCHS),
+                       # a term only one variant reports (GFL's DFL), here to exercise the loss page
+                       **({"train/loss_dfl": 0.3 / (e + 1)} if gamma == 5.0 else {})}
                       for e in range(EPOCHS)]
             data = {"metrics": ev["metrics"], "per_class_ap": ev["per_class_ap"], "pr_curves": ev["pr_curves"],
                     "speed": speed, "loss_diagnostics": _diagnostics(gamma, alpha, seed), "detections": dets}
             start = t0 + timedelta(minutes=3 * (2 * n + seed))
-            store.record_finished(STUDY, trial, final, epochs, data, run_id, start, start + timedelta(seconds=150))
+            store.record_finished(STUDY, trial, final, epochs, data, run_id, start, start + timedelta(seconds=150),
+                                  val_ground_truth=bbox_ground_truth(gt))
     variant, gamma, alpha, seed = FAILED
     trial = trial_dict(variant, gamma, alpha, seed, gt_path)
     trials[trial["trial_key"]] = trial
     store.mark_running(STUDY, trial, "runfailed" + "0" * 23)
     store.record_failed(STUDY, trial, "RuntimeError: loss is NaN at step 3", "runfailed" + "0" * 23, attempts=2)
+    os.remove(gt_path)  # the trial configs still name it; the pages must not need it
     return trials

@@ -69,6 +69,44 @@ def test_paper_comparison_marks(fake_reports):
     assert "same direction on both tests (over 3 matching seeds: significant" in text
 
 
+def test_loss_page_plots_every_reported_loss_term_per_variant(fake_reports):
+    import json
+
+    text = page(fake_reports, "loss.html")
+    # the training-loss figure is the page's first plot; its panels are named by subplot titles
+    found = re.search(r'Plotly.newPlot\(\s*"loss-1",\s*(\[.*?\]),\s*(\{.*?\})\s*,\s*\{"displaylogo',
+                      text, re.S)
+    traces, layout = json.loads(found.group(1)), json.loads(found.group(2))
+    titles = [a["text"] for a in layout["annotations"]]
+    # the weighted total first, then every term in name order; phase, img/s and val AP are not losses
+    assert titles == ["train/loss", "train/loss_box", "train/loss_cls", "train/loss_dfl"]
+    panels = {}
+    for trace in traces:
+        panels.setdefault(trace.get("xaxis", "x"), set()).add(trace["name"])
+    # three variants in each panel, but only gamma=5 reports loss_dfl (the fourth panel, axis x4)
+    assert [len(panels[a]) for a in ("x", "x2", "x3")] == [3, 3, 3]
+    assert panels["x4"] == {"gamma=5,alpha=0.25"}
+
+
+def test_loss_names_and_epochs_from_step_keyed_rows():
+    import pandas as pd
+
+    from dashboards.data import _with_epoch
+    from dashboards.pages import loss_names
+
+    assert loss_names(["val/AP", "train/loss_quality", "phase", "train/loss", "train/loss_cls", "train/img_s"]) == [
+        "train/loss", "train/loss_cls", "train/loss_quality"]
+    # rows keyed by the global optimiser step (75, 150, ..., 750): epochs come from the epoch metric, 1-based
+    steps = [75 * (e + 1) for e in range(10)]
+    rows = [{"trial_key": "a/seed=0", "variant": "a", "seed": 0, "step": s, "name": n, "value": v}
+            for e, s in enumerate(steps) for n, v in (("epoch", e), ("phase", 0 if e < 5 else 1),
+                                                       ("train/loss", 1.0 / (e + 1)))]
+    out = _with_epoch(pd.DataFrame(rows))
+    loss = out[out["name"] == "train/loss"].sort_values("epoch")
+    assert loss["epoch"].tolist() == list(range(1, 11))   # numeric: 10 after 9, not after 1
+    assert loss["step"].tolist() == steps
+
+
 def test_all_studies_index(fake_reports):
     text = (fake_reports["reports"] / "index.html").read_text()
     assert f'href="{fakes.STUDY}/index.html"' in text

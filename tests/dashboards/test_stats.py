@@ -9,6 +9,7 @@ from dashboards import stats
 from dashboards.data import StudyData
 from dashboards.figures import pareto_front
 from dashboards.paper import compare, load_tables, match_variants
+from detectors.cocotools import coco_ground_truth
 
 import fakes
 
@@ -133,8 +134,9 @@ def test_bootstrap_equals_evaluating_a_resampled_ground_truth(tmp_path):
     import json
 
     gt_path = fakes.write_ground_truth(str(tmp_path / "gt.json"), num_images=12)
-    gt = stats.load_gt(gt_path)
-    dets = fakes.fake_detections(json.load(open(gt_path)), jitter=3.0, false_pos=3, seed=1)
+    raw = json.load(open(gt_path))
+    gt = coco_ground_truth(raw)
+    dets = fakes.fake_detections(raw, jitter=3.0, false_pos=3, seed=1)
     ids = sorted(gt.getImgIds())
     ev = stats._evaluated(gt, dets, ids)
     rng = np.random.default_rng(3)
@@ -151,7 +153,8 @@ def test_bootstrap_difference_is_paired_and_ordered(tmp_path):
     import json
 
     gt_path = fakes.write_ground_truth(str(tmp_path / "gt.json"), num_images=20)
-    gt, raw = stats.load_gt(gt_path), json.load(open(gt_path))
+    raw = json.load(open(gt_path))
+    gt = coco_ground_truth(raw)
     good = [fakes.fake_detections(raw, 0.5, 0, seed=s) for s in (0, 1)]
     bad = [fakes.fake_detections(raw, 6.0, 4, seed=s) for s in (2, 3)]
     boot = stats.bootstrap_ap(gt, {"good": good, "bad": bad}, resamples=30, rng_seed=0)

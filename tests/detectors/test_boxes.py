@@ -1,9 +1,10 @@
-"""detectors.boxes: conversions, clipping, the R-CNN box coder."""
+"""detectors.boxes: conversions, clipping, paired IoU, centres and side distances, the R-CNN box coder."""
 import math
 
 import torch
 
-from detectors.boxes import BoxCoder, box_area, box_iou, clip_boxes, xywh_to_xyxy, xyxy_to_xywh
+from detectors.boxes import (BoxCoder, aligned_box_iou, box_area, box_centres, box_iou, box_to_distance, clip_boxes,
+                             distance_to_box, xywh_to_xyxy, xyxy_to_xywh)
 
 
 def test_xywh_to_xyxy_known_answer():
@@ -98,3 +99,41 @@ def test_empty_inputs():
     assert xywh_to_xyxy(empty).shape == (0, 4)
     assert xyxy_to_xywh(empty).shape == (0, 4)
     assert clip_boxes(empty, 10, 10).shape == (0, 4)
+
+
+def test_aligned_box_iou_known_answer_and_box_iou_diagonal():
+    # (0,0,2,2) vs (1,1,3,3): intersection 1, union 4 + 4 - 1 = 7 -> 1/7; a box with itself -> 1;
+    # disjoint boxes -> 0; two zero-area boxes -> 0 (eps), not NaN.
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 6.0, 6.0], [1.0, 1.0, 1.0, 1.0]])
+    assert torch.allclose(aligned_box_iou(a, b), torch.tensor([1 / 7, 1.0, 0.0, 0.0]), atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.rand(6, 2, generator=g) * 50, torch.rand(6, 2, generator=g) * 50
+    boxes1 = torch.cat([p, p + 1 + torch.rand(6, 2, generator=g) * 30], 1)
+    boxes2 = torch.cat([q, q + 1 + torch.rand(6, 2, generator=g) * 30], 1)
+    assert torch.allclose(aligned_box_iou(boxes1, boxes2), box_iou(boxes1, boxes2).diagonal(), atol=1e-6)
+
+
+def test_centres_and_side_distances_known_answers():
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
+    # centre ((10 + 30) / 2, (20 + 60) / 2) = (20, 40)
+    assert box_centres(boxes).tolist() == [[20.0, 40.0]]
+    # from (15, 25): l = 15 - 10 = 5, t = 25 - 20 = 5, r = 30 - 15 = 15, b = 60 - 25 = 35
+    point = torch.tensor([[15.0, 25.0]])
+    assert box_to_distance(point, boxes).tolist() == [[5.0, 5.0, 15.0, 35.0]]
+    assert distance_to_box(point, torch.tensor([[5.0, 5.0, 15.0, 35.0]])).tolist() == boxes.tolist()
+    # a point left of the box: l = 4 - 10 = -6 (negative side = outside)
+    assert box_to_distance(torch.tensor([[4.0, 30.0]]), boxes)[0, 0].item() == -6.0
+
+
+def test_side_distances_broadcast_to_every_point_box_pair():
+    points = torch.tensor([[0.0, 0.0], [5.0, 5.0], [20.0, 5.0]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [4.0, 2.0, 24.0, 8.0]])
+    pairs = box_to_distance(points[:, None], boxes[None])
+    assert pairs.shape == (3, 2, 4)
+    for i in range(3):
+        for j in range(2):
+            assert torch.equal(pairs[i, j], box_to_distance(points[i:i + 1], boxes[j:j + 1])[0])
+    # (5, 5) is inside both boxes: sides (5, 5, 5, 5) and (1, 3, 19, 3)
+    assert pairs[1].tolist() == [[5.0, 5.0, 5.0, 5.0], [1.0, 3.0, 19.0, 3.0]]
+    assert box_centres(boxes[None]).shape == (1, 2, 2)

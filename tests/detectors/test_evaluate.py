@@ -1,30 +1,23 @@
 """COCO evaluation: results format, hand-computed AP, empty input, and a generated-set round trip."""
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from pycocotools.coco import COCO
 
 from detectors.data import CocoDetection
 from detectors.data.synthetic import generate
+from detectors.cocotools import bbox_ground_truth, coco_ground_truth
 from detectors.evaluate import METRIC_NAMES, evaluate_coco, to_coco_results
 
 
 def _gt(annotations, categories=((3, "cat"), (7, "dog"))):
-    """A ground-truth COCO with two 100x100 images (ids 1, 2)."""
-    coco = COCO()
-    coco.dataset = {
+    """A ground-truth COCO with two 100x100 images (ids 1, 2); iscrowd 0 and the box area filled in."""
+    return coco_ground_truth({
         "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
         "categories": [{"id": c, "name": n} for c, n in categories],
-        "annotations": [{"id": k + 1, "iscrowd": 0, "area": a["bbox"][2] * a["bbox"][3], **a}
-                        for k, a in enumerate(annotations)],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+        "annotations": [{"id": k + 1, **a} for k, a in enumerate(annotations)],
+    })
 
 
 def _det(image_id, category_id, bbox, score):
@@ -130,3 +123,27 @@ def test_generated_ground_truth_round_trips_to_ap_one(tmp_path):
     assert out["metrics"]["AP50"] == pytest.approx(1.0, abs=1e-6)
     assert out["metrics"]["AR100"] == pytest.approx(1.0, abs=1e-6)
     assert list(out["per_class_ap"]) == ["square", "circle", "triangle", "cross", "ring"]
+
+
+def test_bbox_ground_truth_keeps_what_box_ap_reads():
+    full = {"info": {"year": 2017}, "licenses": [{"id": 1}],
+            "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.jpg", "license": 1}],
+            "categories": [{"id": 3, "name": "cat", "supercategory": "animal"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 30], "area": 500.0, "iscrowd": 0,
+                 "segmentation": [[10, 10, 30, 10, 30, 40]]},
+                {"id": 2, "image_id": 1, "category_id": 3, "bbox": [50, 20, 10, 4]},   # area, iscrowd missing
+                {"id": 3, "image_id": 1, "category_id": 3, "bbox": [0, 0, 100, 80], "area": 8000.0, "iscrowd": 1,
+                 "segmentation": {"counts": [0, 8000], "size": [80, 100]}}]}
+    slim = bbox_ground_truth(full)
+    assert set(slim) == {"images", "annotations", "categories"}
+    assert slim["images"] == [{"id": 1, "width": 100, "height": 80}]
+    assert slim["categories"] == [{"id": 3, "name": "cat", "supercategory": "animal"}]
+    assert "segmentation" not in slim["annotations"][0] and slim["annotations"][0]["area"] == 500.0
+    # the missing fields of annotation 2: iscrowd 0, area = 10 * 4 = 40 (the stored polygon area of 1 is kept)
+    assert slim["annotations"][1] == {"id": 2, "image_id": 1, "category_id": 3, "bbox": [50, 20, 10, 4],
+                                      "area": 40.0, "iscrowd": 0}
+    assert "area" not in full["annotations"][1]  # the input is untouched
+    dets = [_det(1, 3, [11, 9, 20, 30], 0.9), _det(1, 3, [50, 20, 10, 5], 0.8), _det(1, 3, [60, 50, 30, 20], 0.7)]
+    assert evaluate_coco(coco_ground_truth(slim), dets)["metrics"] == \
+        evaluate_coco(coco_ground_truth(full), dets)["metrics"]

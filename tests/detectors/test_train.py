@@ -8,26 +8,19 @@ import pytest
 import torch
 
 from detectors.data.synthetic import generate
+from detectors import trial as trial_defaults
 from detectors.train import NonFiniteLossError, load_checkpoint, run_trial
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_trial(tmp_path, data_params, **train):
+    """Tiny RetinaNet with focal loss (gamma 2, alpha 0.25), AdamW 1e-3 cosine: the defaults, shorter."""
     paths = generate(data_params, str(tmp_path / "data"))
-    cfg = {"epochs": 2, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4,
-           "warmup_iters": 2, "schedule": "cosine", "grad_clip": 10.0, "loss_weights": {"cls": 1.0, "box": 1.0},
-           "max_steps": None, "hflip_prob": 0.5, "eval_every_epoch": False}
-    cfg.update(train)
-    return {"study": "t", "trial_key": "focal/seed=0", "variant": "focal", "seed": 0, "config_hash": "x" * 64,
-            "dataset": {"kind": "synthetic", **{k: paths[k] for k in
-                        ("train_images", "train_annotations", "val_images", "val_annotations")}},
-            "detector": {"name": "retinanet", "scale": "tiny", "params": {}},
-            "loss": {"name": "focal", "params": {"gamma": 2.0, "alpha": 0.25}},
-            "train": cfg,
-            "eval": {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100,
-                     "speed": {"enabled": False}},
-            "num_threads": 1, "trial_dir": str(tmp_path / "trial")}
+    return trial_defaults.make_trial(
+        paths, str(tmp_path / "trial"), study="t", variant="focal", config_hash="x" * 64,
+        train={"epochs": 2, "batch_size": 4, "warmup_iters": 2, "eval_every_epoch": False, **train},
+        evaluation={"speed": {"enabled": False}})
 
 
 SMALL = {"num_train": 12, "num_val": 4, "seed": 3}

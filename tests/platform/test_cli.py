@@ -29,7 +29,7 @@ MALFORMED = [
     ("unknown-key", BASE + "trian: {epochs: 1}\n", "trian", "unknown key; did you mean 'train'?"),
     ("wrong-type", BASE + "train: {epochs: one}\n", "train.epochs", "expected an integer, got 'one'"),
     ("bad-choice", BASE + "train: {schedule: linear}\n", "train.schedule",
-     "expected 'cosine', 'step' or 'constant', got 'linear'"),
+     "expected 'cosine', 'multistep' or 'constant', got 'linear'"),
     ("empty-seeds", BASE + "sweep: {seeds: []}\n", "sweep.seeds", "must not be empty"),
     ("coco-path", BASE.replace("kind: synthetic, synthetic: {num_train: 8, num_val: 4}",
                                "kind: coco, train_images: /no/imgs, train_annotations: /no/a.json, "

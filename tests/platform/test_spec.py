@@ -141,7 +141,7 @@ MALFORMED = [
     ("variant-unknown-key", BASE + "sweep: {variants: [{loss.params.gamma: 1, loss.params.alfa: 0.5}]}\n",
      "sweep.variants[0].loss.params.alfa", "no such key"),
     ("variant-value-type", BASE + "sweep: {variants: [{loss.params.gamma: 1}, {train.schedule: linear}]}\n",
-     "sweep.variants[1].train.schedule", "expected 'cosine', 'step' or 'constant', got 'linear'"),
+     "sweep.variants[1].train.schedule", "expected 'cosine', 'multistep' or 'constant', got 'linear'"),
     ("variant-and-grid", BASE + "sweep: {grid: {train.epochs: [1]}, variants: [{train.epochs: 2}]}\n",
      "sweep.variants[0].train.epochs", "also swept in sweep.grid"),
     # COCO AP counts at most 100 detections per image (maxDets 1, 10, 100): more would not be scored

@@ -82,6 +82,23 @@ def test_recording_again_replaces_rows(store, tmp_path):
     assert rows(tmp_path, "select count(*) from trials") == [(1,)]
 
 
+def test_val_ground_truth_is_stored_once_per_content(store, tmp_path):
+    gt = {"images": [{"id": 1, "width": 8, "height": 8}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    finish(store, val_ground_truth=gt)
+    finish(store, t=trial("gamma=5/seed=0", "b" * 64), val_ground_truth=dict(reversed(list(gt.items()))))
+    other = dict(gt, images=[{"id": 2, "width": 8, "height": 8}])
+    finish(store, t=trial("gamma=0/seed=0", "c" * 64), val_ground_truth=other)
+    finish(store, t=trial("gamma=1/seed=0", "d" * 64))  # none given: no data key
+    digests = store.trial_data("s", "val_ground_truth")
+    assert set(digests) == {"gamma=2/seed=0", "gamma=5/seed=0", "gamma=0/seed=0"}
+    # the same content (key order aside) is one row; a different val set another
+    assert digests["gamma=2/seed=0"] == digests["gamma=5/seed=0"] != digests["gamma=0/seed=0"]
+    assert rows(tmp_path, "select count(*) from ground_truths") == [(2,)]
+    assert store.ground_truth(digests["gamma=5/seed=0"]) == gt
+    assert store.ground_truth(digests["gamma=0/seed=0"]) == other
+    assert store.ground_truth("0" * 64) is None
+
+
 def test_nan_metric_survives(store):
     finish(store, final_metrics={"AP": float("nan")})
     assert math.isnan(store.final_metrics("s")[0]["value"])

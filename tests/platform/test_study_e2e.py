@@ -93,6 +93,10 @@ def test_smoke_study_runs_every_trial_through_ray_mlflow_and_the_store(first_run
     last_epoch = {r["name"] for r in store.epoch_metrics("smoke") if r["step"] == 0}
     assert {"train/loss", "train/loss_cls", "val/AP50"} <= last_epoch and "speed/gflops" not in last_epoch
     assert len(store.trial_data("smoke", "loss_diagnostics")) == 2
+    # the val ground truth the pages' bootstrap needs: stored once, named by both trials
+    digests = store.trial_data("smoke", "val_ground_truth")
+    assert len(digests) == 2 and len(set(digests.values())) == 1
+    assert len(store.ground_truth(next(iter(digests.values())))["images"]) > 0
 
     page = (root / "reports" / "smoke" / "index.html").read_text()
     for t in trials:

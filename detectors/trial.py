@@ -1,0 +1,78 @@
+"""A complete trial dict (docs/architecture.md) for trials made by hand: the benchmark, the tests.
+
+    trial = make_trial(paths, "/tmp/t", loss={"params": {"gamma": 1.0}}, train={"epochs": 2})
+    run_trial(trial)
+
+The driver builds its trial dicts from study files (``platform.expand``); the
+defaults here are the study schema's (``platform.spec``: ``TrainSpec``,
+``EvalSpec``, ``SpeedSpec``), so a hand-made trial runs as the same trial from a
+study would. ``tests/platform/test_trial_defaults.py`` keeps the two equal.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Dict, Mapping, Optional
+
+from detectors.data.resolve import PATH_KEYS
+
+__all__ = ["DETECTOR", "LOSS", "TRAIN", "SPEED", "EVAL", "make_trial"]
+
+DETECTOR = {"name": "retinanet", "scale": "tiny", "params": {}}
+LOSS = {"name": "focal", "params": {"gamma": 2.0, "alpha": 0.25}}  # focal loss paper defaults (sec. 3.2)
+TRAIN = {"epochs": 6, "batch_size": 8, "optimizer": "adamw", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4,
+         "warmup_iters": 50, "schedule": "cosine", "milestones": [0.67, 0.89], "lr_decay": 0.1,
+         "grad_clip": 10.0, "loss_weights": {}, "max_steps": None, "hflip_prob": 0.5,
+         "eval_every_epoch": True, "phases": None}
+SPEED = {"enabled": True, "latency_images": 50, "warmup": 10, "throughput_batch": 8, "throughput_batches": 5}
+EVAL = {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100, "speed": SPEED}
+
+
+def _component(default: Mapping[str, Any], given: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``default`` with ``given``'s keys on top; a new name without params starts from empty params
+    (the default component's params mean nothing to another one, as in ``platform.spec.apply_overrides``)."""
+    given = dict(given or {})
+    out = {**copy.deepcopy(dict(default)), **given}
+    if given.get("name", default["name"]) != default["name"] and "params" not in given:
+        out["params"] = {}
+    return out
+
+
+def make_trial(paths: Mapping[str, str], trial_dir: str, *, detector: Optional[Mapping[str, Any]] = None,
+               loss: Optional[Mapping[str, Any]] = None, losses: Optional[Mapping[str, Any]] = None,
+               train: Optional[Mapping[str, Any]] = None,
+               evaluation: Optional[Mapping[str, Any]] = None, seed: int = 0, study: str = "adhoc",
+               variant: str = "default", kind: str = "synthetic", num_threads: int = 1, gpus: float = 0,
+               config_hash: str = "0" * 64) -> dict:
+    """A plain, JSON-able trial dict with every default filled in.
+
+    Args:
+        paths: the four COCO paths (``train_images``, ``train_annotations``,
+            ``val_images``, ``val_annotations``), e.g. what
+            ``detectors.data.synthetic.generate`` returns; other keys are ignored.
+        trial_dir: where the worker writes checkpoints and final files.
+        detector, loss: ``name`` / ``scale`` / ``params`` over ``DETECTOR`` / ``LOSS``.
+        losses: role -> ``{name, params}`` for the detector's other loss roles (default: each role's default).
+        train: keys over ``TRAIN``.
+        evaluation: keys over ``EVAL`` (the trial's ``eval`` section); its ``speed`` over ``SPEED``.
+        config_hash: a hand-made trial is not hashed (the driver hashes the
+            resolved config with the dataset identity and the detectors code).
+    Returns:
+        the trial dict; ``trial_key`` is ``"<variant>/seed=<seed>"``.
+    """
+    given_eval = dict(evaluation or {})
+    eval_section = {**copy.deepcopy(EVAL), **given_eval, "speed": {**SPEED, **given_eval.get("speed", {})}}
+    trial = {
+        "study": study, "trial_key": f"{variant}/seed={seed}", "variant": variant, "seed": seed,
+        "config_hash": config_hash,
+        "dataset": {"kind": kind, **{k: os.path.abspath(paths[k]) for k in PATH_KEYS},
+                    "synthetic": None, "cache_dir": None},
+        "detector": _component(DETECTOR, detector),
+        "loss": _component(LOSS, loss),
+        "losses": copy.deepcopy(dict(losses or {})),
+        "train": {**copy.deepcopy(TRAIN), **dict(train or {})},
+        "eval": eval_section,
+        "num_threads": num_threads, "gpus": gpus, "trial_dir": os.path.abspath(trial_dir),
+    }
+    return json.loads(json.dumps(trial))  # plain JSON types only, as a trial from a study file
