@@ -168,3 +168,25 @@ def trial_phases(trial: Mapping[str, Any]) -> list:
         params.update(det.get("params", {}))
         declared = declare(params, trial["train"])
     return resolve_phases(trial["train"], declared)
+
+
+def check_phase_parts(detector: Mapping[str, Any], phases: list) -> None:
+    """Every ``trainable`` / ``frozen`` prefix of every phase names parameters of the detector.
+
+    The model is built on the ``meta`` device (shapes, no memory, no weights), so this
+    costs a fraction of a second even at paper scale.
+    """
+    import torch
+
+    from detectors.phases import apply_phase
+
+    with torch.device("meta"):
+        model = MODELS.build(detector["name"], num_classes=2, scale=detector.get("scale", "tiny"),
+                             score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
+    for i, phase in enumerate(phases):
+        for key in ("trainable", "frozen"):
+            for j, prefix in enumerate(phase.get(key) or []):
+                try:
+                    apply_phase(model, {"name": phase.get("name", f"phase{i}"), key: [prefix]})
+                except ValueError as e:
+                    raise ComponentError(("train", "phases", i, key, j), str(e).split(": ", 1)[-1]) from None

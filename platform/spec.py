@@ -356,7 +356,8 @@ def _check_components(study: Study) -> None:
     """What pydantic cannot know: the components' declared parameters, loss roles and loss
     names, the generator's settings and files on disk. Normalises param values in place."""
     _check_dataset(study.dataset)  # first: needs no torch, so a bad path is reported quickly
-    from detectors.build import ComponentError, check_components, check_loss_weights, weight_names
+    from detectors.build import (ComponentError, check_components, check_loss_weights, check_phase_parts,
+                                 weight_names)
 
     loss = study.loss.model_dump() if study.loss else None
     try:
@@ -370,6 +371,11 @@ def _check_components(study: Study) -> None:
         study.loss.params = loss_params
     for role, params in roles.items():
         study.losses[role].params = params
+    if study.train.phases:
+        try:
+            check_phase_parts(study.detector.model_dump(), [p.model_dump() for p in study.train.phases])
+        except ComponentError as e:
+            raise _invalid(e) from None
     for i, phase in enumerate(study.train.phases or []):
         names = weight_names(study.detector.name)
         for j, name in enumerate(phase.losses or []):

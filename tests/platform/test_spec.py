@@ -168,6 +168,8 @@ MALFORMED = [
      "quality 'joint' trains soft IoU targets: use the 'qfl' (or 'ce') loss, not 'focal'"),
     ("phase-loss-typo", BASE + "train: {phases: [{name: a, epochs: 1, losses: [clss]}]}\n",
      "train.phases[0].losses[0]", "returns no loss 'clss'; did you mean 'cls'?"),
+    ("phase-part-typo", BASE + "train: {phases: [{name: a, epochs: 1, frozen: [backbone, hed]}]}\n",
+     "train.phases[0].frozen[1]", "'hed' names no parameters of the model (its top-level parts: backbone, head)"),
     ("phases-and-epochs", BASE + "train: {epochs: 3, phases: [{name: a, epochs: 1}]}\n", "train",
      "give each phase its epochs, not train.epochs"),
     ("phase-names-repeat", BASE + "train: {phases: [{name: a, epochs: 1}, {name: a, epochs: 1}]}\n", "train",
