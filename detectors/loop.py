@@ -68,8 +68,11 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
         total = phase_steps(phase, steps_per_epoch, cfg.get("max_steps"))
         scheduler = make_scheduler(optimizer, total, phase)
         local_start, phase_step = 0, 0
+        resumed = pi == start["phase"] and state is not None and start["mid_phase"]
         if hasattr(model, "begin_phase"):
-            model.begin_phase(phase)
+            # A model's own set-up of a phase (copy one part's weights into another, switch what
+            # feeds a head...). ``resumed``: the weights already hold the phase's progress.
+            model.begin_phase(phase, resumed=resumed)
         if pi == start["phase"] and state is not None:
             if start["mid_phase"]:
                 optimizer.load_state_dict(state["optimizer"])

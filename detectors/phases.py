@@ -12,6 +12,10 @@ how many epochs it runs, and its optimizer settings (any of ``optimizer``,
 gets a fresh optimizer and learning-rate schedule over its own steps; the
 optimiser step and the epoch count on across phases (global).
 
+A model may define ``begin_phase(phase, resumed)``: the training loop calls it
+when a phase starts (and when a resumed trial re-enters a phase mid-way, with
+``resumed=True``), e.g. to copy one part's weights into another.
+
 A trial with no phases has one, ``train``, over every parameter and loss for
 ``train.epochs``: exactly the single-phase loop. A detector can declare the
 phases of a scheme it implements (Faster R-CNN's 4-step alternating training,
