@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch

@@ -116,7 +116,8 @@ def test_paper_marks():
           (_trial(1, 0.25, 0), 0.39)]
     sd = _study({v: {} for v in ("gamma=0,alpha=0.75", "gamma=1,alpha=0.25", "gamma=2,alpha=0.25",
                                  "gamma=5,alpha=0.25")}, ts)
-    cis = {"gamma=0,alpha=0.75": (-0.12, -0.08), "gamma=5,alpha=0.25": (0.05, 0.15), "gamma=1,alpha=0.25": (-0.05, 0.03)}
+    cis = {"gamma=0,alpha=0.75": (-0.12, -0.08), "gamma=5,alpha=0.25": (0.05, 0.15),
+           "gamma=1,alpha=0.25": (-0.05, 0.03)}
 
     def diff(a, b, metric):
         assert b == "gamma=2,alpha=0.25" and metric == "AP"   # the paper's best is the reference

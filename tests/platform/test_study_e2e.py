@@ -160,8 +160,6 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_resumes(tmp_path):
     import signal
     import time
 
-    import psutil
-
     study = write_study(tmp_path / "interrupt.yaml", tmp_path, [0, 1, 2, 3])
     with open(study) as f:
         spec = yaml.safe_load(f)
