@@ -146,7 +146,7 @@ def run_study(study, trials: List[dict], args) -> int:
         report = os.path.join(study.output.reports_dir, study.name, "index.html")
         parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
                                                                "force": bool(args.force)}, detectors_code_version(),
-                                      description=study_description(study, trials, report))
+                                      description=study_description(study, trials, report), trials=todo)
         store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
                            mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
         cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
@@ -175,6 +175,7 @@ def run_study(study, trials: List[dict], args) -> int:
         print(f"failed: {f['trial']['trial_key']}: {f['error']}")
     report_ok = write_report(store, study) is not None
     print(f"MLflow UI: {tracker.ui_command()}")
+    print(f"  then open {tracker.experiment_url()}")
     if interrupted:
         print(f"interrupted: {len(recorder.finished)} finished trials are kept; run the same command to resume")
         return 130

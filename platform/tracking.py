@@ -5,11 +5,12 @@ Tune callback (``platform.callbacks``) calls the functions here. One
 experiment per study, one parent run per invocation, one child run per trial;
 a retried or resumed trial reuses its child run (found by its config hash).
 
-What the MLflow UI shows from it: the experiment is marked as model training
-(it opens on the runs table), the parent run's description says what the study
-compares and where its report is, and every child run names the dataset it
-trained on (the Dataset column: name, digest of the dataset identity that is
-part of the config hash, the train annotation file as the source).
+What the MLflow UI shows from it: the experiment is tagged as model training
+(``mlflow.experimentKind``; MLflow 3.17's UI follows a global switch instead,
+which the URLs here set), the parent run's description says what the study
+compares and where its report is, and every run names the dataset it trained on
+(the Dataset column: name, digest of the dataset identity that is part of the
+config hash, the train annotation file as the source).
 """
 from __future__ import annotations
 
@@ -77,6 +78,15 @@ def dataset_input(trial: Dict[str, Any]) -> DatasetInput:
     return DatasetInput(entity, tags=[InputTag(DATASET_CONTEXT_TAG, "training")])
 
 
+def dataset_inputs(trials: Iterable[Dict[str, Any]]) -> List[DatasetInput]:
+    """One input per distinct dataset of ``trials`` (a sweep over generator params has several)."""
+    out: Dict[tuple, DatasetInput] = {}
+    for trial in trials:
+        inp = dataset_input(trial)
+        out.setdefault((inp.dataset.name, inp.dataset.digest), inp)
+    return list(out.values())
+
+
 def _count(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -92,14 +102,15 @@ def study_description(study, trials: List[Dict[str, Any]], report_path: str) -> 
     shown = ", ".join(f"`{v}`" for v in variants[:MAX_LISTED]) + (", ..." if len(variants) > MAX_LISTED else "")
     seeds = study.sweep.seeds
     url = "file://" + os.path.abspath(report_path)
-    lines = [study.description or f"Study {study.name}.", "",
+    # A plain URL, not a markdown link: the UI drops file: hrefs, and a browser opens no file:
+    # link from an http page anyway; the text can be copied.
+    lines = [study.description or f"Study {study.name}.", "", f"Report: {url}", "",
              f"- Compares {_count(len(variants), 'variant')} x {_count(len(seeds), 'seed')}"
              f" = {_count(len(trials), 'trial')}: {shown}",
              f"- Varies: {', '.join(f'`{k}`' for k in varied) or 'nothing (one configuration)'};"
              f" seeds {', '.join(str(s) for s in seeds)}",
              f"- Dataset: {', '.join(datasets)}; base config: {study.detector.name} ({study.detector.scale}),"
-             f" {study.loss.name} loss, {_count(study.train.epochs, 'epoch')}",
-             f"- Report: [{url}]({url})"]
+             f" {study.loss.name} loss, {_count(study.train.epochs, 'epoch')}"]
     return "\n".join(lines)
 
 
@@ -133,7 +144,10 @@ class StudyTracker:
         self.parent_run_id: Optional[str] = None
 
     def start_parent(self, study_file: str, repo_root: str, params: Dict[str, Any], code_version: str,
-                     description: Optional[str] = None) -> str:
+                     description: Optional[str] = None, trials: Iterable[Dict[str, Any]] = ()) -> str:
+        """The invocation's parent run. ``description``: its text in the UI (markdown);
+        ``trials``: those this invocation runs, whose datasets the parent lists as inputs
+        too, so the runs table shows them while the child runs are folded away."""
         tags = {STUDY_TAG: self.study_name, "mlflow.runName": f"{self.study_name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                 "detbench.study_file": os.path.abspath(study_file), "mlflow.source.git.commit": git_commit(repo_root),
                 "detbench.detectors_version": code_version}
@@ -143,6 +157,9 @@ class StudyTracker:
         run = self.client.create_run(self.experiment_id, tags=tags)
         self.parent_run_id = run.info.run_id
         self.log_params(self.parent_run_id, params)
+        inputs = dataset_inputs(trials)
+        if inputs:
+            self.client.log_inputs(self.parent_run_id, datasets=inputs)
         self.client.log_artifact(self.parent_run_id, study_file)
         return self.parent_run_id
 
@@ -213,6 +230,14 @@ class StudyTracker:
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri '{self.tracking_uri}' --host 127.0.0.1 --port 5000"
 
+    def experiment_url(self) -> str:
+        """The study's runs table, on the tracking server or the ``mlflow ui`` of :meth:`ui_command`.
+        MLflow 3.17's UI shows the view of a global switch (GenAI, the default, or model training)
+        whatever the experiment's kind; the URL's workflowType sets the switch."""
+        base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) \
+            else "http://127.0.0.1:5000"
+        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+
     def run_url(self, run_id: str) -> str:
-        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
 

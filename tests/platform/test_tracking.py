@@ -48,12 +48,15 @@ def test_experiment_dataset_input_and_description_read_back(tmp_path, study_tria
     tracker = tracker_for(tmp_path)
     report = os.path.join("reports", "tr", "index.html")
     parent = tracker.start_parent(study_file, str(tmp_path), {"trials": 4}, "v1",
-                                  description=study_description(study, trials, report))
+                                  description=study_description(study, trials, report), trials=trials)
     child = tracker.start_child(trials[0])
     client = MlflowClient(tracker.tracking_uri)
 
-    # The UI opens a "custom_model_development" experiment on its training runs table.
+    # The UI opens a "custom_model_development" experiment on its training runs table; MLflow
+    # 3.17's own UI follows a global switch instead, which the printed URL sets.
     assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    runs_table = f"/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    assert tracker.experiment_url() == "http://127.0.0.1:5000" + runs_table
 
     (inp,) = client.get_run(child).inputs.dataset_inputs
     ds = trials[0]["dataset"]
@@ -71,15 +74,18 @@ def test_experiment_dataset_input_and_description_read_back(tmp_path, study_tria
     assert json.loads(inp.dataset.source) == {"uri": "/data/set/train_annotations"}
     assert inp.dataset.source_type == "local"
     assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "training"}
-    # every trial of this study trained on the same set: one dataset, one digest
+    # every trial of this study trained on the same set: one dataset, one digest, listed once
+    # on the parent too (the runs table shows it while the child runs are folded away)
     assert len({t["dataset"]["digest"] for t in trials}) == 1 and len({t["config_hash"] for t in trials}) == 4
+    (on_parent,) = client.get_run(parent).inputs.dataset_inputs
+    assert (on_parent.dataset.name, on_parent.dataset.digest) == (inp.dataset.name, inp.dataset.digest)
 
     note = client.get_run(parent).data.tags["mlflow.note.content"]
     assert note.startswith("Focal loss gamma 0 against gamma 2.")
     assert "- Compares 2 variants x 2 seeds = 4 trials: `gamma=0`, `gamma=2`\n" in note
     assert "`loss.params.gamma`" in note and inp.dataset.name in note
     url = "file://" + str(tmp_path / "reports" / "tr" / "index.html")
-    assert note.endswith(f"- Report: [{url}]({url})")
+    assert f"\n\nReport: {url}\n\n" in note  # second paragraph: shown before the UI's "Show more"
 
 
 def test_a_resumed_run_keeps_its_dataset_input_once(tmp_path, study_trials):
