@@ -49,9 +49,12 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
 
 
-def _start_ray(address: str | None) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs."""
+def _start_ray(address: str | None, run_dir: str) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs
+    (after stopping what a killed earlier driver of this study left of its own)."""
     import ray
+
+    from platform.cluster import record_local_ray, stop_stale_local_ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
@@ -60,18 +63,23 @@ def _start_ray(address: str | None) -> None:
         # Ship the worker package to the cluster; driver code never travels.
         ray.init(address=address, runtime_env={"py_modules": [os.path.join(REPO_ROOT, "detectors")]}, **kwargs)
     else:
+        stopped = stop_stale_local_ray(run_dir)
+        if stopped:
+            print(f"stopped {stopped} processes left of the local Ray of an earlier run that was killed")
         # "local": always a fresh Ray of our own, never a cluster some earlier `ray start` left registered
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        record_local_ray(run_dir)
 
 
-def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None):
-    """One Tune trial per trial dict; returns the ResultGrid."""
+def run_trials(study, trials: List[dict], callbacks, concurrency: int):
+    """One Tune trial per trial dict, at most ``concurrency`` at a time; returns the ResultGrid."""
     from ray import tune
 
     from detectors.trainable import tune_trainable
+    from platform.cluster import trial_request
 
     res = study.resources
-    resources = {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+    resources = trial_request(res)  # a multi-worker trial's workers ask for themselves (platform.cluster)
     run_config = tune.RunConfig(
         name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         storage_path=os.path.join(study.output.runs_dir, study.name, "tune"),
@@ -84,7 +92,7 @@ def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None)
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or res.max_concurrent,
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency,
                                     trial_name_creator=lambda t: t.config["trial"]["config_hash"][:12],
                                     trial_dirname_creator=lambda t: t.config["trial"]["config_hash"][:12]),
         run_config=run_config,
@@ -106,61 +114,123 @@ def prepare_dataset(trials: List[dict]) -> List[dict]:
     return resolve_dataset_paths(trials, make)
 
 
+def _services(study) -> str | None:
+    """The results store, and the MLflow server if there is one, reachable? An error line, or None."""
+    from platform.cluster import check_tracking_server
+    from platform.store import Store
+    from platform.tracking import is_server
+
+    uri = study.tracking.mlflow_uri
+    if is_server(uri):
+        # a server that is down makes every call retry for minutes: a short, one-time check
+        try:
+            check_tracking_server(uri)
+        except ConnectionError as exc:
+            return f"cannot reach the MLflow tracking server at {uri}: {exc}"
+        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                           ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"), ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
+            os.environ.setdefault(var, value)  # an outage mid-study costs seconds, not minutes, per call
+    try:
+        Store(study.tracking.store_url).close()
+    except Exception as exc:  # SQLAlchemy wraps the driver's error
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        return f"cannot open the results store at {study.tracking.store_url}: {first}"
+    return None
+
+
+def _fresh_start(trials: List[dict]) -> None:
+    """--force: the trials start from scratch, not from checkpoints an earlier run left."""
+    import shutil
+
+    for t in trials:
+        for sub in ("checkpoints", "final"):
+            shutil.rmtree(os.path.join(t["trial_dir"], sub), ignore_errors=True)
+
+
 def run_study(study, trials: List[dict], args) -> int:
     """Run what is not cached, then summarise and build the report. Returns the exit code."""
+    from platform.reconcile import note_pending_parent, reconcile
     from platform.store import Store
     from platform.summary import print_summary, write_report
+    from platform.tracking import StudyTracker, is_server
 
+    problem = _services(study)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     store = Store(study.tracking.store_url)
     finished = set() if args.force else store.finished_hashes(study.name)
     todo = [t for t in trials if t["config_hash"] not in finished]
     print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
+    run_dir = os.path.join(study.output.runs_dir, study.name)
+    os.makedirs(run_dir, exist_ok=True)
+    tracker = StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
+    fixed = reconcile(tracker, store, study.name, run_dir)  # MLflow from the store, after a killed or cut-off run
+    if any(fixed.values()):
+        print(f"MLflow brought up to date from the results store: {fixed['parents']} earlier parent runs ended, "
+              f"{fixed['children']} unfinished trial runs marked KILLED, {fixed['repaired']} finished trials' runs "
+              f"completed")
     if not todo:
         print("everything was cached: no trial ran (use --force to run them again)")
         print_summary(store, study)
         return 0 if write_report(store, study) else 1
+    if args.force:
+        _fresh_start(todo)
 
     import ray
 
     from platform.callbacks import ProgressCallback, StudyCallback
+    from platform.cluster import describe_footprint, fitting_trials, forget_local_ray
     from platform.expand import detectors_code_version
     from platform.timing import TrialClock
-    from platform.tracking import StudyTracker, study_description
+    from platform.tracking import study_description
 
-    run_dir = os.path.join(study.output.runs_dir, study.name)
-    os.makedirs(run_dir, exist_ok=True)
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)
     try:
-        _start_ray(args.address)
+        _start_ray(args.address, run_dir)
     except ConnectionError as exc:
         where = args.address or os.environ.get("RAY_ADDRESS")
         print(f"error: cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     _ray_logs_to_file(ray_log)
+    local_ray = not (args.address or os.environ.get("RAY_ADDRESS"))
+    res = study.resources
+    cluster = ray.cluster_resources()
+    fit = fitting_trials(res, cluster)
+    if fit < 1:
+        ray.shutdown()
+        if local_ray:
+            forget_local_ray(run_dir)
+        gpus = cluster.get("GPU", 0)
+        have = f"{cluster.get('CPU', 0):g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
+        print(f"error: a trial of {study.name} needs {describe_footprint(res)} at once; the Ray cluster has {have} "
+              f"(resources in {args.study})", file=sys.stderr)
+        return 2
     interrupted, recorder = False, None
     try:
         todo = prepare_dataset(todo)
-        tracker = StudyTracker(study.tracking.mlflow_uri, study.name,
-                               os.path.join(study.output.runs_dir, "mlartifacts"))
         report = os.path.join(study.output.reports_dir, study.name, "index.html")
         parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
                                                                "force": bool(args.force)}, detectors_code_version(),
                                       description=study_description(study, trials, report), trials=todo)
+        tracker.tolerate = True  # from here on an MLflow outage does not stop the study
         store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
                            mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
-        cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
-        concurrency = min(len(todo), args.max_concurrent or study.resources.max_concurrent
-                          or max(1, int(cpus // max(study.resources.cpus_per_trial, 1e-9))))
+        # Whole trials only: a multi-worker trial's workers are placed after its Tune trial starts,
+        # so more concurrent trials than fit would leave every one waiting (platform.cluster).
+        concurrency = min(len(todo), args.max_concurrent or res.max_concurrent or fit, fit)
         clock = TrialClock()  # one start and end per trial for the progress line, the store and MLflow
         recorder = StudyCallback(study.name, tracker, store, force=args.force, clock=clock)
         progress = ProgressCallback(len(todo), concurrency, clock=clock)
         print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
-        run_trials(study, todo, [recorder, progress], args.max_concurrent)
+        run_trials(study, todo, [recorder, progress], concurrency)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         ray.shutdown()  # stops a local Ray; only disconnects from a cluster
+        if local_ray:
+            forget_local_ray(run_dir)
     if recorder is None:  # interrupted before any trial started
         print("interrupted before any trial started; nothing was run")
         return 130
@@ -168,14 +238,18 @@ def run_study(study, trials: List[dict], args) -> int:
     if interrupted:
         recorder.close_unfinished()
     status = "KILLED" if interrupted else ("FAILED" if recorder.failed else "FINISHED")
-    tracker.end_parent(status)
+    if not tracker.end_parent(status):
+        note_pending_parent(run_dir, parent, status)  # the next run tells MLflow (platform.reconcile)
 
     print_summary(store, study)
     for f in recorder.failed:
         print(f"failed: {f['trial']['trial_key']}: {f['error']}")
     report_ok = write_report(store, study) is not None
-    print(f"MLflow UI: {tracker.ui_command()}")
-    print(f"  then open {tracker.experiment_url()}")
+    if is_server(study.tracking.mlflow_uri):
+        print(f"MLflow: {tracker.experiment_url()}")
+    else:
+        print(f"MLflow UI: {tracker.ui_command()}")
+        print(f"  then open {tracker.experiment_url()}")
     if interrupted:
         print(f"interrupted: {len(recorder.finished)} finished trials are kept; run the same command to resume")
         return 130
