@@ -128,8 +128,12 @@ def start_mlflow(backend_uri: str, artifacts: str, port: int, log_path: str, hos
     cmd = [mlflow if os.path.exists(mlflow) else "mlflow", "server", "--host", host, "--port", str(port),
            "--backend-store-uri", backend_uri, "--artifacts-destination", os.path.abspath(artifacts),
            "--workers", "1"]
+    # No job runner: MLflow's server jobs (GenAI scorers and the like) are not used by detbench,
+    # and they add a handful of processes. A value set by the user wins.
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     uri = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout
     while True:
