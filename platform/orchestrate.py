@@ -138,18 +138,9 @@ def _services(study) -> str | None:
     return None
 
 
-def _fresh_start(trials: List[dict]) -> None:
-    """--force: the trials start from scratch, not from checkpoints an earlier run left."""
-    import shutil
-
-    for t in trials:
-        for sub in ("checkpoints", "final"):
-            shutil.rmtree(os.path.join(t["trial_dir"], sub), ignore_errors=True)
-
-
 def run_study(study, trials: List[dict], args) -> int:
     """Run what is not cached, then summarise and build the report. Returns the exit code."""
-    from platform.reconcile import note_pending_parent, reconcile
+    from platform.reconcile import note_pending_parent, prune_checkpoints, reconcile
     from platform.store import Store
     from platform.summary import print_summary, write_report
     from platform.tracking import StudyTracker, is_server
@@ -174,8 +165,7 @@ def run_study(study, trials: List[dict], args) -> int:
         print("everything was cached: no trial ran (use --force to run them again)")
         print_summary(store, study)
         return 0 if write_report(store, study) else 1
-    if args.force:
-        _fresh_start(todo)
+    prune_checkpoints(store, study.name, todo, force=args.force)  # resume only from what the store saw
 
     import ray
 

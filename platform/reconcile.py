@@ -32,6 +32,31 @@ from platform.tracking import HASH_TAG, PARENT_TAG, StudyTracker
 PENDING_FILE = "mlflow_pending.json"
 
 
+def prune_checkpoints(store, study_name: str, trials, force: bool = False) -> None:
+    """Before trials run again: keep only the epoch checkpoints the store recorded.
+
+    A trial resumes from its newest checkpoint on disk (``detectors.trainable``). A driver
+    killed between a checkpoint's write and its report would leave a checkpoint whose epoch
+    the store and MLflow never saw; resuming after it would lose that epoch's figures, so
+    it goes (its epoch runs again, to the same result). ``force``: every checkpoint goes.
+    """
+    import re
+    import shutil
+
+    for t in trials:
+        root = os.path.join(t["trial_dir"], "checkpoints")
+        if not os.path.isdir(root):
+            continue
+        seen = [] if force else [m.get("epoch") for m in store.trial_epochs(study_name, t["config_hash"]).values()]
+        last = max((int(e) for e in seen if e is not None), default=-1)
+        for name in os.listdir(root):
+            m = re.match(r"^epoch_(\d+)$", name)
+            if m and int(m.group(1)) > last:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        if force:
+            shutil.rmtree(os.path.join(t["trial_dir"], "final"), ignore_errors=True)
+
+
 def note_pending_parent(run_dir: str, run_id: str, status: str) -> None:
     """MLflow could not be told how this invocation ended: keep it for the next run."""
     path = os.path.join(run_dir, PENDING_FILE)
