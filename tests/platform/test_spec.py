@@ -176,6 +176,16 @@ MALFORMED = [
      "phase names repeat"),
     ("grid-loss-weight-typo", BASE + "sweep: {grid: {train.loss_weights.bx: [1, 2]}}\n",
      "sweep.grid.train.loss_weights.bx", "no such key in the study config; did you mean 'train.loss_weights.box'?"),
+    # multi-worker trials: each global batch splits evenly; one GPU (NCCL rank) per worker
+    ("workers-zero", BASE + "resources: {workers_per_trial: 0}\n", "resources.workers_per_trial",
+     "must be >= 1, got 0"),
+    ("workers-split-batch", BASE + "train: {batch_size: 6}\nresources: {workers_per_trial: 4}\n",
+     "resources.workers_per_trial", "4 workers cannot split train.batch_size 6 evenly"),
+    ("workers-swept-batch", BASE + "resources: {workers_per_trial: 2}\n"
+     "sweep: {grid: {train.batch_size: [4, 3]}}\n", "sweep.grid.train.batch_size[1]",
+     "2 workers cannot split train.batch_size 3 evenly"),
+    ("workers-fractional-gpu", BASE + "resources: {workers_per_trial: 2, gpus_per_trial: 0.5}\n",
+     "resources.gpus_per_trial", "must be a whole number with workers_per_trial > 1"),
 ]
 
 
