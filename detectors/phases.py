@@ -100,7 +100,8 @@ def build_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, total: int, cfg: Mapping[str, Any]) -> float:
-    """Linear warm-up from 0.1% to 100%, then cosine to 0, or multistep: times ``lr_decay`` at each of ``milestones``."""
+    """Linear warm-up from 0.1% to 100%, then cosine to 0, or (multistep) times ``lr_decay``
+    at each of ``milestones`` (fractions of ``total``)."""
     warmup = cfg.get("warmup_iters", 0)
     if step < warmup:
         return 0.001 + (1 - 0.001) * step / warmup

@@ -321,7 +321,8 @@ def dotted(loc: Tuple) -> str:
 def is_component_name(key: str) -> bool:
     """Whether a dotted key names a component: ``detector.name``, ``loss.name``, ``losses.<role>.name``."""
     parts = key.split(".")
-    return parts[-1] == "name" and (parts[:-1] in (["detector"], ["loss"]) or (len(parts) == 3 and parts[0] == "losses"))
+    return parts[-1] == "name" and (parts[:-1] in (["detector"], ["loss"])
+                                    or (len(parts) == 3 and parts[0] == "losses"))
 
 
 def _node(raw: Mapping[str, Any], path) -> Any:

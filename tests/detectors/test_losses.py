@@ -280,7 +280,8 @@ def test_declared_ranges_reject_what_the_functions_reject():
     assert CLS_LOSSES.parameters("focal")["alpha"].default == 0.25
     assert CLS_LOSSES.parameters("balanced_ce")["alpha"].default == 0.75
     focal = CLS_LOSSES.entry("focal")
-    assert focal.check_params({"gamma": 1, "alpha": "inverse_frequency"}) == {"gamma": 1.0, "alpha": "inverse_frequency"}
+    assert focal.check_params({"gamma": 1, "alpha": "inverse_frequency"}) == {"gamma": 1.0,
+                                                                              "alpha": "inverse_frequency"}
     assert focal.check_params({"alpha": [1, 0.5]}) == {"alpha": [1.0, 0.5]}
     for bad, message in (({"gamma": -1}, "must be >= 0, got -1"), ({"alpha": 1.5}, "must be in [0, 1], got 1.5"),
                          ({"alpha": "rare"}, "expected a number in [0, 1], a list of numbers, 'inverse_frequency' "
