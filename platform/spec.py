@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 import os
 import re
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
+import stat
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -75,22 +76,36 @@ class LossSpec(_Strict):
 
 
 
+# Every number has a range with both ends. The upper ends are generous: they turn a
+# typo (a learning rate of 1e3, 10^9 epochs, a batch of 10^5 images) into an error
+# here, not a diverged, endless or out-of-memory trial in a worker.
+Epochs = Annotated[int, Field(ge=1, le=10_000)]
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+Momentum = Annotated[float, Field(ge=0, lt=1)]
+WeightDecay = Annotated[float, Field(ge=0, le=1)]
+WarmupIters = Annotated[int, Field(ge=0, le=10_000_000)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+LrDecay = Annotated[float, Field(gt=0, le=1)]          # the factor at each milestone: a decay
+LossWeight = Annotated[float, Field(ge=0, le=1000)]    # a negative weight would maximise its loss
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]       # numpy's seed range (np.random.seed in the worker)
+
+
 class PhaseSpec(_Strict):
     """One phase of training (``detectors.phases``); unset optimizer settings come from ``train``."""
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
-    epochs: int = Field(ge=1)
+    epochs: Epochs
     trainable: Optional[List[str]] = Field(None, min_length=1)  # parameter-name prefixes; null: everything
     frozen: List[str] = []
     losses: Optional[List[str]] = Field(None, min_length=1)     # loss names that count; null: every one
     optimizer: Optional[Literal["sgd", "adamw"]] = None
-    lr: Optional[float] = Field(None, gt=0)
-    momentum: Optional[float] = Field(None, ge=0, lt=1)
-    weight_decay: Optional[float] = Field(None, ge=0)
-    warmup_iters: Optional[int] = Field(None, ge=0)
+    lr: Optional[LearningRate] = None
+    momentum: Optional[Momentum] = None
+    weight_decay: Optional[WeightDecay] = None
+    warmup_iters: Optional[WarmupIters] = None
     schedule: Optional[Literal["cosine", "step", "constant"]] = None
-    milestones: Optional[List[float]] = None
-    lr_decay: Optional[float] = Field(None, gt=0)
+    milestones: Optional[List[Fraction]] = None
+    lr_decay: Optional[LrDecay] = None
 
     @field_validator("milestones")
     @classmethod
@@ -105,19 +120,19 @@ def _fractions(v: List[float]) -> List[float]:
 
 
 class TrainSpec(_Strict):
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(8, ge=1)
+    epochs: Epochs = 6
+    batch_size: int = Field(8, ge=1, le=1024)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_iters: int = Field(50, ge=0)
+    lr: LearningRate = 1e-3
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 1e-4
+    warmup_iters: WarmupIters = 50
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    milestones: List[float] = [0.67, 0.89]
-    lr_decay: float = Field(0.1, gt=0)   # learning-rate factor at each milestone of the "step" schedule
-    grad_clip: Optional[float] = Field(10.0, gt=0)
-    loss_weights: Dict[str, float] = {}  # by loss name without "loss_"; unnamed losses weigh 1
-    max_steps: Optional[int] = Field(None, ge=1)  # per phase
+    milestones: List[Fraction] = [0.67, 0.89]
+    lr_decay: LrDecay = 0.1   # learning-rate factor at each milestone of the "step" schedule
+    grad_clip: Optional[float] = Field(10.0, gt=0, le=1e6)
+    loss_weights: Dict[str, LossWeight] = {}  # by loss name without "loss_"; unnamed losses weigh 1
+    max_steps: Optional[int] = Field(None, ge=1, le=1_000_000_000)  # per phase
     hflip_prob: float = Field(0.5, ge=0, le=1)
     eval_every_epoch: bool = True
     phases: Optional[List[PhaseSpec]] = Field(None, min_length=1)
@@ -141,14 +156,14 @@ class TrainSpec(_Strict):
 
 class SpeedSpec(_Strict):
     enabled: bool = True
-    latency_images: int = Field(50, ge=1)
-    warmup: int = Field(10, ge=0)
-    throughput_batch: int = Field(8, ge=1)
-    throughput_batches: int = Field(5, ge=1)
+    latency_images: int = Field(50, ge=1, le=10_000)
+    warmup: int = Field(10, ge=0, le=10_000)
+    throughput_batch: int = Field(8, ge=1, le=256)       # the images of all throughput batches are
+    throughput_batches: int = Field(5, ge=1, le=1000)    # loaded before timing: both ends bounded
 
 
 class EvalSpec(_Strict):
-    score_thresh: float = Field(0.05, ge=0, le=1)
+    score_thresh: float = Field(0.05, ge=0, lt=1)  # scores are probabilities: 1 would keep no detection
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_dets: int = Field(100, ge=1, le=100)  # COCO AP counts at most 100 detections per image
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
@@ -157,7 +172,7 @@ class EvalSpec(_Strict):
 class SweepSpec(_Strict):
     grid: Dict[str, Any] = {}            # dotted key -> non-empty list of scalars (checked below)
     variants: List[Dict[str, Any]] = []  # each: dotted key -> scalar, applied together
-    seeds: List[int] = Field([0], min_length=1)
+    seeds: List[Seed] = Field([0], min_length=1)
 
     @field_validator("seeds")
     @classmethod
@@ -168,10 +183,11 @@ class SweepSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
-    max_concurrent: Optional[int] = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0)
+    # What this machine has is checked by ``platform.run`` before a local Ray starts.
+    cpus_per_trial: float = Field(1.0, gt=0, le=1024)
+    gpus_per_trial: float = Field(0.0, ge=0, le=64)
+    max_concurrent: Optional[int] = Field(None, ge=1, le=10_000)
+    max_failures: int = Field(1, ge=0, le=100)
 
 
 class TrackingSpec(_Strict):
@@ -252,18 +268,77 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def read_yaml(source: str) -> dict:
+# A study file is a few KiB of YAML. Past these limits it is something else (a data
+# file given by mistake, an alias bomb) and reading on would only take time and memory.
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 100_000     # after expanding YAML aliases
+MAX_DEPTH = 64
+
+
+def _where(text: str, offset: int) -> str:
+    """'line L, column C' of a character offset."""
+    line = text.count("\n", 0, offset)
+    return f"line {line + 1}, column {offset - (text.rfind(chr(10), 0, offset) + 1) + 1}"
+
+
+def _read_text(source: str) -> str:
+    """The file's text: a regular, readable, not too large, UTF-8 file (a BOM is allowed)."""
     try:
-        with open(source, encoding="utf-8") as f:
-            raw = yaml.load(f, Loader=_Loader)
+        info = os.stat(source)
+        if stat.S_ISDIR(info.st_mode):
+            raise StudyError(source, "", "is a directory, not a study file")
+        if not stat.S_ISREG(info.st_mode):  # a pipe or a device would block or never end
+            raise StudyError(source, "", "not a regular file; give a study file (YAML)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise StudyError(source, "", f"{info.st_size} bytes: too large for a study file (at most "
+                             f"{MAX_FILE_BYTES} bytes)")
+        with open(source, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise StudyError(source, "", (e.strerror or str(e)).lower()) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        before = data[:e.start].decode("utf-8", "replace")
+        where = _where(before, len(before))
+        raise StudyError(source, where, f"not UTF-8 text (byte 0x{data[e.start]:02x}); a study file is "
+                         "YAML saved as UTF-8") from None
+
+
+def _check_size(raw: Any, source: str) -> None:
+    """At most MAX_VALUES values and MAX_DEPTH levels, counted with aliases expanded."""
+    count, stack = 0, [(raw, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise StudyError(source, "", f"more than {MAX_VALUES} values (YAML aliases expanded): "
+                             "not a study file")
+        if depth > MAX_DEPTH:
+            raise StudyError(source, "", f"nested more than {MAX_DEPTH} levels deep: not a study file")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+
+
+def read_yaml(source: str) -> dict:
+    """The study file as a plain dict; every problem with the file itself is a StudyError."""
+    text = _read_text(source)
+    try:
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
         raise StudyError(source, where, e.problem or str(e)) from None
+    except yaml.reader.ReaderError as e:  # a control character (NUL, ...) in the text
+        raise StudyError(source, _where(text, e.position), f"unacceptable character #x{e.character:04x}: "
+                         f"{e.reason}") from None
     except yaml.YAMLError as e:
         raise StudyError(source, "yaml", str(e)) from None
+    except RecursionError:
+        raise StudyError(source, "", "nested too deeply: not a study file") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise StudyError(source, "", f"a value YAML cannot read: {str(e).splitlines()[0]}") from None
+    _check_size(raw, source)
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else show(raw)
         raise StudyError(source, "", f"top level must be a mapping of keys (name:, dataset:, ...), got {got}")
@@ -355,12 +430,15 @@ def _check_components(study: Study) -> None:
     """What pydantic cannot know: the components' declared parameters, loss roles and loss
     names, the generator's settings and files on disk. Normalises param values in place."""
     _check_dataset(study.dataset)  # first: needs no torch, so a bad path is reported quickly
+    _check_output(study)
     from detectors.build import ComponentError, check_components, check_loss_weights, weight_names
 
     loss = study.loss.model_dump() if study.loss else None
+    num_classes = _num_classes(study.dataset)
     try:
         det, loss_params, roles = check_components(study.detector.model_dump(), loss,
-                                                   {r: s.model_dump() for r, s in study.losses.items()})
+                                                   {r: s.model_dump() for r, s in study.losses.items()},
+                                                   num_classes)
         check_loss_weights(study.detector.name, study.train.loss_weights)
     except ComponentError as e:
         raise _invalid(e) from None
@@ -376,6 +454,68 @@ def _check_components(study: Study) -> None:
                 raise ConfigInvalid(("train", "phases", i, "losses", j),
                                     f"detector '{study.detector.name}' returns no loss '{name}'"
                                     f"{suggest(name, names)} (its losses: {', '.join(names)})")
+    _check_phase_prefixes(study, num_classes)
+
+
+def _num_classes(ds: DatasetSpec) -> Optional[int]:
+    """The dataset's number of classes where it is known without reading the data (synthetic)."""
+    return {**synthetic_defaults(), **ds.synthetic}["num_classes"] if ds.kind == "synthetic" else None
+
+
+def _check_phase_prefixes(study: Study, num_classes: Optional[int]) -> None:
+    """Each phase's ``trainable`` / ``frozen`` prefix names parameters of the model. The model
+    is built on the meta device: its parameter names, without allocating its weights."""
+    phases = study.train.phases or []
+    if not any(p.trainable or p.frozen for p in phases):
+        return
+    import torch
+
+    from detectors.build import build_detector
+
+    trial = {"detector": study.detector.model_dump(), "loss": study.loss.model_dump() if study.loss else None,
+             "losses": {r: s.model_dump() for r, s in study.losses.items()}, "eval": study.eval.model_dump()}
+    with torch.device("meta"):
+        model = build_detector(trial, num_classes or 1, [1] * (num_classes or 1))
+    names = [n for n, _ in model.named_parameters()]
+    for i, phase in enumerate(phases):
+        for field in ("trainable", "frozen"):
+            for j, prefix in enumerate(getattr(phase, field) or []):
+                if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+                    depth = prefix.count(".") + 1  # the model's prefixes with as many parts
+                    level = sorted({".".join(n.split(".")[:depth]) for n in names if n.count(".") >= depth - 1})
+                    shown = ", ".join(level[:8]) + (", ..." if len(level) > 8 else "")
+                    raise ConfigInvalid(("train", "phases", i, field, j),
+                                        f"'{prefix}' names no parameters of detector '{study.detector.name}'"
+                                        f"{suggest(prefix, level)} (at that depth: {shown})")
+
+
+def _check_output(study: Study) -> None:
+    """The output and cache directories can be created (or are directories), and the store
+    URL parses: otherwise the run would fail after Ray started, with a traceback."""
+    dirs = [(("output", "runs_dir"), study.output.runs_dir), (("output", "reports_dir"), study.output.reports_dir),
+            (("dataset", "cache_dir"), study.dataset.cache_dir)]
+    for loc, path in dirs:
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            what = "is" if existing == path else f"cannot be created: {existing} is"
+            raise ConfigInvalid(loc, f"{path} {what} a file, not a directory")
+        if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigInvalid(loc, f"{path} cannot be created: no write permission in {existing}")
+    url = study.tracking.store_url
+    if url and not url.startswith("sqlite:///"):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        loc = ("tracking", "store_url")
+        try:
+            make_url(url).get_dialect()
+        except (ArgumentError, NoSuchModuleError):
+            raise ConfigInvalid(loc, f"not a database URL SQLAlchemy knows (e.g. sqlite:////abs/path/results.db "
+                                f"or postgresql://user@host/db), got {show(url)}") from None
+        except ImportError as e:
+            raise ConfigInvalid(loc, f"the database driver is not installed ({e.name or e})") from None
 
 
 def synthetic_defaults() -> Dict[str, Any]:
