@@ -65,7 +65,11 @@ SMOOTH_L1_BETA = Annotated[float, Interval(ge=0, le=100)]
 
 def _resolve_alpha(params: Dict[str, Any], context: Dict[str, Any]) -> Dict[str, Any]:
     if params.get("alpha") == "inverse_frequency":
-        return {**params, "alpha": inverse_frequency_alpha(context["class_counts"])}
+        counts = context["class_counts"]
+        # A generated set can hold no object at all (objects_per_image from 0, few images):
+        # with no positive to weigh, every per-class alpha gives the same loss; take 1s.
+        alpha = inverse_frequency_alpha(counts) if sum(counts) > 0 else [1.0] * len(counts)
+        return {**params, "alpha": alpha}
     return params
 
 

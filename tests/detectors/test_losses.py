@@ -136,6 +136,18 @@ def test_inverse_frequency_alpha_uniform_and_bad_input():
         inverse_frequency_alpha([1, -1])
 
 
+def test_inverse_frequency_on_a_set_without_objects_builds():
+    # A generated set may hold no object; the study's "inverse_frequency" then has no
+    # frequencies to invert. With no positive, per-class alpha weighs nothing: the loss
+    # is that of any other alpha, e.g. all negatives at p = 0.9 cost -log(0.1) = 2.3026 each.
+    from detectors.losses import build_loss
+
+    fn = build_loss(CLS_LOSSES, "balanced_ce", {"alpha": "inverse_frequency"}, {"class_counts": [0, 0, 0]})
+    assert fn.keywords["alpha"] == [1.0, 1.0, 1.0]
+    logits, targets = torch.full((2, 3), LOGIT_P09), torch.zeros(2, 3)
+    assert fn(logits, targets, reduction="sum").item() == pytest.approx(6 * math.log(10), rel=1e-5)
+
+
 # --- gradients, reductions, empty input --------------------------------------------
 
 
