@@ -26,14 +26,14 @@ import glob
 import math
 import os
 import random
-import stat
 import subprocess
 import sys
 import typing
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import annotated_types
 import pytest
@@ -41,13 +41,14 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-import platform.spec as spec
+import platform.studyfile as studyfile
 from detectors.build import loss_roles, primary_role
 from detectors.data.synthetic import DEFAULTS as GENERATOR_DEFAULTS
 from detectors.data.synthetic import RANGES as GENERATOR_RANGES
 from detectors.losses import BOX_LOSSES, CLS_LOSSES
 from detectors.models import MODELS
 from detectors.registry import Interval
+from platform.messages import ConfigInvalid
 from platform.spec import Study, StudyError, apply_overrides, dotted, is_component_name, read_yaml
 from platform.study import load_study
 
@@ -167,7 +168,7 @@ class Mutant:
     study: str                  # shipped file name
     category: str
     what: str                   # a description, for failure messages
-    path: str                   # key path the error must name ("" for the file itself)
+    path: str                   # key path the error must name; "@line": a line and column
     raw: Optional[dict] = None  # the mutated study, or None: ``edit`` works on the base file's bytes
     edit: Optional[Callable[[bytes], bytes]] = None
 
@@ -182,6 +183,9 @@ def render(raw: dict, directory: str) -> bytes:
     return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True).replace(TMP, directory).encode()
 
 
+_DELETE = object()  # a value for _set: remove the key
+
+
 def _set(raw: dict, loc: Tuple, value: Any) -> dict:
     out = copy.deepcopy(raw)
     node = out
@@ -192,9 +196,6 @@ def _set(raw: dict, loc: Tuple, value: Any) -> dict:
     else:
         node[loc[-1]] = value
     return out
-
-
-_DELETE = object()
 
 
 def _leaves(node: Any, loc: Tuple = ()):
@@ -212,7 +213,7 @@ def _context(study: Study, loc: Tuple) -> Tuple[Study, List[str], bool]:
         names = {k: v for k, v in variant.items() if is_component_name(k)}
         try:
             base = apply_overrides(study, names) if names else study
-        except Exception:  # a switch valid only with the variant's other keys
+        except ConfigInvalid:  # a switch valid only with the variant's other keys
             base = apply_overrides(study, {k: v for k, v in variant.items() if k != "label"})
         return base, loc[3].split("."), False
     if loc[:2] == ("sweep", "grid") and len(loc) == 4:
@@ -275,7 +276,8 @@ def mutants_of(source: str) -> List[Mutant]:
         if loc == ("name",):
             add("choice", loc, "Not A Name!")
         if isinstance(value, dict):
-            key = "zz_unknown" if loc[:2] != ("sweep", "grid") and loc[:2] != ("sweep", "variants") else "train.zz_unknown"
+            swept = loc[:2] in (("sweep", "grid"), ("sweep", "variants"))
+            key = "train.zz_unknown" if swept else "zz_unknown"  # swept keys are dotted
             add("unknown-key", loc + (key,), [1] if loc == ("sweep", "grid") else 1)
             if loc[:2] == ("sweep", "variants"):
                 add("unknown-key", loc + ("zz_unknown",), 1, "(not a dotted key)")
@@ -377,7 +379,8 @@ def test_mutant_counts():
     """Every category is exercised on every shipped study; the totals (printed with -s) go in reports."""
     counts = Counter(m.category for m in MUTANTS)
     per_study = Counter((m.study, m.category) for m in MUTANTS)
-    print(f"\n{len(MUTANTS)} mutants of {len(STUDIES)} studies: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+    shown = ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
+    print(f"\n{len(MUTANTS)} mutants of {len(STUDIES)} studies: {shown}")
     assert len(STUDIES) >= 4 and len(MUTANTS) >= 1000
     for source in STUDIES:
         for category in ("type", "range", "choice", "unknown-key", "missing", "bytes", "sweep", "swept-value"):
@@ -398,18 +401,18 @@ FILE_CASES = [
     # (id, how to make it at PATH, key path, fragment)
     ("directory", lambda p: os.mkdir(p), "", "is a directory"),
     ("missing", lambda p: None, "", "no such file or directory"),
-    ("empty", lambda p: open(p, "w").close(), "", "got an empty file"),
-    ("only-comments", lambda p: open(p, "w").write("# nothing here\n"), "", "got an empty file"),
+    ("empty", lambda p: Path(p).write_text(""), "", "got an empty file"),
+    ("only-comments", lambda p: Path(p).write_text("# nothing here\n"), "", "got an empty file"),
     ("fifo", lambda p: os.mkfifo(p), "", "not a regular file"),  # opening it would block forever
-    ("too-large", lambda p: open(p, "w").write("# padding\n" * 110_000), "", "too large for a study file"),
-    ("alias-bomb", lambda p: open(p, "w").write("name: b\n" + _bomb(9)), "", "more than 100000 values"),
-    ("deep-nesting", lambda p: open(p, "w").write("name: " + "[" * 5000 + "]" * 5000 + "\n"), "",
+    ("too-large", lambda p: Path(p).write_text("# padding\n" * 110_000), "", "too large for a study file"),
+    ("alias-bomb", lambda p: Path(p).write_text("name: b\n" + _bomb(9)), "", "more than 100000 values"),
+    ("deep-nesting", lambda p: Path(p).write_text("name: " + "[" * 5000 + "]" * 5000 + "\n"), "",
      "nested too deeply"),
-    ("nested-lists", lambda p: open(p, "w").write("name: " + "[" * 80 + "]" * 80 + "\n"), "",
+    ("nested-lists", lambda p: Path(p).write_text("name: " + "[" * 80 + "]" * 80 + "\n"), "",
      "nested more than 64 levels"),
-    ("huge-integer", lambda p: open(p, "w").write("name: t\ntrain: {epochs: " + "9" * 5000 + "}\n"), "",
+    ("huge-integer", lambda p: Path(p).write_text("name: t\ntrain: {epochs: " + "9" * 5000 + "}\n"), "",
      "a value YAML cannot read"),
-    ("top-level-list", lambda p: open(p, "w").write("- 1\n- 2\n"), "", "top level must be a mapping"),
+    ("top-level-list", lambda p: Path(p).write_text("- 1\n- 2\n"), "", "top level must be a mapping"),
 ]
 
 
@@ -459,7 +462,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         def denied(file, *args, **kwargs):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
 
-        monkeypatch.setattr(spec, "open", denied, raising=False)
+        monkeypatch.setattr(studyfile, "open", denied, raising=False)
     with pytest.raises(StudyError) as info:
         load_study(str(source))
     assert str(info.value) == f"{source}: permission denied"
@@ -508,7 +511,8 @@ atexit.register(lambda: open(os.environ["DETBENCH_TEST_MODULES"], "w").write(str
 
 
 def _cli_cases() -> List[Mutant]:
-    """One mutant of each kind that fails at a different stage of validation."""
+    """One mutant of each kind, failing at different stages of validation, and a study asking for
+    more CPUs per trial than this machine has (the check ``platform.run`` adds for a local Ray)."""
     picks = [("smoke.yaml", "type"), ("focal_gamma_sweep.yaml", "swept-value"), ("gfl_ablation.yaml", "range"),
              ("loss_ablation.yaml", "unknown-key"), ("gfl_ablation.yaml", "bytes")]
     rng = random.Random(SEED)
@@ -516,6 +520,9 @@ def _cli_cases() -> List[Mutant]:
     for study, category in picks:
         pool = [m for m in MUTANTS if m.study == study and m.category == category]
         out.append(pool[rng.randrange(len(pool))])
+    cpus = os.cpu_count() or 1
+    out.append(Mutant("smoke.yaml", "resources", f"cpus_per_trial = {cpus + 1}", "resources.cpus_per_trial",
+                      _set(base_raw(SMOKE), ("resources", "cpus_per_trial"), cpus + 1)))
     return out
 
 
@@ -547,22 +554,13 @@ def test_cli_exit_2_one_line_nothing_written_no_ray(tmp_path_factory):
         assert proc.stdout == "", (where, proc.stdout)
         lines = proc.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {source}: "), (where, proc.stderr)
+        error = lines[0][len(f"error: {source}: "):]
+        assert (error.startswith("line ") if m.path == "@line" else error.startswith(m.path.split("[")[0])), \
+            (where, proc.stderr)
         assert ray_imported == "False", where
         assert listing == [m.study], (where, listing)  # no runs/, reports/, ray/ beside it
+    cpus = os.cpu_count() or 1
+    assert results[-1][2].stderr == (
+        f"error: {results[-1][1]}: resources.cpus_per_trial: {cpus + 1} CPUs per trial, but this machine has "
+        f"{cpus} (a local Ray gets them all); lower it, or pass --address to run on a cluster\n")
     assert sorted(os.listdir(REPO_ROOT)) == before
-
-
-def test_cli_refuses_more_cpus_than_a_local_ray_has(tmp_path):
-    raw = base_raw(SMOKE)
-    raw["resources"]["cpus_per_trial"] = (os.cpu_count() or 1) + 1
-    source = tmp_path / "smoke.yaml"
-    source.write_bytes(render(raw, str(tmp_path)))
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "platform.run", str(source), "--dry-run"], cwd=REPO_ROOT, env=env,
-                          text=True, capture_output=True, timeout=120)
-    assert proc.returncode == 2 and proc.stdout == "", proc
-    assert proc.stderr == (f"error: {source}: resources.cpus_per_trial: {(os.cpu_count() or 1) + 1} CPUs per trial, "
-                           f"but this machine has {os.cpu_count() or 1} (a local Ray gets them all); lower it, "
-                           "or pass --address to run on a cluster\n")
-    assert os.listdir(tmp_path) == ["smoke.yaml"]
