@@ -60,7 +60,9 @@ def translate(err: ValidationError, root: Any) -> ConfigInvalid:
     if typ == "literal_error":
         return ConfigInvalid(loc, f"expected {ctx['expected']}, got {got}", expected=ctx["expected"])
     if typ in _BOUNDS:
-        return ConfigInvalid(loc, f"must be {_BOUNDS[typ]} {ctx[_CTX_KEY[typ]]}, got {got}")
+        bound = ctx[_CTX_KEY[typ]]  # pydantic gives a float field's bound as a float: "> 0", not "> 0.0"
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return ConfigInvalid(loc, f"must be {_BOUNDS[typ]} {bound}, got {got}")
     if typ == "too_short":
         return ConfigInvalid(loc, "must not be empty")
     if typ == "string_pattern_mismatch":
