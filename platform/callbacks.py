@@ -214,7 +214,8 @@ class ProgressCallback(Callback):
             key = trial.config["trial"]["trial_key"]
             ap = result.get(f"val/{self.metric}")
             shown = f", val {self.metric} {ap:.3f}" if ap is not None else ""
-            self._say(f"       {key}: epoch {int(result['epoch']) + 1}, loss {result.get('train/loss', float('nan')):.4f}{shown}")
+            loss = result.get("train/loss", float("nan"))
+            self._say(f"       {key}: epoch {int(result['epoch']) + 1}, loss {loss:.4f}{shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.begun.pop(trial.trial_id, None)

@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 
 from platform.expand import expand, resolve_dataset_paths
-from platform.spec import load_study
+from platform.study import load_study
 from platform.tracking import StudyTracker, dataset_name, study_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

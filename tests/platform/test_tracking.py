@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from platform.expand import expand, resolve_dataset_paths
-from platform.spec import load_study
+from platform.study import load_study
 from platform.store import Store
 from platform.timing import TrialClock
 from platform.tracking import StudyTracker, study_description
