@@ -278,3 +278,20 @@ def test_local_resources_are_checked_against_this_machine(tmp_path, monkeypatch)
     check_local_resources(study, "ray://head:10001")  # a cluster may have them: not checked here
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     check_local_resources(study, None)
+
+
+def test_a_multi_worker_trial_is_checked_whole_against_this_machine(tmp_path, monkeypatch):
+    from platform.run import check_local_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cpus = os.cpu_count() or 1
+    # each worker fits, the trial does not: cpus workers of 1 CPU plus 0.5 for the trial's own process
+    study = load_study(write(tmp_path, BASE + "train: {batch_size: %d}\nresources: {workers_per_trial: %d}\n"
+                             % (cpus, cpus)))
+    with pytest.raises(StudyError, match=r"resources\.workers_per_trial: a trial takes %g CPUs \(%d workers x 1 "
+                       r"CPUs, plus 0\.5 for the trial's own process\), but this machine has %d CPUs"
+                       % (cpus + 0.5, cpus, cpus)):
+        check_local_resources(study, None)
+    half = load_study(write(tmp_path, BASE + "train: {batch_size: %d}\nresources: {workers_per_trial: %d, "
+                            "cpus_per_trial: 0.5}\n" % (cpus, cpus)))
+    check_local_resources(half, None)  # cpus x 0.5 + 0.5 <= cpus for any machine with a CPU or more
