@@ -90,6 +90,12 @@ def ray_processes(root_pid, title):
     return found
 
 
+def continued(epochs, last):
+    """A trial's progress with retries (None) in it went on from where each attempt stopped: at least one
+    retry, and its epochs 1, 2, ..., ``last`` each once (a restart from scratch would say "epoch 1" again)."""
+    return None in epochs and [e for e in epochs if e is not None] == list(range(1, last + 1))
+
+
 def epochs_of(output, key):
     """The epoch numbers the progress lines report for trial ``key``, in order (with a "retry" as None)."""
     out = []

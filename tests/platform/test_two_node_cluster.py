@@ -9,7 +9,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from drills import Driver, RayNode, epochs_of, write_study
+from drills import Driver, RayNode, continued, epochs_of, write_study
 from platform.store import Store
 
 
@@ -27,7 +27,7 @@ def test_trials_run_on_both_nodes_and_a_stopped_node_s_trial_finishes_on_the_oth
         second.wait_started()
         # 2 trials of 1 CPU on 2 nodes of 1 CPU: one trial per node.
         study = write_study(tmp_path / "two.yaml", tmp_path, name="twonode", gammas=(0, 2), epochs=3, num_train=32,
-                            resources={"cpus_per_trial": 1, "max_concurrent": 2, "max_failures": 1})
+                            resources={"cpus_per_trial": 1, "max_concurrent": 2, "max_failures": 3})
         t_nodes = time.monotonic() - t0
         drv = Driver(study, "--address", head.address, env=auth)
         drv.wait_for("gamma=0/seed=0: epoch 1,")
@@ -47,11 +47,9 @@ def test_trials_run_on_both_nodes_and_a_stopped_node_s_trial_finishes_on_the_oth
     out = drv.output
     assert rc == 0, out
     assert not leftovers, leftovers
-    assert "2/2 done" in out and out.count("retry  ") == 1
-    retried = next(k for k in ("gamma=0/seed=0", "gamma=2/seed=0") if f"retry  {k}" in out)
-    epochs = epochs_of(out, retried)
-    r = epochs.index(None)
-    assert epochs[r + 1] == epochs[r - 1] + 1 and epochs[-1] == 3, epochs  # from its checkpoint, not epoch 1
+    assert "2/2 done" in out
+    (retried,) = [k for k in ("gamma=0/seed=0", "gamma=2/seed=0") if f"retry  {k}" in out]
+    assert continued(epochs_of(out, retried), 3), epochs_of(out, retried)  # from its checkpoint, not epoch 1
 
     store = Store(f"sqlite:///{tmp_path}/runs/results.db")
     nodes_of = store.trial_data("twonode", "nodes")
@@ -59,7 +57,8 @@ def test_trials_run_on_both_nodes_and_a_stopped_node_s_trial_finishes_on_the_oth
     # the stopped node, then the head; the other trial stayed on the head
     assert len(nodes_of[retried]) == 2 and nodes_of[retried][1:] == nodes_of[other], nodes_of
     attempts = {t["trial_key"]: t["attempts"] for t in store.trials("twonode")}
-    assert attempts == {retried: 2, other: 1}
+    # (a retry that Ray placed on the stopping node before it was gone would be one more attempt)
+    assert attempts[retried] == out.count(f"retry  {retried}") + 1 >= 2 and attempts[other] == 1
     assert {t["status"] for t in store.trials("twonode")} == {"finished"}
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
     exp = client.get_experiment_by_name("twonode")
