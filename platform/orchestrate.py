@@ -155,8 +155,14 @@ def run_study(study, trials: List[dict], args) -> int:
     print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
-    tracker = StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
-    fixed = reconcile(tracker, store, study.name, run_dir)  # MLflow from the store, after a killed or cut-off run
+    try:
+        tracker = StudyTracker(study.tracking.mlflow_uri, study.name,
+                               os.path.join(study.output.runs_dir, "mlartifacts"))
+        fixed = reconcile(tracker, store, study.name, run_dir)  # MLflow from the store, after a killed or cut-off run
+    except Exception as exc:  # MLflow failing before anything started: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"error: MLflow at {study.tracking.mlflow_uri}: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 2
     if any(fixed.values()):
         print(f"MLflow brought up to date from the results store: {fixed['parents']} earlier parent runs ended, "
               f"{fixed['children']} unfinished trial runs marked KILLED, {fixed['repaired']} finished trials' runs "
