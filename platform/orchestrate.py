@@ -155,6 +155,8 @@ def run_study(study, trials: List[dict], args) -> int:
     print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
+    ray_log = os.path.join(run_dir, "ray.log")
+    _ray_logs_to_file(ray_log)  # (also quiets MLflow's start-up notices)
     try:
         tracker = StudyTracker(study.tracking.mlflow_uri, study.name,
                                os.path.join(study.output.runs_dir, "mlartifacts"))
@@ -181,8 +183,6 @@ def run_study(study, trials: List[dict], args) -> int:
     from platform.timing import TrialClock
     from platform.tracking import study_description
 
-    ray_log = os.path.join(run_dir, "ray.log")
-    _ray_logs_to_file(ray_log)
     try:
         _start_ray(args.address, run_dir)
     except ConnectionError as exc:
