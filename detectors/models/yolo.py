@@ -159,9 +159,9 @@ def responsible_predictor(pred_boxes: Tensor, gt_boxes: Tensor) -> Tuple[Tensor,
         (index ``[S, S]`` int64 of the responsible predictor, ties: the lower index;
         IoU ``[S, S, B]`` of every predictor with the cell's object).
     """
-    S, _, B, _ = pred_boxes.shape
-    iou = aligned_box_iou(pred_boxes.reshape(-1, 4), gt_boxes[:, :, None].expand(S, S, B, 4).reshape(-1, 4))
-    iou = iou.view(S, S, B)
+    rows, cols, B, _ = pred_boxes.shape
+    iou = aligned_box_iou(pred_boxes.reshape(-1, 4), gt_boxes[:, :, None].expand(rows, cols, B, 4).reshape(-1, 4))
+    iou = iou.view(rows, cols, B)
     return iou.argmax(dim=-1), iou  # argmax returns the first maximum
 
 
