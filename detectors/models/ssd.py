@@ -46,7 +46,7 @@ from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
 from detectors.models import LossRole, register_detector
-from detectors.models.backbones import TinyBody, _conv_bn
+from detectors.models.backbones import TinyBody
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD
 from detectors.registry import OpenUnit, Positive, PositiveInt
@@ -79,8 +79,10 @@ class TinySSDBody(nn.Module):
         self.body = IntermediateLayerGetter(TinyBody(widths), {"layer3": "c3", "layer4": "c4", "layer5": "c5"})
         extras, cin = [], widths[-1]
         for _ in range(num_extra):
+            # No batch norm, as the paper's extra layers: the last map is 1 x 1.
             extras.append(nn.Sequential(nn.Conv2d(cin, extra_width // 2, 1), nn.ReLU(inplace=True),
-                                        _conv_bn(extra_width // 2, extra_width, 2)))
+                                        nn.Conv2d(extra_width // 2, extra_width, 3, stride=2, padding=1),
+                                        nn.ReLU(inplace=True)))
             cin = extra_width
         self.extras = nn.ModuleList(extras)
         self.out_channels = list(widths[2:]) + [extra_width] * num_extra
