@@ -190,3 +190,38 @@ def confusion_counts(gt: dict, detections: List[dict], class_ids: Sequence[int],
         for g in np.flatnonzero(~used):
             counts[index[gts[g]["category_id"]], k] += 1
     return counts
+
+
+def study_errors(sd) -> dict:
+    """TIDE per finished trial and confusion counts per variant (seeds pooled), from the store.
+
+    Returns ``{"tide": DataFrame(trial_key, variant, seed, AP50, dAP/<type>, n/<type>),
+    "confusion": {variant: counts}, "classes": [names]}``, or ``{"note": why not}``.
+    """
+    import pandas as pd
+
+    dets, digests = sd.data("detections"), sd.data("val_ground_truth")
+    finished = [t for t in sd.finished if t["trial_key"] in dets and t["trial_key"] in digests]
+    if not finished:
+        return {"note": "no stored detections with their val ground truth"}
+    gts: Dict[str, dict] = {}
+    rows, confusion, classes = [], {}, None
+    for t in finished:
+        digest = digests[t["trial_key"]]
+        if digest not in gts:
+            gts[digest] = sd.ground_truth(digest)
+        gt = gts[digest]
+        if gt is None:
+            continue
+        cats = sorted(gt.get("categories", []), key=lambda c: c["id"])
+        names = [c.get("name", str(c["id"])) for c in cats]
+        classes = classes or names
+        r = tide_errors(gt, dets[t["trial_key"]])
+        rows.append({"trial_key": t["trial_key"], "variant": t["variant"], "seed": t["seed"], "AP50": r["AP50"],
+                     **{f"dAP/{k}": v for k, v in r["dAP"].items()}, **{f"n/{k}": v for k, v in r["counts"].items()}})
+        if names == classes:
+            c = confusion_counts(gt, dets[t["trial_key"]], [c["id"] for c in cats])
+            confusion[t["variant"]] = confusion.get(t["variant"], 0) + c
+    if not rows:
+        return {"note": "the stored val ground truth is missing"}
+    return {"tide": pd.DataFrame(rows), "confusion": confusion, "classes": classes}

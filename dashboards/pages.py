@@ -20,6 +20,7 @@ from dashboards import figures
 from dashboards.analysis import Analysis
 from dashboards.context import AP_METRICS, SPEED_METRICS, PageContext
 from dashboards.data import fmt_value, load_study
+from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
 from dashboards.html import Figures, esc, mean_ci, num, table, write_page, write_plotly_js
 from dashboards.stats import t_interval
 from dashboards.overview import build_all_index, build_study_index
@@ -91,6 +92,7 @@ def build_accuracy(ctx: PageContext) -> str:
         parts.append(figs.div(figures.heatmap(matrix, "AP@[.5:.95] per class and variant")))
     else:
         parts.append(_missing("per-class AP"))
+    parts.append(_errors_section(ctx, figs))
     parts.append("<h2>Precision-recall curves</h2><p class=note>From COCOeval's precision array (area all, "
                  "100 detections), averaged over seeds; the menu picks a class, <i>mean</i> averages the classes "
                  "that have ground truth (the curve whose area is AP50 or AP75).</p>")
@@ -108,6 +110,54 @@ def build_accuracy(ctx: PageContext) -> str:
                                                    "Val AP per epoch (mean over seeds)", x="epoch"),
                               height=380))
     return _page(ctx, "accuracy.html", "Accuracy", "".join(parts), figs)
+
+
+def _errors_section(ctx: PageContext, figs: Figures) -> str:
+    """TIDE's error breakdown per variant and the confusion matrix (``dashboards.errors``)."""
+    sd = ctx.sd
+    parts = ["<h2>Why AP is lost: error breakdown (TIDE)</h2><p class=note>Bolya et al., ECCV 2020: every false "
+             "positive at IoU 0.5 is a classification (right place, wrong class), localisation (right class, IoU "
+             "0.1-0.5), both, duplicate or background (IoU &lt; 0.1) error, and an object nobody found is missed; "
+             "each bar is the AP50 that fixing that type alone would add. Computed from the stored detections and "
+             "val ground truth, per trial, then mean over seeds (95% CI).</p>"]
+    res = study_errors(sd)
+    if "note" in res:
+        return parts[0] + _missing(f"error breakdown ({res['note']})")
+    tide = res["tide"]
+    summaries, rows = {}, []
+    for k in ERROR_TYPES:
+        summaries[ERROR_LABELS[k]] = pd.DataFrame([{"variant": v, **t_interval(tide.loc[tide["variant"] == v,
+                                                                                          f"dAP/{k}"].tolist())}
+                                                   for v in sd.variants])
+    for v in sd.variants:
+        sub = tide[tide["variant"] == v]
+        if sub.empty:
+            continue
+        row = {"variant": esc(v), "seeds": len(sub), "AP50 (TIDE)": num(sub["AP50"].mean())}
+        means = {k: sub[f"dAP/{k}"].mean() for k in ERROR_TYPES}
+        for k in ERROR_TYPES:
+            ci = t_interval(sub[f"dAP/{k}"].tolist())
+            row[f"{ERROR_LABELS[k]} (n)"] = (mean_ci(ci["mean"], ci["lo"], ci["hi"])
+                                              + f" ({int(round(sub[f'n/{k}'].mean()))})")
+        top = max(means, key=means.get)
+        row["costs most"] = esc(ERROR_LABELS[top])
+        rows.append(row)
+    parts.append(table(pd.DataFrame(rows), left=["costs most"]))
+    parts.append("<p class=note>n: errors of the type per trial (mean over seeds).</p>")
+    parts.append(figs.div(figures.metric_bars(summaries, sd.variants, "AP50 recovered by fixing each error type "
+                                              "(mean over seeds, 95% CI)", "dAP50"), height=420))
+    conf = res["confusion"]
+    if conf:
+        labels = res["classes"]
+        counts = {v: pd.DataFrame(c, index=labels + ["background"], columns=labels + ["missed"]) for v, c in conf.items()}
+        shares = {v: c.div(c.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0) for v, c in counts.items()}
+        parts.append("<h2>Confusion between classes</h2><p class=note>Per image the <i>n</i> highest-scoring "
+                     "detections, <i>n</i> its number of objects (so differently calibrated scores compare), each "
+                     "matched by score to the object of any class it overlaps most at IoU &ge; 0.5; the "
+                     "<i>background</i> row holds detections on no object, the <i>missed</i> column objects no "
+                     "detection matched. Rows sum to 1; seeds pooled. The menu picks the variant.</p>")
+        parts.append(figs.div(figures.confusion(shares, counts, sd.variants), height=480))
+    return "".join(parts)
 
 
 # ------------------------------------------------------------------ speed

@@ -82,3 +82,13 @@ def test_confusion_matrix():
     assert counts.tolist() == [[1, 0, 3],
                                [1, 0, 1],
                                [3, 1, 0]]
+
+
+def test_the_accuracy_page_shows_the_breakdown(fake_reports):
+    import fakes
+
+    text = (fake_reports["reports"] / fakes.STUDY / "accuracy.html").read_text()
+    assert "Why AP is lost: error breakdown (TIDE)" in text and "costs most" in text
+    assert "Confusion between classes" in text
+    for v in fakes.VARIANTS:
+        assert v in text
