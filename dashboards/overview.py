@@ -134,6 +134,50 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
     return '<h2>Result</h2><div class="box">' + "".join(parts) + "</div>"
 
 
+def budget_section(ctx: PageContext) -> str:
+    """Which variant wins at which latency budget: the speed-accuracy Pareto frontier read as a table.
+
+    Shown when the variants differ in their detector (a swept ``detector.*`` key) and latency was measured.
+    """
+    sd, an = ctx.sd, ctx.an
+    if not any(k.startswith("detector.") for k in sd.swept) or "speed/latency_ms_p50" not in sd.final:
+        return ""
+    lat, ap = an.summary("speed/latency_ms_p50").set_index("variant"), an.summary("AP").set_index("variant")
+    means = pd.DataFrame({"variant": sd.variants, "lat": lat["mean"].reindex(sd.variants).values,
+                          "ap": ap["mean"].reindex(sd.variants).values}).dropna()
+    if len(means) < 2:
+        return ""
+    front = figures.pareto_front(means, "lat", "ap")
+    rows = []
+    for i, v in enumerate(front):
+        upper = f"{lat.loc[front[i + 1], 'mean']:.1f} ms" if i + 1 < len(front) else "any larger budget"
+        row = {"latency budget (p50, batch 1)": esc(f"from {lat.loc[v, 'mean']:.1f} ms up to {upper}"),
+               "best": esc(v), "AP ± 95% CI": mean_ci(ap.loc[v, "mean"], ap.loc[v, "lo"], ap.loc[v, "hi"]),
+               "latency ms ± 95% CI": mean_ci(lat.loc[v, "mean"], lat.loc[v, "lo"], lat.loc[v, "hi"], 1)}
+        if i:
+            d = an.difference(v, front[i - 1], "AP")
+            row["AP gained over the faster one"] = (interval(d["diff"], d["lo"], d["hi"], 4) + " "
+                                                     + esc(d["why"])) if d else num(None)
+        else:
+            row["AP gained over the faster one"] = "–"
+        rows.append(row)
+    by = means.set_index("variant")
+    dominated = []
+    for v in means["variant"]:
+        if v in front:
+            continue
+        better = [f for f in front if by.loc[f, "lat"] <= by.loc[v, "lat"] and by.loc[f, "ap"] >= by.loc[v, "ap"]]
+        dominated.append(f"{esc(v)} (behind {esc(better[0])})" if better else esc(v))
+    out = ("<h2>Which detector wins at which latency budget</h2><p class=note>The Pareto frontier of the variant "
+           "means (speed page): each row is the most accurate variant among those no slower than the budget. "
+           "Latency is measured by each trial on its own CPU share while another trial may run beside it; its "
+           "interval is over seeds. The AP gain is tested as on the rest of this page (seeds and images).</p>"
+           + table(pd.DataFrame(rows), left=["latency budget (p50, batch 1)", "AP gained over the faster one"]))
+    if dominated:
+        out += f"<p>Off the frontier (another variant is both faster and more accurate): {', '.join(dominated)}.</p>"
+    return out
+
+
 def paper_section(ctx: PageContext, figs: Figures) -> str:
     out = []
     for c in comparisons(ctx.sd, ctx.an.difference):
@@ -194,7 +238,8 @@ def build_study_index(ctx: PageContext) -> str:
                        (("Accuracy", "accuracy.html"), ("Speed", "speed.html"), ("Loss diagnostics", "loss.html")))
     body = (f"<h1>{esc(ctx.sd.name)}</h1><p class=lead>{esc(ctx.sd.info.get('description') or '')}</p>"
             f"<p>Pages: {links} · <a href='../index.html'>all studies</a></p>"
-            + setup_section(ctx) + result_section(ctx, figs) + paper_section(ctx, figs) + trials_section(ctx))
+            + setup_section(ctx) + result_section(ctx, figs) + budget_section(ctx) + paper_section(ctx, figs)
+            + trials_section(ctx))
     path = os.path.join(ctx.study_dir, "index.html")
     ctx.sizes["index.html"] = write_page(path, f"{ctx.sd.name}: overview", ctx.nav("Overview"), body,
                                          ctx.plotly_src, ctx.built, ctx.source())

@@ -173,9 +173,12 @@ def build_speed(ctx: PageContext) -> str:
         s = an.summary(m)
         means[m], means[f"{m}_half"] = s["mean"].values, s["half"].fillna(0.0).values
     front = set(figures.pareto_front(means.dropna(), "speed/latency_ms_p50", "AP")) if sd.variants else set()
+    accuracy = {m: an.summary(m) for m in ("AP", "AP50", "APs") if m in sd.final}
     rows = []
     for i, v in enumerate(sd.variants):
         row = {"variant": esc(v), "seeds": len(sd.seeds(v))}
+        for m, s in accuracy.items():
+            row[m] = mean_ci(s.iloc[i]["mean"], s.iloc[i]["lo"], s.iloc[i]["hi"])
         for m, label in present:
             r = summaries[label].iloc[i]
             digits, factor = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
@@ -183,7 +186,7 @@ def build_speed(ctx: PageContext) -> str:
         row["Pareto"] = "✓" if v in front else ""
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
-    parts = ["<h2>Speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
+    parts = ["<h2>Accuracy, speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
              f"<p class=note>Measured by each worker on its own CPU share "
              f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at batch 1, "
              "throughput at the study's speed batch size, FLOPs from torch.utils.flop_counter, peak memory is the "

@@ -49,13 +49,16 @@ from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD
 from detectors.registry import PositiveInt, Probability
 
-# ``paper``: S = 7, B = 2 at 448 px, conv features pooled to 7 x 7 x 1024 and a
+# ``paper``: S = 7, B = 2 at 448 px, conv features of 7 x 7 x 1024 (stride 64) into a
 # 4096-wide fully connected layer (sec. 2.2; a random-init ResNet-50 stands in for
 # the paper's 24 conv layers, as everywhere at paper scale here). ``tiny``: 128 px
-# images and 16 px cells (S = 8), sized for 2 CPU cores.
+# images and 16 px cells (S = 8) from the tiny body's stride-16 map (8 x 8), sized
+# for 2 CPU cores. As in the paper, the last conv map has the grid's resolution.
 SCALES = {
-    "tiny": dict(widths=[16, 32, 48, 64, 96], input_size=128, grid_size=8, neck_width=128, pool=4, fc_width=512),
-    "paper": dict(widths=None, input_size=448, grid_size=7, neck_width=1024, pool=7, fc_width=4096),
+    "tiny": dict(widths=[16, 32, 48, 64, 96], input_size=128, grid_size=8, neck_width=64, fc_width=512,
+                 layer="layer4", channels=64, neck_stride=1),
+    "paper": dict(widths=None, input_size=448, grid_size=7, neck_width=1024, fc_width=4096,
+                  layer="layer4", channels=2048, neck_stride=2),
 }
 
 
@@ -64,26 +67,30 @@ def _leaky(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class YoloHead(nn.Module):
-    """Conv neck -> pool -> FC -> leaky ReLU -> dropout -> FC, reshaped to ``[N, S, S, 5B + C]``.
+    """Conv neck -> pool to ``S x S`` -> FC -> leaky ReLU -> dropout -> FC, reshaped to ``[N, S, S, 5B + C]``.
+
+    The pool is the identity at the scale's input size (the neck's map is already ``S x S``)
+    and keeps the head's shape when a study changes the input size or the grid.
 
     Per cell the last dimension holds ``B`` groups ``(x, y, sqrt w, sqrt h, conf)``,
     then ``C`` class probabilities.
     """
 
-    def __init__(self, in_channels: int, neck_width: int, pool: int, fc_width: int, grid_size: int,
+    def __init__(self, in_channels: int, neck_width: int, fc_width: int, grid_size: int,
                  boxes_per_cell: int, num_classes: int, dropout: float, neck_stride: int = 1) -> None:
         super().__init__()
         self.S, self.B, self.C = grid_size, boxes_per_cell, num_classes
         self.neck = _leaky(in_channels, neck_width, neck_stride)
-        self.pool = nn.AdaptiveAvgPool2d(pool)
-        out = grid_size * grid_size * (5 * boxes_per_cell + num_classes)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(neck_width * pool * pool, fc_width),
-                                nn.LeakyReLU(0.1, inplace=True), nn.Dropout(dropout), nn.Linear(fc_width, out))
+        self.pool = nn.AdaptiveAvgPool2d(grid_size)
+        per_cell = 5 * boxes_per_cell + num_classes
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(neck_width * grid_size ** 2, fc_width),
+                                nn.LeakyReLU(0.1, inplace=True), nn.Dropout(dropout),
+                                nn.Linear(fc_width, grid_size ** 2 * per_cell))
         last = self.fc[-1]
         nn.init.normal_(last.weight, std=0.01)
         # Start every box centred in its cell at about 0.3 x 0.3 of the image, so the first
         # IoUs (confidence targets, responsible predictor) are not all zero.
-        bias = torch.zeros(grid_size, grid_size, 5 * boxes_per_cell + num_classes)
+        bias = torch.zeros(grid_size, grid_size, per_cell)
         for b in range(boxes_per_cell):
             bias[..., 5 * b:5 * b + 4] = torch.tensor([0.5, 0.5, 0.3, 0.3])
         with torch.no_grad():
@@ -237,11 +244,10 @@ class YOLOv1(nn.Module):
         return results
 
 
-def _body(scale: str, cfg: dict) -> Tuple[nn.Module, int]:
-    """One stride-32 feature map: the tiny conv body's C5, or ResNet-50's."""
-    if scale == "paper":
-        return IntermediateLayerGetter(resnet50(weights=None), {"layer4": "c5"}), 2048
-    return IntermediateLayerGetter(TinyBody(cfg["widths"]), {"layer5": "c5"}), cfg["widths"][-1]
+def _body(scale: str, cfg: dict) -> nn.Module:
+    """One feature map: the tiny conv body's C4 (stride 16), or ResNet-50's C5 (stride 32)."""
+    net = resnet50(weights=None) if scale == "paper" else TinyBody(cfg["widths"])
+    return IntermediateLayerGetter(net, {cfg["layer"]: "feat"})
 
 
 @register_detector("yolov1", losses=("loss_box", "loss_obj", "loss_noobj", "loss_cls"),
@@ -262,11 +268,10 @@ def build_yolov1(num_classes: int, scale: str = "tiny", cls_loss: Optional[Calla
         raise ValueError(f"unknown scale '{scale}' (known: {', '.join(SCALES)})")
     cfg = {**SCALES[scale], **{k: v for k, v in dict(grid_size=grid_size, input_size=input_size,
                                                      fc_width=fc_width).items() if v is not None}}
-    body, channels = _body(scale, cfg)
-    head = YoloHead(channels, cfg["neck_width"], cfg["pool"], cfg["fc_width"], cfg["grid_size"], boxes_per_cell,
-                    num_classes, dropout, neck_stride=2 if scale == "paper" else 1)
+    head = YoloHead(cfg["channels"], cfg["neck_width"], cfg["fc_width"], cfg["grid_size"], boxes_per_cell,
+                    num_classes, dropout, neck_stride=cfg["neck_stride"])
     size = cfg["input_size"]
     transform = GeneralizedRCNNTransform(size, size, IMAGENET_MEAN, IMAGENET_STD, size_divisible=1,
                                          fixed_size=(size, size))
-    return YOLOv1(body=body, head=head, transform=transform, cls_loss=cls_loss or PROB_LOSSES.get("sse"),
+    return YOLOv1(body=_body(scale, cfg), head=head, transform=transform, cls_loss=cls_loss or PROB_LOSSES.get("sse"),
                   score_thresh=score_thresh, nms_iou=nms_iou, max_dets=max_dets, topk_candidates=topk_candidates)

@@ -111,3 +111,11 @@ def test_a_short_training_lowers_the_loss():
     # is responsible) move as the boxes improve. Box and class terms have fixed targets.
     for k in ("loss_box", "loss_cls"):
         assert last[k] < 0.2 * first[k], (k, first, last)
+
+
+def test_paper_scale_is_7_by_7_by_30_at_448():
+    # S = 7, B = 2, C = 20 (VOC): 7 x 7 x (2 * 5 + 20) = 1470 outputs from a 4096-wide layer (paper sec. 2)
+    with torch.device("meta"):
+        model = MODELS.build("yolov1", num_classes=20, scale="paper")
+    assert model.head.fc[-1].out_features == 7 * 7 * 30 and model.head.fc[1].out_features == 4096
+    assert model.transform.fixed_size == (448, 448)
