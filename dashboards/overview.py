@@ -10,7 +10,7 @@ import pandas as pd
 
 from dashboards import figures
 from dashboards import stats
-from dashboards.analysis import RULE, Analysis, verdict
+from dashboards.analysis import RULE, Analysis, latency_budgets, verdict
 from dashboards.context import PageContext
 from dashboards.data import fmt_value, load_study
 from dashboards.html import Figures, esc, interval, kv, mean_ci, nav, num, table, write_page
@@ -147,27 +147,19 @@ def budget_section(ctx: PageContext) -> str:
                           "ap": ap["mean"].reindex(sd.variants).values}).dropna()
     if len(means) < 2:
         return ""
-    front = figures.pareto_front(means, "lat", "ap")
-    rows = []
-    for i, v in enumerate(front):
-        upper = f"{lat.loc[front[i + 1], 'mean']:.1f} ms" if i + 1 < len(front) else "any larger budget"
-        row = {"latency budget (p50, batch 1)": esc(f"from {lat.loc[v, 'mean']:.1f} ms up to {upper}"),
+    found = latency_budgets(means)
+    rows, faster = [], None
+    for v, lo, hi in found["budgets"]:
+        upper = f"{hi:.1f} ms" if hi is not None else "any larger budget"
+        row = {"latency budget (p50, batch 1)": esc(f"from {lo:.1f} ms up to {upper}"),
                "best": esc(v), "AP ± 95% CI": mean_ci(ap.loc[v, "mean"], ap.loc[v, "lo"], ap.loc[v, "hi"]),
                "latency ms ± 95% CI": mean_ci(lat.loc[v, "mean"], lat.loc[v, "lo"], lat.loc[v, "hi"], 1)}
-        if i:
-            d = an.difference(v, front[i - 1], "AP")
-            row["AP gained over the faster one"] = (interval(d["diff"], d["lo"], d["hi"], 4) + " "
-                                                     + esc(d["why"])) if d else num(None)
-        else:
-            row["AP gained over the faster one"] = "–"
+        d = an.difference(v, faster, "AP") if faster else None
+        row["AP gained over the faster one"] = (interval(d["diff"], d["lo"], d["hi"], 4) + " " + esc(d["why"])
+                                                if d else "–")
         rows.append(row)
-    by = means.set_index("variant")
-    dominated = []
-    for v in means["variant"]:
-        if v in front:
-            continue
-        better = [f for f in front if by.loc[f, "lat"] <= by.loc[v, "lat"] and by.loc[f, "ap"] >= by.loc[v, "ap"]]
-        dominated.append(f"{esc(v)} (behind {esc(better[0])})" if better else esc(v))
+        faster = v
+    dominated = [f"{esc(v)} (behind {esc(by)})" for v, by in found["dominated"].items()]
     out = ("<h2>Which detector wins at which latency budget</h2><p class=note>The Pareto frontier of the variant "
            "means (speed page): each row is the most accurate variant among those no slower than the budget. "
            "Latency is measured by each trial on its own CPU share while another trial may run beside it; its "
