@@ -206,7 +206,8 @@ def speed_accuracy(means: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, xt
     fig.add_scatter(x=f[x], y=f[y], mode="lines", name="Pareto frontier", line=dict(color="#444", dash="dash",
                     shape="hv", width=1.5), hoverinfo="skip")
     for _, r in means.iterrows():
-        fig.add_scatter(x=[r[x]], y=[r[y]], mode="markers", name=r["variant"],
+        fig.add_scatter(x=[r[x]], y=[r[y]], mode="markers+text", name=r["variant"], text=[r["variant"]],
+                        textposition="top center", textfont=dict(size=11, color=cols[r["variant"]]),
                         marker=dict(color=cols[r["variant"]], size=12,
                                     symbol="star" if r["variant"] in front else "circle"),
                         hovertemplate=f"{r['variant']}<br>{xtitle} %{{x:.3g}}<br>{ytitle} %{{y:.4f}}<extra></extra>")

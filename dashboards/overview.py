@@ -62,14 +62,16 @@ def setup_section(ctx: PageContext) -> str:
     starts = [t["started_at"] for t in sd.trials if t["started_at"]]
     ends = [t["finished_at"] for t in sd.trials if t["finished_at"]]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else math.nan
-    det, loss = cfg.get("detector", {}), cfg.get("loss", {})
+    det, loss = cfg.get("detector", {}), cfg.get("loss") or {}
     counts = status_counts(sd.trials)
     rows = [
         ("compared", f"{len(sd.variants)} variants over <ul style='margin:0'>{swept}</ul>"),
-        ("detector", esc(f"{det.get('name', '?')} ({det.get('scale', '?')})")
+        ("detector", esc(f"swept (see the variants), scale {det.get('scale', '?')}" if "detector.name" in sd.swept
+                         else f"{det.get('name', '?')} ({det.get('scale', '?')})")
          + (f" <code>{esc(det.get('params'))}</code>" if det.get("params") else "")),
-        ("loss", esc(loss.get("name", "?")) + (" (parameters swept)" if any(k.startswith("loss.") for k in sd.swept)
-                                               else f" <code>{esc(loss.get('params'))}</code>")),
+        ("loss", (esc(loss.get("name", "?")) + (" (parameters swept)" if any(k.startswith("loss.") for k in sd.swept)
+                                                else f" <code>{esc(loss.get('params'))}</code>")) if loss
+         else "each detector's default losses"),
         ("data", data),
         ("budget per trial", esc(budget)),
         ("evaluation", esc(f"pycocotools COCOeval on the val split; score > {ev.get('score_thresh', '?')}, "

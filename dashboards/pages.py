@@ -135,15 +135,14 @@ def _errors_section(ctx: PageContext, figs: Figures) -> str:
             continue
         row = {"variant": esc(v), "seeds": len(sub), "AP50 (TIDE)": num(sub["AP50"].mean())}
         means = {k: sub[f"dAP/{k}"].mean() for k in ERROR_TYPES}
-        for k in ERROR_TYPES:
-            ci = t_interval(sub[f"dAP/{k}"].tolist())
-            row[f"{ERROR_LABELS[k]} (n)"] = (mean_ci(ci["mean"], ci["lo"], ci["hi"])
-                                              + f" ({int(round(sub[f'n/{k}'].mean()))})")
+        for k in ERROR_TYPES:  # the 95% CIs are in the figure below
+            row[ERROR_LABELS[k]] = f"{num(means[k])} <span class=note>({int(round(sub[f'n/{k}'].mean()))})</span>"
         top = max(means, key=means.get)
         row["costs most"] = esc(ERROR_LABELS[top])
         rows.append(row)
     parts.append(table(pd.DataFrame(rows), left=["costs most"]))
-    parts.append("<p class=note>n: errors of the type per trial (mean over seeds).</p>")
+    parts.append("<p class=note>dAP50 per error type, mean over seeds; in brackets the number of such errors "
+                 "per trial.</p>")
     parts.append(figs.div(figures.metric_bars(summaries, sd.variants, "AP50 recovered by fixing each error type "
                                               "(mean over seeds, 95% CI)", "dAP50"), height=420))
     conf = res["confusion"]
@@ -161,6 +160,10 @@ def _errors_section(ctx: PageContext, figs: Figures) -> str:
 
 
 # ------------------------------------------------------------------ speed
+
+# Speed figures left out of the speed page's table (it would not fit the page); the figure has them.
+TABLE_SKIPS = ("speed/latency_ms_p95", "speed/throughput_img_s", "speed/peak_rss_mb")
+
 
 def build_speed(ctx: PageContext) -> str:
     sd, an, figs = ctx.sd, ctx.an, Figures("speed")
@@ -180,18 +183,22 @@ def build_speed(ctx: PageContext) -> str:
         for m, s in accuracy.items():
             row[m] = mean_ci(s.iloc[i]["mean"], s.iloc[i]["lo"], s.iloc[i]["hi"])
         for m, label in present:
+            if m in TABLE_SKIPS:
+                continue
             r = summaries[label].iloc[i]
             digits, factor = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
             row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, factor)
         row["Pareto"] = "✓" if v in front else ""
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
+    skipped = ", ".join(label for m, label in present if m in TABLE_SKIPS)
     parts = ["<h2>Accuracy, speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
              f"<p class=note>Measured by each worker on its own CPU share "
              f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at batch 1, "
              "throughput at the study's speed batch size, FLOPs from torch.utils.flop_counter, peak memory is the "
              "worker's resident set size. Trials that ran side by side share the machine: compare with care. "
-             "Pareto: on the frontier of the variant means (lower latency p50, higher AP).</p>"]
+             "Pareto: on the frontier of the variant means (lower latency p50, higher AP)."
+             + (f" {esc(skipped)}: in the figure below." if skipped else "") + "</p>"]
     if present:
         parts.append(figs.div(figures.small_multiples(plotted, sd.variants, "Speed figures per variant (95% CI)")))
     if sd.variants and "AP" in sd.final and "speed/latency_ms_p50" in sd.final:
