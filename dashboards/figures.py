@@ -132,7 +132,8 @@ def pr_curves(recall: List[float], curves: Dict[str, Dict[str, List[float]]], io
             if c in curves.get(v, {}):
                 fig.add_scatter(x=recall, y=curves[v][c], mode="lines", name=v, legendgroup=v,
                                 line=dict(color=cols[v], width=2), visible=(c == "mean"),
-                                meta=c, hovertemplate=f"{v}<br>recall %{{x:.2f}}: precision %{{y:.3f}}<extra>{c}</extra>")
+                                meta=c,
+                                hovertemplate=f"{v}<br>recall %{{x:.2f}}: precision %{{y:.3f}}<extra>{c}</extra>")
     buttons = [dict(label=c, method="update", args=[{"visible": [t.meta == c for t in fig.data]}])
                for c in classes]
     fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, xanchor="right", y=1.15, yanchor="top",
@@ -217,7 +218,8 @@ def speed_accuracy(means: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, xt
 def loss_cdf(curves: Dict[str, Dict[str, Dict[str, List[float]]]], variants: Sequence[str],
              label: Dict[str, str], cols: Optional[Dict[str, str]] = None) -> go.Figure:
     """Focal loss paper Fig. 4: cumulative normalised loss against the fraction of anchors (sorted by loss),
-    positives and negatives side by side. ``curves``: variant -> {"positive"|"negative": {fraction, cumulative_loss}}."""
+    positives and negatives side by side.
+    ``curves``: variant -> {"positive"|"negative": {fraction, cumulative_loss}}."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["positive anchors", "negative anchors"],
                         horizontal_spacing=0.08)
     fig.update_layout(template=TEMPLATE, legend_title_text="variant",
@@ -230,7 +232,8 @@ def loss_cdf(curves: Dict[str, Dict[str, Dict[str, List[float]]]], variants: Seq
                 continue
             fig.add_scatter(x=c["fraction"], y=c["cumulative_loss"], mode="lines", name=label.get(v, v),
                             legendgroup=v, showlegend=(j == 1), line=dict(color=cols[v], width=2), row=1, col=j,
-                            hovertemplate=f"{label.get(v, v)}<br>%{{x:.2f}} of anchors: %{{y:.3f}} of loss<extra></extra>")
+                            hovertemplate=(f"{label.get(v, v)}<br>%{{x:.2f}} of anchors: %{{y:.3f}} of loss"
+                                           "<extra></extra>"))
         fig.update_xaxes(title_text="fraction of anchors (sorted by loss)", range=[0, 1], row=1, col=j)
         fig.update_yaxes(title_text="cumulative normalised loss", range=[0, 1.02], row=1, col=j)
     zoom = [dict(label=text, method="relayout", args=[{"xaxis.range": r, "xaxis2.range": r}])

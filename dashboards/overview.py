@@ -51,7 +51,8 @@ def setup_section(ctx: PageContext) -> str:
                 f"{syn.get('image_size', '?')} px, {syn.get('num_classes', '?')} classes "
                 f"(generator seed {syn.get('seed', '?')})")
     else:
-        data = f"COCO format: train <code>{esc(ds.get('train_annotations'))}</code>, val <code>{esc(ds.get('val_annotations'))}</code>"
+        data = (f"COCO format: train <code>{esc(ds.get('train_annotations'))}</code>, "
+                f"val <code>{esc(ds.get('val_annotations'))}</code>")
         data = data if ds else "–"
     tr, ev = cfg.get("train", {}), cfg.get("eval", {})
     budget = (f"{tr.get('epochs', '?')} epochs" + (f" (at most {tr['max_steps']} steps)" if tr.get("max_steps") else "")
@@ -132,7 +133,8 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
                      f'drawn like this one, for these trained models. {esc(RULE)}</p>')
     parts.append("<h3>Variants</h3>" + variants_table(ctx))
     s, pts = an.summary("AP"), ctx.sd.metric("AP")
-    parts.append(figs.div(figures.mean_and_points(s, pts, "AP per variant: mean with 95% CI, and each seed", "AP"), height=380))
+    parts.append(figs.div(figures.mean_and_points(s, pts, "AP per variant: mean with 95% CI, and each seed", "AP"),
+                          height=380))
     return '<h2>Result</h2><div class="box">' + "".join(parts) + "</div>"
 
 
@@ -192,8 +194,9 @@ def paper_section(ctx: PageContext, figs: Figures) -> str:
             cls = "ok" if mark == "reproduced" else ("na" if mark in ("reference", "undecided") else "no")
             pg = "–" if mark == "reference" else "close" if t.get("relation") == "close" else (
                 f"{r['paper_gap']:+.1f} ({100 * r['paper_rel']:+.1f}%)" if r["paper_gap"] is not None else "–")
-            og = "–" if mark == "reference" else (interval(r["our_gap"], r["lo"], r["hi"]) +
-                                                  (f" ({100 * r['our_rel']:+.1f}%)" if math.isfinite(r["our_rel"]) else ""))
+            og = "–" if mark == "reference" else (
+                interval(r["our_gap"], r["lo"], r["hi"])
+                + (f" ({100 * r['our_rel']:+.1f}%)" if math.isfinite(r["our_rel"]) else ""))
             rows.append({"variant": esc(r["variant"]), f"paper {unit}": num(r["paper"], 1), "paper gap": pg,
                          f"ours {unit}": num(r["ours"], 2), "our gap [95% CI]": og,
                          "mark": f'<span class="{cls}">{esc(mark)}</span> <span class="note">{esc(r["why"])}</span>'})
@@ -270,11 +273,14 @@ def build_all_index(store, reports_dir: str, built: str) -> int:
         else:
             head = '<span class="na">no finished trials</span>'
         rows.append({"study": name, "description": esc(info["description"] or ""),
-                     "variants": len(sd.variants), "trials": esc(", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))),
+                     "variants": len(sd.variants),
+                     "trials": esc(", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))),
                      "last run": _fmt_time(s["last"]), "headline (winner by mean AP, 95% CI)": head})
     body = ("<h1>detbench studies</h1><p class=lead>Every study in the results store. Each study's page has the "
             "full comparison: a lead counts as significant there only when the seed test and the bootstrap over "
-            "images both say so.</p>" + table(pd.DataFrame(rows), left=["description", "trials", "last run", "headline (winner by mean AP, 95% CI)"]))
+            "images both say so.</p>"
+            + table(pd.DataFrame(rows), left=["description", "trials", "last run",
+                                              "headline (winner by mean AP, 95% CI)"]))
     return write_page(os.path.join(reports_dir, "index.html"), "detbench reports", nav((("All studies", "index.html"),),
                                                                                         "All studies"),
                       body, "plotly.min.js", built, "all studies")

@@ -225,7 +225,8 @@ def _diagnostics_section(ctx: PageContext, figs: Figures) -> str:
 
 
 def _score_iou_section(ctx: PageContext, figs: Figures, pairs: Dict[str, dict]) -> str:
-    """GFL studies: score vs IoU per positive (data ``loss_diagnostics["score_iou"]["points"] = {"score": [...], "iou": [...]}``)."""
+    """GFL studies: score vs IoU per positive
+    (data ``loss_diagnostics["score_iou"]["points"] = {"score": [...], "iou": [...]}``)."""
     sd = ctx.sd
     points, rows = {}, []
     for v in sd.variants:
@@ -240,8 +241,8 @@ def _score_iou_section(ctx: PageContext, figs: Figures, pairs: Dict[str, dict]) 
     return ("<h2>Score against localisation quality</h2><p class=note>GFL paper (Li et al., arXiv 2006.04388), "
             "sec. 1: with a separate quality branch the score a detection is ranked by and its IoU can disagree; "
             "a joint score should follow the IoU. Every val positive, seeds pooled.</p>"
-            + table(pd.DataFrame(rows)) + figs.div(figures.score_vs_iou(points, list(points), cols=figures.colors(sd.variants)),
-                                                     height=480))
+            + table(pd.DataFrame(rows))
+            + figs.div(figures.score_vs_iou(points, list(points), cols=figures.colors(sd.variants)), height=480))
 
 
 def _figure4_section(ctx: PageContext, figs: Figures, diag: Dict[str, dict]) -> str:
@@ -259,7 +260,8 @@ def _figure4_section(ctx: PageContext, figs: Figures, diag: Dict[str, dict]) -> 
             continue
         ds = [diag[k] for k in keys]
         curves[v] = {part: {"fraction": ds[0][part]["fraction"],
-                            "cumulative_loss": np.mean([d[part]["cumulative_loss"] for d in ds], axis=0).round(5).tolist()}
+                            "cumulative_loss": np.mean([d[part]["cumulative_loss"] for d in ds],
+                                                       axis=0).round(5).tolist()}
                      for part in ("positive", "negative") if all(part in d for d in ds)}
         share = [d.get("easy_negative_share", math.nan) for d in ds]
         shares += [{"variant": v, "seed": t["seed"], "value": diag[t["trial_key"]].get("easy_negative_share", math.nan)}

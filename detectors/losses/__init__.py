@@ -8,9 +8,9 @@ exposes the tunable keyword parameters (ce: none; balanced_ce: alpha; focal:
 gamma, alpha; qfl: beta; smooth_l1: beta) plus ``reduction``, which callers filter out.
 """
 import functools
-from typing import Any, Callable, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
-from detectors.registry import NonNegative, Probability, Registry
+from detectors.registry import Interval, Probability, Registry
 
 from detectors.losses.box import l1_loss, smooth_l1_loss, squared_error_loss
 from detectors.losses.classification import (
@@ -58,23 +58,37 @@ __all__ = [
 CLS_LOSSES = Registry("classification loss", injected=("reduction",))
 BOX_LOSSES = Registry("box loss", injected=("reduction",))
 
-# A scalar in [0, 1], per-class weights >= 0, "inverse_frequency" (computed from the
-# training set's class counts when the model is built) or null (no weighting).
-ALPHA = Optional[Union[Probability, List[NonNegative], Literal["inverse_frequency"]]]
+# A scalar in [0, 1], per-class weights in [0, 1000] (one per class of the dataset),
+# "inverse_frequency" (computed from the training set's class counts when the model
+# is built) or null (no weighting).
+ALPHA = Optional[Union[Probability, List[Annotated[float, Interval(ge=0, le=1000)]], Literal["inverse_frequency"]]]
+# The focusing exponent of focal loss (gamma) and QFL (beta). Above 20 even an example
+# scored halfway (|target - p| = 0.5) weighs 0.5^20 < 1e-6: nothing would train. The
+# papers try 0..5 (focal loss Table 1b) and 0..4 (GFL Table 1c).
+FOCUS = Annotated[float, Interval(ge=0, le=20)]
+# Smooth L1's switch from quadratic to linear, in box-delta units (deltas are a few units).
+SMOOTH_L1_BETA = Annotated[float, Interval(ge=0, le=100)]
 
 
 def _resolve_alpha(params: Dict[str, Any], context: Dict[str, Any]) -> Dict[str, Any]:
     if params.get("alpha") == "inverse_frequency":
-        return {**params, "alpha": inverse_frequency_alpha(context["class_counts"])}
+        counts = context["class_counts"]
+        # A generated set can hold no object at all (objects_per_image from 0, few images):
+        # with no positive to weigh, every per-class alpha gives the same loss; take 1s.
+        alpha = inverse_frequency_alpha(counts) if sum(counts) > 0 else [1.0] * len(counts)
+        return {**params, "alpha": alpha}
     return params
 
 
 CLS_LOSSES.register("ce")(ce_loss)
-CLS_LOSSES.register("balanced_ce", types={"alpha": ALPHA}, prepare=_resolve_alpha)(balanced_ce_loss)
-CLS_LOSSES.register("focal", types={"gamma": NonNegative, "alpha": ALPHA}, prepare=_resolve_alpha)(focal_loss)
-CLS_LOSSES.register("qfl", types={"beta": NonNegative}, soft_targets=True)(quality_focal_loss)  # the GFL joint score
+# ``per_class``: list-valued parameters that take one value per class of the dataset.
+CLS_LOSSES.register("balanced_ce", types={"alpha": ALPHA}, prepare=_resolve_alpha,
+                    per_class=("alpha",))(balanced_ce_loss)
+CLS_LOSSES.register("focal", types={"gamma": FOCUS, "alpha": ALPHA}, prepare=_resolve_alpha,
+                    per_class=("alpha",))(focal_loss)
+CLS_LOSSES.register("qfl", types={"beta": FOCUS}, soft_targets=True)(quality_focal_loss)  # the GFL joint score
 
-BOX_LOSSES.register("smooth_l1", types={"beta": NonNegative})(smooth_l1_loss)
+BOX_LOSSES.register("smooth_l1", types={"beta": SMOOTH_L1_BETA})(smooth_l1_loss)
 BOX_LOSSES.register("l1")(l1_loss)
 
 # YOLOv1's class probabilities are linear outputs trained by squared error (paper eq. 3);

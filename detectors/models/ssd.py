@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Annotated, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,12 @@ from detectors.losses import BOX_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
 from detectors.models import LossRole, register_detector
 from detectors.models.backbones import TinyBody
 from detectors.models.postprocess import level_candidates, merge_levels
-from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD
-from detectors.registry import OpenUnit, Positive, PositiveInt
+from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK
+from detectors.registry import Interval, OpenUnit
+
+Ratio = Annotated[float, Interval(ge=1, le=10)]           # r adds boxes of ratio r and 1/r
+MaxScale = Annotated[float, Interval(gt=0, le=2)]        # of the input side
+NegPosRatio = Annotated[float, Interval(gt=0, le=100)]
 
 # ``paper``: SSD300 (VGG16, random init offline; six maps 38..1). ``tiny``: 128 px,
 # the tiny conv body's C3-C5 plus two extra stride-2 blocks (maps 16, 8, 4, 2, 1).
@@ -220,11 +224,11 @@ def _check(params: dict) -> None:
     "box": LossRole(BOX_LOSSES, "smooth_l1", {"beta": 1.0}, doc="offsets of matched default boxes (paper eq. 2)"),
 })
 def build_ssd(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable] = None,
-              box_loss: Optional[Callable] = None, min_scale: OpenUnit = 0.2, max_scale: Positive = 0.9,
-              aspect_ratios: List[Positive] = [2.0, 3.0], reduced_maps: bool = True, iou: OpenUnit = 0.5,
-              neg_pos_ratio: Positive = 3.0, input_size: Optional[PositiveInt] = None,
+              box_loss: Optional[Callable] = None, min_scale: OpenUnit = 0.2, max_scale: MaxScale = 0.9,
+              aspect_ratios: List[Ratio] = [2.0, 3.0], reduced_maps: bool = True, iou: OpenUnit = 0.5,
+              neg_pos_ratio: NegPosRatio = 3.0, input_size: Optional[ImageSide] = None,
               score_thresh: float = 0.05, nms_iou: float = 0.45, max_dets: int = 100,
-              topk_candidates: PositiveInt = 400) -> SSD:
+              topk_candidates: TopK = 400) -> SSD:
     """Build SSD; defaults are the paper's (scales 0.2-0.9, ratios 2 and 3, matching IoU 0.5,
     3:1 negatives). ``input_size`` None takes the scale's (tiny 128, paper 300).
 

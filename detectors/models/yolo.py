@@ -33,7 +33,7 @@ class, then class-wise NMS.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Annotated, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -46,8 +46,11 @@ from detectors.losses import PROB_LOSSES, squared_error_loss
 from detectors.models import LossRole, register_detector
 from detectors.models.backbones import TinyBody
 from detectors.models.postprocess import level_candidates, merge_levels
-from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD
-from detectors.registry import PositiveInt, Probability
+from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK, Width
+from detectors.registry import Interval, Probability
+
+GridSize = Annotated[int, Interval(ge=1, le=64)]
+BoxesPerCell = Annotated[int, Interval(ge=1, le=16)]
 
 # ``paper``: S = 7, B = 2 at 448 px, conv features of 7 x 7 x 1024 (stride 64) into a
 # 4096-wide fully connected layer (sec. 2.2; a random-init ResNet-50 stands in for
@@ -255,10 +258,10 @@ def _body(scale: str, cfg: dict) -> nn.Module:
                        "cls": LossRole(PROB_LOSSES, "sse", doc="squared error on the cell's class probabilities "
                                        "(paper eq. 3); the linear outputs take no sigmoid or softmax loss")})
 def build_yolov1(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable] = None,
-                 grid_size: Optional[PositiveInt] = None, boxes_per_cell: PositiveInt = 2,
-                 input_size: Optional[PositiveInt] = None, fc_width: Optional[PositiveInt] = None,
+                 grid_size: Optional[GridSize] = None, boxes_per_cell: BoxesPerCell = 2,
+                 input_size: Optional[ImageSide] = None, fc_width: Optional[Width] = None,
                  dropout: Probability = 0.5, score_thresh: float = 0.05, nms_iou: float = 0.5,
-                 max_dets: int = 100, topk_candidates: PositiveInt = 1000) -> YOLOv1:
+                 max_dets: int = 100, topk_candidates: TopK = 1000) -> YOLOv1:
     """Build YOLOv1. ``None`` takes the scale's preset (tiny: S 8 at 128 px; paper: S 7 at 448 px).
 
     ``grid_size`` is S; ``input_size`` the square side images are resized to (aspect
