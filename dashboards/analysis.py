@@ -179,5 +179,6 @@ def latency_budgets(means: pd.DataFrame) -> Dict[str, Any]:
     dominated = {}
     for v in means["variant"]:
         if v not in front:
-            dominated[v] = next(f for f in front if by.loc[f, "lat"] <= by.loc[v, "lat"] and by.loc[f, "ap"] >= by.loc[v, "ap"])
+            dominated[v] = next(f for f in front
+                                if by.loc[f, "lat"] <= by.loc[v, "lat"] and by.loc[f, "ap"] >= by.loc[v, "ap"])
     return {"budgets": budgets, "dominated": dominated}

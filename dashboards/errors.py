@@ -141,7 +141,8 @@ def tide_errors(gt: dict, detections: List[dict], max_dets: int = 100) -> dict:
                         best[key] = (d["score"], len(errors))
             errors.append(err)
         fixable = {g for (i, g) in best if i == img_i}
-        errors += [{"type": "miss", "class": int(g_cls[g])} for g in range(len(gts)) if not used[g] and g not in fixable]
+        errors += [{"type": "miss", "class": int(g_cls[g])} for g in range(len(gts))
+                   if not used[g] and g not in fixable]
     chosen = {e for _, e in best.values()}
 
     def ap_fixing(kind: str) -> float:

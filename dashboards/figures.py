@@ -108,7 +108,8 @@ def confusion(matrices: Dict[str, pd.DataFrame], counts: Dict[str, pd.DataFrame]
     for v in shown:
         m, c = matrices[v], counts[v]
         fig.add_heatmap(z=m.to_numpy(dtype=float), x=list(m.columns), y=list(m.index), colorscale="Blues",
-                        zmin=0, zmax=1, customdata=c.to_numpy(), text=[[f"{x:.2f}" for x in row] for row in m.to_numpy()],
+                        zmin=0, zmax=1, customdata=c.to_numpy(),
+                        text=[[f"{x:.2f}" for x in row] for row in m.to_numpy()],
                         texttemplate="%{text}", visible=(v == shown[0]), name=v, showscale=(v == shown[0]),
                         hovertemplate="true %{y}, detected as %{x}: %{z:.3f} (%{customdata})<extra>" + v + "</extra>")
     buttons = [dict(label=v, method="update", args=[{"visible": [t.name == v for t in fig.data]}]) for v in shown]

@@ -148,7 +148,8 @@ def _errors_section(ctx: PageContext, figs: Figures) -> str:
     conf = res["confusion"]
     if conf:
         labels = res["classes"]
-        counts = {v: pd.DataFrame(c, index=labels + ["background"], columns=labels + ["missed"]) for v, c in conf.items()}
+        counts = {v: pd.DataFrame(c, index=labels + ["background"], columns=labels + ["missed"])
+                  for v, c in conf.items()}
         shares = {v: c.div(c.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0) for v, c in counts.items()}
         parts.append("<h2>Confusion between classes</h2><p class=note>Per image the <i>n</i> highest-scoring "
                      "detections, <i>n</i> its number of objects (so differently calibrated scores compare), each "

@@ -225,12 +225,13 @@ def _check(params: dict) -> None:
 })
 def build_ssd(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable] = None,
               box_loss: Optional[Callable] = None, min_scale: OpenUnit = 0.2, max_scale: MaxScale = 0.9,
-              aspect_ratios: List[Ratio] = [2.0, 3.0], reduced_maps: bool = True, iou: OpenUnit = 0.5,
+              aspect_ratios: Optional[List[Ratio]] = None, reduced_maps: bool = True, iou: OpenUnit = 0.5,
               neg_pos_ratio: NegPosRatio = 3.0, input_size: Optional[ImageSide] = None,
               score_thresh: float = 0.05, nms_iou: float = 0.45, max_dets: int = 100,
               topk_candidates: TopK = 400) -> SSD:
     """Build SSD; defaults are the paper's (scales 0.2-0.9, ratios 2 and 3, matching IoU 0.5,
-    3:1 negatives). ``input_size`` None takes the scale's (tiny 128, paper 300).
+    3:1 negatives). ``aspect_ratios`` None: the paper's 2 and 3; ``input_size`` None: the scale's
+    (tiny 128, paper 300).
 
     ``nms_iou`` is injected from the study's ``eval.nms_iou`` (the paper uses 0.45).
     """
@@ -243,7 +244,7 @@ def build_ssd(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable
     else:
         body = TinySSDBody(cfg["widths"], cfg["extra_width"])
         channels = body.out_channels
-    ratios = paper_aspect_ratios(len(channels), aspect_ratios, reduced_maps)
+    ratios = paper_aspect_ratios(len(channels), aspect_ratios or [2.0, 3.0], reduced_maps)
     default_boxes = DefaultBoxGenerator(ratios, min_ratio=min_scale, max_ratio=max_scale)
     head = SSDHead(channels, default_boxes.num_anchors_per_location(), num_classes)
     size = input_size or cfg["input_size"]
