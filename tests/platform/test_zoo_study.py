@@ -31,3 +31,12 @@ def test_the_zoo_expands_to_every_detector_under_one_budget(tmp_path, monkeypatc
         assert t["loss"] is None and t["losses"] == {}
     assert resolve_losses("yolov1", None, {}) == {"cls": {"name": "sse", "params": {}}}
     assert resolve_losses("ssd", None, {})["cls"]["name"] == "softmax_ce"
+
+
+def test_the_run_description_of_a_study_without_a_loss_section(tmp_path, monkeypatch):
+    from platform.tracking import study_description
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(os.path.join(REPO, "studies", "detector_zoo.yaml"))
+    text = study_description(study, expand(study), "reports/detector_zoo/index.html")
+    assert "retinanet (tiny), default losses, 10 epochs" in text
