@@ -156,7 +156,8 @@ def budget_section(ctx: PageContext) -> str:
     for v, lo, hi in found["budgets"]:
         upper = f"{hi:.1f} ms" if hi is not None else "any larger budget"
         row = {"latency budget (p50, batch 1)": esc(f"from {lo:.1f} ms up to {upper}"),
-               "best": esc(v), "AP ± 95% CI": mean_ci(ap.loc[v, "mean"], ap.loc[v, "lo"], ap.loc[v, "hi"]),
+               "best": esc(v) if ap.loc[v, "mean"] >= 0.001 else f"none ({esc(v)} finds nothing)",
+               "AP ± 95% CI": mean_ci(ap.loc[v, "mean"], ap.loc[v, "lo"], ap.loc[v, "hi"]),
                "latency ms ± 95% CI": mean_ci(lat.loc[v, "mean"], lat.loc[v, "lo"], lat.loc[v, "hi"], 1)}
         d = an.difference(v, faster, "AP") if faster else None
         row["AP gained over the faster one"] = (interval(d["diff"], d["lo"], d["hi"], 4) + " " + esc(d["why"])
