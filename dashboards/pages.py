@@ -20,6 +20,7 @@ from dashboards import figures
 from dashboards.analysis import Analysis
 from dashboards.context import AP_METRICS, SPEED_METRICS, PageContext
 from dashboards.data import fmt_value, load_study
+from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
 from dashboards.html import Figures, esc, mean_ci, num, table, write_page, write_plotly_js
 from dashboards.stats import t_interval
 from dashboards.overview import build_all_index, build_study_index
@@ -91,6 +92,7 @@ def build_accuracy(ctx: PageContext) -> str:
         parts.append(figs.div(figures.heatmap(matrix, "AP@[.5:.95] per class and variant")))
     else:
         parts.append(_missing("per-class AP"))
+    parts.append(_errors_section(ctx, figs))
     parts.append("<h2>Precision-recall curves</h2><p class=note>From COCOeval's precision array (area all, "
                  "100 detections), averaged over seeds; the menu picks a class, <i>mean</i> averages the classes "
                  "that have ground truth (the curve whose area is AP50 or AP75).</p>")
@@ -110,7 +112,64 @@ def build_accuracy(ctx: PageContext) -> str:
     return _page(ctx, "accuracy.html", "Accuracy", "".join(parts), figs)
 
 
+NOTHING_FOUND = 0.01  # AP50 below this: a variant with (almost) no true positive
+
+
+def _errors_section(ctx: PageContext, figs: Figures) -> str:
+    """TIDE's error breakdown per variant and the confusion matrix (``dashboards.errors``)."""
+    sd = ctx.sd
+    parts = ["<h2>Why AP is lost: error breakdown (TIDE)</h2><p class=note>Bolya et al., ECCV 2020: every false "
+             "positive at IoU 0.5 is a classification (right place, wrong class), localisation (right class, IoU "
+             "0.1-0.5), both, duplicate or background (IoU &lt; 0.1) error, and an object nobody found is missed; "
+             "each bar is the AP50 that fixing that type alone would add. Computed from the stored detections and "
+             "val ground truth, per trial, then mean over seeds (95% CI).</p>"]
+    res = study_errors(sd)
+    if "note" in res:
+        return parts[0] + _missing(f"error breakdown ({res['note']})")
+    tide = res["tide"]
+    summaries, rows = {}, []
+    for k in ERROR_TYPES:
+        summaries[ERROR_LABELS[k]] = pd.DataFrame([{"variant": v, **t_interval(tide.loc[tide["variant"] == v,
+                                                                                          f"dAP/{k}"].tolist())}
+                                                   for v in sd.variants])
+    for v in sd.variants:
+        sub = tide[tide["variant"] == v]
+        if sub.empty:
+            continue
+        row = {"variant": esc(v), "seeds": len(sub), "AP50 (TIDE)": num(sub["AP50"].mean())}
+        means = {k: sub[f"dAP/{k}"].mean() for k in ERROR_TYPES}
+        for k in ERROR_TYPES:  # the 95% CIs are in the figure below
+            row[ERROR_LABELS[k]] = f"{num(means[k])} <span class=note>({int(round(sub[f'n/{k}'].mean()))})</span>"
+        top = max(means, key=means.get)
+        # With no true positive, fixing one type alone recovers ~nothing: say what happened instead.
+        row["costs most"] = (esc(ERROR_LABELS[top]) if sub["AP50"].mean() >= NOTHING_FOUND
+                             else f"finds almost nothing ({int(round(sub['n/miss'].mean()))} objects missed)")
+        rows.append(row)
+    parts.append(table(pd.DataFrame(rows), left=["costs most"]))
+    parts.append("<p class=note>dAP50 per error type, mean over seeds; in brackets the number of such errors "
+                 "per trial.</p>")
+    parts.append(figs.div(figures.metric_bars(summaries, sd.variants, "AP50 recovered by fixing each error type "
+                                              "(mean over seeds, 95% CI)", "dAP50"), height=420))
+    conf = res["confusion"]
+    if conf:
+        labels = res["classes"]
+        counts = {v: pd.DataFrame(c, index=labels + ["background"], columns=labels + ["missed"])
+                  for v, c in conf.items()}
+        shares = {v: c.div(c.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0) for v, c in counts.items()}
+        parts.append("<h2>Confusion between classes</h2><p class=note>Per image the <i>n</i> highest-scoring "
+                     "detections, <i>n</i> its number of objects (so differently calibrated scores compare), each "
+                     "matched by score to the object of any class it overlaps most at IoU &ge; 0.5; the "
+                     "<i>background</i> row holds detections on no object, the <i>missed</i> column objects no "
+                     "detection matched. Rows sum to 1; seeds pooled. The menu picks the variant.</p>")
+        parts.append(figs.div(figures.confusion(shares, counts, sd.variants), height=480))
+    return "".join(parts)
+
+
 # ------------------------------------------------------------------ speed
+
+# Speed figures left out of the speed page's table (it would not fit the page); the figure has them.
+TABLE_SKIPS = ("speed/latency_ms_p95", "speed/throughput_img_s", "speed/peak_rss_mb")
+
 
 def build_speed(ctx: PageContext) -> str:
     sd, an, figs = ctx.sd, ctx.an, Figures("speed")
@@ -123,22 +182,29 @@ def build_speed(ctx: PageContext) -> str:
         s = an.summary(m)
         means[m], means[f"{m}_half"] = s["mean"].values, s["half"].fillna(0.0).values
     front = set(figures.pareto_front(means.dropna(), "speed/latency_ms_p50", "AP")) if sd.variants else set()
+    accuracy = {m: an.summary(m) for m in ("AP", "AP50", "APs") if m in sd.final}
     rows = []
     for i, v in enumerate(sd.variants):
         row = {"variant": esc(v), "seeds": len(sd.seeds(v))}
+        for m, s in accuracy.items():
+            row[m] = mean_ci(s.iloc[i]["mean"], s.iloc[i]["lo"], s.iloc[i]["hi"])
         for m, label in present:
+            if m in TABLE_SKIPS:
+                continue
             r = summaries[label].iloc[i]
             digits, factor = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
             row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, factor)
         row["Pareto"] = "✓" if v in front else ""
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
-    parts = ["<h2>Speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
+    skipped = ", ".join(label for m, label in present if m in TABLE_SKIPS)
+    parts = ["<h2>Accuracy, speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
              f"<p class=note>Measured by each worker on its own CPU share "
              f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at batch 1, "
              "throughput at the study's speed batch size, FLOPs from torch.utils.flop_counter, peak memory is the "
              "worker's resident set size. Trials that ran side by side share the machine: compare with care. "
-             "Pareto: on the frontier of the variant means (lower latency p50, higher AP).</p>"]
+             "Pareto: on the frontier of the variant means (lower latency p50, higher AP)."
+             + (f" {esc(skipped)}: in the figure below." if skipped else "") + "</p>"]
     if present:
         parts.append(figs.div(figures.small_multiples(plotted, sd.variants, "Speed figures per variant (95% CI)")))
     if sd.variants and "AP" in sd.final and "speed/latency_ms_p50" in sd.final:

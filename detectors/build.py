@@ -63,6 +63,12 @@ def weight_names(detector: str) -> Tuple[str, ...]:
     return tuple(n.removeprefix("loss_") for n in loss_names(detector))
 
 
+def default_loss_weights(detector: str) -> Dict[str, float]:
+    """The weights the detector's paper gives its losses (by name without ``loss_``); the training
+    loop starts from these and ``train.loss_weights`` overrides them. Empty for most detectors."""
+    return dict(MODELS.entry(detector).meta.get("loss_weights") or {})
+
+
 def _check_params(entry: Entry, what: str, params: Any, loc: Tuple) -> Dict[str, Any]:
     if not isinstance(params, Mapping):
         raise ComponentError(loc, f"expected a mapping (key: value), got {type(params).__name__}", expected="mapping")

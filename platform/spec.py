@@ -123,7 +123,7 @@ class TrainSpec(_Strict):
     milestones: List[Fraction] = [0.67, 0.89]
     lr_decay: LrDecay = 0.1   # learning-rate factor at each milestone of the "multistep" schedule
     grad_clip: Optional[float] = Field(10.0, gt=0, le=1e6)
-    loss_weights: Dict[str, LossWeight] = {}  # by loss name without "loss_"; unnamed losses weigh 1
+    loss_weights: Dict[str, LossWeight] = {}  # by loss name without "loss_"; unnamed: the detector's default, else 1
     max_steps: Optional[int] = Field(None, ge=1, le=1_000_000_000)  # per phase
     hflip_prob: float = Field(0.5, ge=0, le=1)
     eval_every_epoch: bool = True

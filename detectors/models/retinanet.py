@@ -4,6 +4,8 @@ Backbone + FPN (P3-P7), separate classification and box subnets shared across
 levels, 9 anchors per location (3 scales x 3 ratios), IoU >= 0.5 positive,
 < 0.4 negative, ignored between, classification bias initialised to the prior
 pi = 0.01, losses normalised by the number of positive anchors, batched NMS.
+``fpn=False`` is the pyramid's ablation: one stride-16 map (C4) carrying the
+anchors of all five levels (45 per location), so only the pyramid changes.
 
 API as torchvision's detectors: ``model(images, targets=None)``; train mode
 returns unweighted ``loss_cls`` / ``loss_box``; eval mode a list of dicts with
@@ -26,7 +28,8 @@ from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
 from detectors.models import LossRole, register_detector
-from detectors.models.backbones import pyramid_backbone, pyramid_transform, scale_config
+from detectors.models.backbones import (PYRAMID_STRIDES, pyramid_backbone, pyramid_transform, scale_config,
+                                        single_level_backbone)
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.registry import Interval, OpenUnit
 
@@ -213,10 +216,15 @@ SCALES = {
 }
 
 
-def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128)) -> AnchorGenerator:
-    """3 scales (2^0, 2^(1/3), 2^(2/3)) x 3 ratios (1:2, 1:1, 2:1) per level (paper sec. 4)."""
+def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128), fpn: bool = True) -> AnchorGenerator:
+    """3 scales (2^0, 2^(1/3), 2^(2/3)) x 3 ratios (1:2, 1:1, 2:1) per level (paper sec. 4).
+
+    ``fpn=False``: the sizes of every level in ``strides`` on one map (15 sizes x 3 ratios).
+    """
     octaves = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     sizes = tuple(tuple(anchor_base * s * o for o in octaves) for s in strides)
+    if not fpn:
+        return AnchorGenerator(sizes=(sum(sizes, ()),), aspect_ratios=((0.5, 1.0, 2.0),))
     return AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
 
 
@@ -241,20 +249,22 @@ def build_retinanet(num_classes: int, scale: str = "tiny", cls_loss: Optional[Ca
                     head_norm: Optional[Literal["scale", "gn"]] = "scale", fpn_width: Optional[Width] = None,
                     prior_prob: OpenUnit = 0.01, min_size: Optional[ImageSide] = None,
                     max_size: Optional[ImageSide] = None, score_thresh: float = 0.05, nms_iou: float = 0.5,
-                    max_dets: int = 100, topk_candidates: TopK = 1000) -> RetinaNet:
+                    max_dets: int = 100, topk_candidates: TopK = 1000, fpn: bool = True) -> RetinaNet:
     """Build a RetinaNet. ``None`` (and ``head_norm="scale"``) take the scale's preset.
+
+    ``fpn=False``: no pyramid, one stride-16 map (C4) with all levels' anchors on it.
 
     ``cls_loss`` defaults to focal loss with the paper's gamma 2, alpha 0.25;
     ``box_loss`` to smooth L1 with beta 1/9 (Detectron2's RetinaNet).
     """
     cfg = scale_config(SCALES, scale, head_norm, anchor_base=anchor_base, head_width=head_width,
                        head_convs=head_convs, fpn_width=fpn_width, min_size=min_size, max_size=max_size)
-    backbone = pyramid_backbone(scale, cfg)
-    head = RetinaHead(backbone.out_channels, 9, num_classes, cfg["head_width"],
+    backbone = pyramid_backbone(scale, cfg) if fpn else single_level_backbone(scale, cfg)
+    anchors = retinanet_anchor_generator(cfg["anchor_base"], PYRAMID_STRIDES, fpn)
+    head = RetinaHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes, cfg["head_width"],
                       cfg["head_convs"], cfg["head_norm"], prior_prob)
     return RetinaNet(
-        backbone=backbone, head=head,
-        anchor_generator=retinanet_anchor_generator(cfg["anchor_base"], backbone.strides),
+        backbone=backbone, head=head, anchor_generator=anchors,
         transform=pyramid_transform(cfg, IMAGENET_MEAN, IMAGENET_STD),
         cls_loss=cls_loss or CLS_LOSSES.get("focal"), box_loss=box_loss or partial(smooth_l1_loss, beta=1.0 / 9),
         pos_iou=pos_iou, neg_iou=neg_iou, allow_low_quality=allow_low_quality,
