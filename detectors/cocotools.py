@@ -11,8 +11,8 @@ package's C++ matching and accumulation, the default when it is installed) and
 ``pycocotools`` (the reference; the tests hold the two equal). The environment
 variable ``DETBENCH_EVAL_BACKEND`` picks one (workers inherit the driver's
 environment on a local Ray). ``platform.bench`` times both: on 500 and 5000
-images faster-coco-eval gave identical summary statistics and precision arrays
-within 3e-16, 4-7x faster.
+images faster-coco-eval gave the same summary statistics and precision arrays
+to within 3e-16 (the last bits of a float), 4-7x faster.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,9 @@ def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None)
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or res.max_concurrent,
+        # reuse_actors: a trial starts in a worker that already imported torch (seconds per trial);
+        # run_trial sets seeds and threads itself, so nothing carries over from the previous trial.
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or res.max_concurrent, reuse_actors=True,
                                     trial_name_creator=lambda t: t.config["trial"]["config_hash"][:12],
                                     trial_dirname_creator=lambda t: t.config["trial"]["config_hash"][:12]),
         run_config=run_config,
@@ -107,6 +110,13 @@ def prepare_dataset(trials: List[dict]) -> List[dict]:
     return resolve_dataset_paths(trials, make)
 
 
+def _study_tracker(study):
+    from platform.tracking import StudyTracker
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its import set INFO: no table-creation lines
+    return StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
+
+
 def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
     """A cached run measures only speed figures an earlier run left unmeasured (interrupted,
     failed); Ray and MLflow start only then."""
@@ -117,8 +127,6 @@ def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
     if not pending(groups):
         return
     import ray
-
-    from platform.tracking import StudyTracker
 
     ray_log = os.path.join(study.output.runs_dir, study.name, "ray.log")
     os.makedirs(os.path.dirname(ray_log), exist_ok=True)
@@ -134,7 +142,7 @@ def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
         _ray_logs_to_file(ray_log)
         return True
 
-    tracker = StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
+    tracker = _study_tracker(study)
     try:
         run_speed_phase(store, study.name, groups, tracker=tracker, start_ray=start)
     except KeyboardInterrupt:
@@ -165,12 +173,16 @@ def run_study(study, trials: List[dict], args) -> int:
     from platform.expand import detectors_code_version
     from platform.speed_phase import run_speed_phase, speed_groups
     from platform.timing import TrialClock
-    from platform.tracking import StudyTracker, study_description
 
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)
+    # MLflow's import and database set-up (seconds of Python) overlap Ray's start (seconds of
+    # waiting for its processes): part of what a run costs beyond its trials.
+    pool = ThreadPoolExecutor(1)
+    tracking = pool.submit(_study_tracker, study)
+    pool.shutdown(wait=False)
     try:
         _start_ray(args.address)
     except ConnectionError as exc:
@@ -183,8 +195,9 @@ def run_study(study, trials: List[dict], args) -> int:
         todo = prepare_dataset(todo)
         for t in todo:  # the worker leaves latency and throughput to the speed phase
             t["speed_phase"] = uses_speed_phase(t)
-        tracker = StudyTracker(study.tracking.mlflow_uri, study.name,
-                               os.path.join(study.output.runs_dir, "mlartifacts"))
+        from platform.tracking import study_description
+
+        tracker = tracking.result()
         report = os.path.join(study.output.reports_dir, study.name, "index.html")
         parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
                                                                "force": bool(args.force)}, detectors_code_version(),
