@@ -45,11 +45,16 @@ def _rss_mb() -> Dict[str, float]:
     return out
 
 
-def timed(fn: Callable[[], object]) -> Dict[str, float]:
-    """Seconds of one call: wall clock and this process's CPU time."""
+def measured(fn: Callable[..., object], *args):
+    """``fn(*args)`` and the seconds it took: ``(value, {"wall": ..., "cpu": ...})`` (this process's CPU time)."""
     w0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0}
+    value = fn(*args)
+    return value, {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0}
+
+
+def timed(fn: Callable[..., object], *args) -> Dict[str, float]:
+    """Seconds of one call ``fn(*args)``: wall clock and this process's CPU time."""
+    return measured(fn, *args)[1]
 
 
 def _batch(paths: dict, batch_size: int):
@@ -107,9 +112,13 @@ def ours_vs_torchvision(paths: dict, steps: int = 5, repeats: int = 10, batch_si
         for _ in range(3):
             step(name)
     out: Dict[str, List[float]] = {f"{k}_{clock}": [] for k in models for clock in ("wall", "cpu")}
+    def steps_of(name):
+        for _ in range(steps):
+            step(name)
+
     for _ in range(repeats):
         for name in models:
-            t = timed(lambda: [step(name) for _ in range(steps)])
+            t = timed(steps_of, name)
             for clock in ("wall", "cpu"):
                 out[f"{name}_{clock}"].append(steps * batch_size / t[clock])
     return out
@@ -207,7 +216,7 @@ def data_path(paths: dict, batch_size: int = 8, steps: int = 20) -> Dict[str, Di
         for workers in (0, 2):
             loader = DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=collate, num_workers=workers,
                                 generator=torch.Generator().manual_seed(0))
-            out[f"epoch_cache={'on' if cache else 'off'}_workers={workers}"] = timed(lambda: [b for b in loader])
+            out[f"epoch_cache={'on' if cache else 'off'}_workers={workers}"] = timed(list, loader)
     for workers in (0, 2):
         train = CocoDetection(paths["train_images"], paths["train_annotations"])
         val = CocoDetection(paths["val_images"], paths["val_annotations"])
@@ -216,12 +225,7 @@ def data_path(paths: dict, batch_size: int = 8, steps: int = 20) -> Dict[str, Di
         torch.manual_seed(0)
         model = build_detector(trial, len(train.cat_ids), train.class_counts)
         runtime = LocalRuntime(torch.device("cpu"), loader_workers=workers)
-        result: Dict[str, float] = {}
-
-        def run():
-            result.update(fit(model, train, val, trial, trial_phases(trial), runtime, lambda m, c: None))
-
-        t = timed(run)
+        result, t = measured(fit, model, train, val, trial, trial_phases(trial), runtime, lambda m, c: None)
         out[f"train_{steps}_steps_workers={workers}"] = {**t, "img_s": result["train_img_s"]}
     return out
 
@@ -264,8 +268,7 @@ def eval_backends(num_images: int, repeats: int = 1, seed: int = 0) -> Dict[str,
     results = {}
     for _ in range(repeats):
         for backend in ("pycocotools", "faster"):
-            coco = coco_ground_truth(gt)
-            t = timed(lambda: results.__setitem__(backend, evaluate_coco(coco, dets, backend=backend)))
+            results[backend], t = measured(evaluate_coco, coco_ground_truth(gt), dets, None, None, backend)
             out.setdefault(f"{backend}_s", []).append(t["wall"])
     a, b = results["pycocotools"], results["faster"]
     diffs = [abs((a["metrics"][k] or 0.0) - (b["metrics"][k] or 0.0)) for k in a["metrics"]]

@@ -193,7 +193,7 @@ def bench_bootstrap(resamples: int, images: int = 150) -> Dict[str, Any]:
     import numpy as np
 
     from dashboards import stats
-    from detectors.benchmarks import synthetic_detections, timed
+    from detectors.benchmarks import measured, synthetic_detections
     from detectors.cocotools import coco_ground_truth
 
     gt, dets = synthetic_detections(images, seed=1)
@@ -205,10 +205,11 @@ def bench_bootstrap(resamples: int, images: int = 150) -> Dict[str, Any]:
     old, new, same = [], [], True
     for _ in range(resamples):
         idx = rng.integers(0, len(ids), len(ids))
-        a, b = {}, {}
-        old.append(timed(lambda: a.setdefault("ap", stats._accumulate_on(ev, idx)))["cpu"] * 1000)
-        new.append(timed(lambda: b.setdefault("ap", records.ap(idx)))["cpu"] * 1000)
-        same = same and a["ap"] == b["ap"]
+        a, ta = measured(stats._accumulate_on, ev, idx)
+        b, tb = measured(records.ap, idx)
+        old.append(ta["cpu"] * 1000)
+        new.append(tb["cpu"] * 1000)
+        same = same and a == b
     return {"images": images, "cocoeval_accumulate_ms": median_spread(old), "numpy_ms": median_spread(new),
             "speedup": statistics.median(old) / statistics.median(new), "identical_ap": same}
 
@@ -260,7 +261,8 @@ def markdown(result: Dict[str, Any]) -> str:
             lines.append(f"| {clock} | {fmt(c['ours_img_s'], 1)} | {fmt(c['torchvision_img_s'], 1)} | "
                          f"{fmt(c['ratio'], 3)} |")
         p = r["profile_ms"]
-        lines += ["\nStep parts, ms of CPU time (same head outputs):\n", "| part | ours | torchvision |", "|---|---|---|"]
+        lines += ["\nStep parts, ms of CPU time (same head outputs):\n", "| part | ours | torchvision |",
+                  "|---|---|---|"]
         for part in ("assign", "loss", "postprocess"):
             lines.append(f"| {part} | {fmt(p[part + '_ours'])} | {fmt(p[part + '_torchvision'])} |")
     if "orchestration" in s:
@@ -268,20 +270,23 @@ def markdown(result: Dict[str, Any]) -> str:
         m = o["ratio_if_trials_took_60s"]
         lines += [f"\n## Orchestration overhead ({o['trials']} trials one at a time, ~{o['per_trial_s']:.0f} s each)\n",
                   "| plain loop s | platform.run s | ratio (target <= 1.05 for minute-long trials) | overhead s | "
-                  "ratio at 60 s trials: 1 / 5 / 10 trials | cached re-run s (target <= 3) |", "|---|---|---|---|---|---|",
+                  "ratio at 60 s trials: 1 / 5 / 10 trials | cached re-run s (target <= 3) |",
+                  "|---|---|---|---|---|---|",
                   f"| {o['plain_loop_s']:.1f} | {o['platform_run_s']:.1f} | {o['ratio']:.3f} | {o['overhead_s']:.1f} | "
                   f"{m['1 trial']:.3f} / {m['5 trials']:.3f} / {m['10 trials']:.3f} | {o['cached_rerun_s']:.2f} |"]
     if "concurrency" in s:
         c = s["concurrency"]
         lines += [f"\n## Concurrency ({c['trials']} one-CPU trials)\n",
-                  "| one at a time s | two at a time s | speedup (target >= 1.8) | a trial alone s | a trial beside another s |",
+                  "| one at a time s | two at a time s | speedup (target >= 1.8) | a trial alone s "
+                  "| a trial beside another s |",
                   "|---|---|---|---|---|",
                   f"| {c['one_at_a_time_s']:.1f} | {c['two_at_a_time_s']:.1f} | {c['speedup']:.2f} | "
                   f"{fmt(c['trial_s_alone'], 1)} | {fmt(c['trial_s_two_at_a_time'], 1)} |"]
     if "evaluation" in s:
         e = s["evaluation"]
         lines += ["\n## Evaluation: pycocotools vs faster-coco-eval (bbox, generated detections)\n",
-                  "| images | detections | pycocotools s | faster-coco-eval s | speedup | same to 1e-6 | max abs difference |",
+                  "| images | detections | pycocotools s | faster-coco-eval s | speedup | same to 1e-6 "
+                  "| max abs difference |",
                   "|---|---|---|---|---|---|---|"]
         for r in [e[k] for k in e if k.endswith("_images")]:
             lines.append(f"| {r['images']} | {r['detections']} | {fmt(r['pycocotools_s'])} | {fmt(r['faster_s'])} | "
@@ -295,7 +300,8 @@ def markdown(result: Dict[str, Any]) -> str:
                   "| detector | params M | GFLOPs/img | latency p50 ms | p95 ms | throughput img/s (batch 8) |",
                   "|---|---|---|---|---|---|"]
         for r in s["zoo"]:
-            lines.append(f"| {r['detector']} | {r['params'] / 1e6:.3f} | {r['gflops']:.3f} | {r['latency_ms_p50']:.1f} | "
+            lines.append(f"| {r['detector']} | {r['params'] / 1e6:.3f} | {r['gflops']:.3f} | "
+                         f"{r['latency_ms_p50']:.1f} | "
                          f"{r['latency_ms_p95']:.1f} | {r['throughput_img_s']:.1f} |")
     if "memory" in s:
         m = s["memory"]
