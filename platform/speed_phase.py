@@ -11,10 +11,15 @@ A group whose figure exists only links trials that lack it, without Ray.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from detectors.speed_phase import key_digest, key_label, speed_key, uses_speed_phase
 from platform.store import SPEED_KEY
+
+# How long the phase waits for a node to be free and measured (a measurement itself takes seconds
+# to a minute): past it the figure is left for the next run rather than the study hanging.
+WAIT_S = float(os.environ.get("DETBENCH_SPEED_WAIT_S", 900))
 
 # Figures of the phase that become each trial's final metrics. The trial's own training
 # img/s (measured while it ran beside others) stays ``speed/train_img_s``.
@@ -67,7 +72,7 @@ def _node_resources() -> Dict[str, float]:
 
 def _measure(groups: List[Dict[str, Any]], say: Callable[[str], None]) -> Dict[str, Dict[str, Any]]:
     """Run one Ray task per group to measure; digest -> measurement (failures are said and skipped)."""
-    import os
+    import time
 
     import ray
 
@@ -86,9 +91,15 @@ def _measure(groups: List[Dict[str, Any]], say: Callable[[str], None]) -> Dict[s
         f"(a task holding all {node['CPU']:g} CPUs of one), shared by "
         f"{sum(len(g['trials']) for g in groups)} trials")
     out = {}
+    deadline = time.monotonic() + WAIT_S
     for ref, (g, trial) in pending.items():
         try:
-            m = ray.get(ref)
+            m = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            say(f"speed: {key_label(g['key'])}: no node was free for it within {WAIT_S:.0f}s (something else "
+                "holds its CPUs); not measured, the next run of the study measures it")
+            continue
         except Exception as exc:  # noqa: BLE001 - a speed figure must not fail a finished study
             say(f"speed: {key_label(g['key'])}: measurement failed ({type(exc).__name__}: "
                 f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); no speed figure stored")
