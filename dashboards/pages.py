@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 
 from dashboards import figures
-from dashboards.analysis import Analysis
+from dashboards.analysis import BOOTSTRAP_CACHE, Analysis
 from dashboards.context import AP_METRICS, SPEED_METRICS, PageContext
 from dashboards.data import fmt_value, load_study
 from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
+from dashboards.fingerprint import fingerprint, mark_current
 from dashboards.html import Figures, esc, mean_ci, num, table, write_page, write_plotly_js
 from dashboards.stats import t_interval
+from detectors.speed_phase import key_label
 from dashboards.overview import build_all_index, build_study_index
 
 
@@ -198,13 +200,25 @@ def build_speed(ctx: PageContext) -> str:
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
     skipped = ", ".join(label for m, label in present if m in TABLE_SKIPS)
-    parts = ["<h2>Accuracy, speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
-             f"<p class=note>Measured by each worker on its own CPU share "
-             f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at batch 1, "
-             "throughput at the study's speed batch size, FLOPs from torch.utils.flop_counter, peak memory is the "
-             "worker's resident set size. Trials that ran side by side share the machine: compare with care. "
-             "Pareto: on the frontier of the variant means (lower latency p50, higher AP)."
-             + (f" {esc(skipped)}: in the figure below." if skipped else "") + "</p>"]
+    skipped_note = f" {esc(skipped)}: in the figure below." if skipped else ""
+    isolated, measured = _isolated_speed_section(ctx)
+    if measured:
+        note = ("<p class=note>Latency, throughput and <i>train img/s alone</i> are the isolated measurement of "
+                "each variant's speed configuration (next section), shared by every trial of that configuration, "
+                "so they carry no interval over seeds. <i>train img/s</i> is each trial's own training throughput "
+                "and <i>peak RSS</i> its worker's peak resident set size (a worker runs trial after trial, so it is "
+                "the peak up to that trial), both taken while trials ran side by side (compare with care). FLOPs "
+                "from torch.utils.flop_counter. Pareto: on the frontier of the variant means (lower latency p50, "
+                "higher AP)." + skipped_note + "</p>")
+    else:
+        note = (f"<p class=note>Measured by each worker on its own CPU share "
+                f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at "
+                "batch 1, throughput at the study's speed batch size, FLOPs from torch.utils.flop_counter, peak "
+                "memory is the worker's resident set size. Trials that ran side by side share the machine: compare "
+                "with care. Pareto: on the frontier of the variant means (lower latency p50, higher AP)."
+                + skipped_note + "</p>")
+    parts = ["<h2>Accuracy, speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)), note,
+             isolated]
     if present:
         parts.append(figs.div(figures.small_multiples(plotted, sd.variants, "Speed figures per variant (95% CI)")))
     if sd.variants and "AP" in sd.final and "speed/latency_ms_p50" in sd.final:
@@ -212,6 +226,62 @@ def build_speed(ctx: PageContext) -> str:
         parts.append(figs.div(figures.speed_accuracy(means, sd.final, "speed/latency_ms_p50", "AP",
                                                      "latency p50 (ms)", "AP", sd.variants), height=460))
     return _page(ctx, "speed.html", "Speed", "".join(parts), figs)
+
+
+def _isolated_speed_section(ctx: PageContext):
+    """Where and how the isolated speed figures were measured (``detectors.speed_phase``): one row per
+    speed configuration with its hardware. Returns (html, whether any figure is stored)."""
+    sd = ctx.sd
+    keys = sd.data("speed_key")
+    measured = sd.speed_figures(set(keys.values())) if keys else {}
+    if not measured:
+        return "", False
+    rows, machines = [], []
+    for digest, m in measured.items():
+        f, hw, how = m["figures"], m["hardware"], m["method"]
+        trials = [t for t in sd.finished if keys.get(t["trial_key"]) == digest]
+        variants = list(dict.fromkeys(t["variant"] for t in trials))
+        spread = {k: f.get(f"{k}_spread") for k in ("throughput_img_s", "train_img_s")}
+        rows.append({
+            "configuration": esc(key_label(m["key"])),
+            "trials (variants)": f"{len(trials)} ({esc(', '.join(variants))})",
+            "latency p50 / p95 ms": f"{num(f.get('latency_ms_p50'), 2)} / {num(f.get('latency_ms_p95'), 2)}",
+            "throughput img/s": _with_spread(f.get("throughput_img_s"), spread["throughput_img_s"]),
+            "train img/s": _with_spread(f.get("train_img_s"), spread["train_img_s"]),
+            "peak RSS MB": num(f.get("peak_rss_mb"), 0) + (f" (GPU {num(f['peak_gpu_mb'], 0)})"
+                                                         if f.get("peak_gpu_mb") is not None else ""),
+            "params M": num(f["params"] * 1e-6 if f.get("params") is not None else None),
+            "GFLOPs/img": num(f.get("gflops")),
+            "measured on": esc(f"{hw.get('cpu')}, {hw.get('cpu_cores')} cores"
+                               + (f", {hw['gpu']}" if hw.get("gpu") else "")
+                               + f"; torch {hw.get('torch')}" + (f", CUDA {hw['cuda']}" if hw.get("cuda") else "")
+                               + f"; host {hw.get('host')}"),
+            "when": esc(str(m["measured_at"])[:16]),
+        })
+        machines.append(how)
+    how = machines[0]
+    loads = ", ".join(f"{h.get('load_avg_before')} / {h.get('load_avg_after')}" for h in machines)
+    text = (f"<h2>Where and how speed was measured</h2><p class=note>After training, once per speed configuration "
+            f"(architecture, scale, parameters, val images, batch size, threads, device, precision, memory format, "
+            f"post-processing; not the loss or the seed), by a Ray task that held every CPU of its node (and a GPU "
+            f"on CUDA), so no trial ran beside it. The {esc(how.get('weights'))} weights of one trial of the "
+            f"configuration were timed with the trial's {esc(how.get('threads'))} thread(s) at "
+            f"{esc(how.get('precision'))}: latency per image at batch 1 over {esc(how.get('latency_images'))} images "
+            f"after {esc(how.get('warmup_images'))} warm-up images (p50 / p95; pre- and post-processing included); "
+            f"throughput over {esc(how.get('throughput'))} and training speed over {esc(how.get('train'))}, each "
+            f"timed {esc(how.get('repeats'))} times (median, ± half the range). Timer: {esc(how.get('timer'))}. "
+            f"The node's 1-minute load average before / after: {esc(loads)} (about the CPU count or more means "
+            f"something outside this study was running too).</p>")
+    return text + table(pd.DataFrame(rows), left=["trials (variants)", "measured on"]), True
+
+
+def _with_spread(value, spread) -> str:
+    if value is None:
+        return num(None)
+    text = num(value, 1)
+    if spread:
+        text += f' <span class="note">± {spread / 2:.1f}</span>'
+    return text
 
 
 # ------------------------------------------------------------------ losses
@@ -318,10 +388,12 @@ def build_loss(ctx: PageContext) -> str:
 # ------------------------------------------------------------------ entry point
 
 def build_study(store, study_name: str, reports_dir: str, resamples: int | None = None) -> PageContext:
-    """All pages of one study plus the all-studies index; returns the context (paths, sizes, plot counts)."""
+    """All pages of one study plus the all-studies index; returns the context (paths, sizes, plot counts).
+    Records the data's fingerprint (``dashboards.fingerprint``) beside the pages."""
     sd = load_study(store, study_name)
     sd.info["store_url"] = _safe_url(getattr(store, "url", ""))
-    an = Analysis(sd) if resamples is None else Analysis(sd, resamples)
+    cache = os.path.join(os.path.abspath(reports_dir), study_name, BOOTSTRAP_CACHE)
+    an = Analysis(sd, cache_path=cache) if resamples is None else Analysis(sd, resamples, cache_path=cache)
     ctx = PageContext(sd, an, os.path.abspath(reports_dir))
     write_plotly_js(ctx.reports_dir)
     build_study_index(ctx)
@@ -329,6 +401,7 @@ def build_study(store, study_name: str, reports_dir: str, resamples: int | None 
     build_speed(ctx)
     build_loss(ctx)
     ctx.sizes["../index.html"], ctx.plots["../index.html"] = build_all_index(store, ctx.reports_dir, ctx.built), 0
+    mark_current(ctx.reports_dir, study_name, fingerprint(store, study_name, resamples))
     return ctx
 
 

@@ -2,7 +2,8 @@
 
 Only plain trial dicts cross into Ray; the trainable is
 ``detectors.trainable.tune_trainable``. Trials whose config hash already
-finished (results store) are skipped unless ``--force``.
+finished (results store) are skipped unless ``--force``. After the trials, the
+speed phase (``platform.speed_phase``) measures each speed configuration alone.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +86,9 @@ def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None)
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or res.max_concurrent,
+        # reuse_actors: a trial starts in a worker that already imported torch (seconds per trial);
+        # run_trial sets seeds and threads itself, so nothing carries over from the previous trial.
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or res.max_concurrent, reuse_actors=True,
                                     trial_name_creator=lambda t: t.config["trial"]["config_hash"][:12],
                                     trial_dirname_creator=lambda t: t.config["trial"]["config_hash"][:12]),
         run_config=run_config,
@@ -106,6 +110,47 @@ def prepare_dataset(trials: List[dict]) -> List[dict]:
     return resolve_dataset_paths(trials, make)
 
 
+def _study_tracker(study):
+    from platform.tracking import StudyTracker
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its import set INFO: no table-creation lines
+    return StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
+
+
+def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
+    """A cached run measures only speed figures an earlier run left unmeasured (interrupted,
+    failed); Ray and MLflow start only then."""
+    from platform.expand import detectors_code_version
+    from platform.speed_phase import pending, run_speed_phase, speed_groups
+
+    groups = speed_groups(store, study.name, trials, detectors_code_version())
+    if not pending(groups):
+        return
+    import ray
+
+    ray_log = os.path.join(study.output.runs_dir, study.name, "ray.log")
+    os.makedirs(os.path.dirname(ray_log), exist_ok=True)
+
+    def start() -> bool:
+        _ray_logs_to_file(ray_log)
+        try:
+            _start_ray(args.address)
+        except ConnectionError as exc:
+            print(f"speed: cannot reach the Ray cluster ({str(exc).splitlines()[0]}); speed not measured",
+                  file=sys.stderr)
+            return False
+        _ray_logs_to_file(ray_log)
+        return True
+
+    tracker = _study_tracker(study)
+    try:
+        run_speed_phase(store, study.name, groups, tracker=tracker, start_ray=start)
+    except KeyboardInterrupt:
+        print("interrupted: speed figures not measured yet are measured by the next run")
+    finally:
+        ray.shutdown()
+
+
 def run_study(study, trials: List[dict], args) -> int:
     """Run what is not cached, then summarise and build the report. Returns the exit code."""
     from platform.store import Store
@@ -117,20 +162,27 @@ def run_study(study, trials: List[dict], args) -> int:
     print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
     if not todo:
         print("everything was cached: no trial ran (use --force to run them again)")
+        _speed_phase_when_cached(study, store, trials, args)
         print_summary(store, study)
         return 0 if write_report(store, study) else 1
 
     import ray
 
     from platform.callbacks import ProgressCallback, StudyCallback
+    from detectors.speed_phase import uses_speed_phase
     from platform.expand import detectors_code_version
+    from platform.speed_phase import run_speed_phase, speed_groups
     from platform.timing import TrialClock
-    from platform.tracking import StudyTracker, study_description
 
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)
+    # MLflow's import and database set-up (seconds of Python) overlap Ray's start (seconds of
+    # waiting for its processes): part of what a run costs beyond its trials.
+    pool = ThreadPoolExecutor(1)
+    tracking = pool.submit(_study_tracker, study)
+    pool.shutdown(wait=False)
     try:
         _start_ray(args.address)
     except ConnectionError as exc:
@@ -141,8 +193,11 @@ def run_study(study, trials: List[dict], args) -> int:
     interrupted, recorder = False, None
     try:
         todo = prepare_dataset(todo)
-        tracker = StudyTracker(study.tracking.mlflow_uri, study.name,
-                               os.path.join(study.output.runs_dir, "mlartifacts"))
+        for t in todo:  # the worker leaves latency and throughput to the speed phase
+            t["speed_phase"] = uses_speed_phase(t)
+        from platform.tracking import study_description
+
+        tracker = tracking.result()
         report = os.path.join(study.output.reports_dir, study.name, "index.html")
         parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
                                                                "force": bool(args.force)}, detectors_code_version(),
@@ -157,6 +212,9 @@ def run_study(study, trials: List[dict], args) -> int:
         progress = ProgressCallback(len(todo), concurrency, clock=clock)
         print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
         run_trials(study, todo, [recorder, progress], args.max_concurrent)
+        ran = {f["trial"]["config_hash"] for f in recorder.finished}
+        run_speed_phase(store, study.name, speed_groups(store, study.name, trials, detectors_code_version(), ran,
+                                                        args.force), tracker=tracker)
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -128,6 +128,8 @@ class TrainSpec(_Strict):
     hflip_prob: float = Field(0.5, ge=0, le=1)
     eval_every_epoch: bool = True
     phases: Optional[List[PhaseSpec]] = Field(None, min_length=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast (+ fp16 loss scaling), detectors.precision
+    channels_last: bool = False                           # NHWC convolution weights (faster on GPUs)
 
     @field_validator("milestones")
     @classmethod
@@ -149,10 +151,15 @@ class TrainSpec(_Strict):
 
 class SpeedSpec(_Strict):
     enabled: bool = True
+    # True: measured once per speed configuration, alone on a node, after training
+    # (detectors.speed_phase); False: every trial measures itself as it finishes.
+    isolated: bool = True
     latency_images: int = Field(50, ge=1, le=10_000)
     warmup: int = Field(10, ge=0, le=10_000)
     throughput_batch: int = Field(8, ge=1, le=256)       # the images of all throughput batches are
     throughput_batches: int = Field(5, ge=1, le=1000)    # loaded before timing: both ends bounded
+    repeats: int = Field(5, ge=1, le=100)         # timings of throughput and of training speed (median, spread)
+    train_steps: int = Field(5, ge=1, le=1000)    # optimiser steps per timing of training speed
 
 
 class EvalSpec(_Strict):

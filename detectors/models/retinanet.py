@@ -56,9 +56,11 @@ def gn_groups(width: int) -> int:
 
 
 def conv_subnet(width_in: int, width: int, num_convs: int, norm: Optional[str]) -> nn.Sequential:
+    """``num_convs`` x (conv3x3, [GroupNorm], ReLU). A conv followed by a norm has no bias: the
+    norm's own shift takes its place (torchvision's ``Conv2dNormActivation``, mmdet's ``ConvModule``)."""
     layers: List[nn.Module] = []
     for i in range(num_convs):
-        layers.append(nn.Conv2d(width_in if i == 0 else width, width, 3, padding=1))
+        layers.append(nn.Conv2d(width_in if i == 0 else width, width, 3, padding=1, bias=norm != "gn"))
         if norm == "gn":
             layers.append(nn.GroupNorm(gn_groups(width), width))
         layers.append(nn.ReLU(inplace=True))
@@ -86,7 +88,8 @@ class RetinaHead(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         # Prior init (paper sec. 4.1): every anchor starts at foreground probability
         # pi, so the many easy negatives do not swamp the first iterations.
         nn.init.constant_(self.cls_out.bias, -math.log((1.0 - prior_prob) / prior_prob))
@@ -165,19 +168,24 @@ class RetinaNet(nn.Module):
 
     def loss_targets(self, targets, logits, deltas, anchors):
         """Flatten the batch into (cls logits, one-hot targets) over non-ignored
-        anchors and (deltas, regression targets) over positives."""
-        matched = self.assign(targets, anchors)
-        cls_pred, cls_tgt, box_pred, box_tgt = [], [], [], []
-        for b, (m, t, a) in enumerate(zip(matched, targets, anchors)):
-            pos = m >= 0
-            valid = m >= -1  # BACKGROUND (-1) and positives; IGNORE (-2) drops out
-            onehot = torch.zeros_like(logits[b])
-            onehot[pos, t["labels"][m[pos]]] = 1.0
-            cls_pred.append(logits[b][valid])
-            cls_tgt.append(onehot[valid])
-            box_pred.append(deltas[b][pos])
-            box_tgt.append(self.box_coder.encode(a[pos], t["boxes"][m[pos]]))
-        return torch.cat(cls_pred), torch.cat(cls_tgt), torch.cat(box_pred), torch.cat(box_tgt)
+        anchors and (deltas, regression targets) over positives, image after image.
+
+        The whole batch at once (every image has the same anchors, the batch is padded
+        to one size): one one-hot matrix of the kept rows only and one encode, where a
+        loop over images built a full ``[A, K]`` matrix per image and copied it again.
+        """
+        m = torch.stack(self.assign(targets, anchors))  # [B, A] gt index, BACKGROUND or IGNORE
+        offsets = torch.tensor([0] + [t["boxes"].shape[0] for t in targets[:-1]], device=m.device).cumsum(0)
+        gt_boxes = torch.cat([t["boxes"] for t in targets])
+        gt_labels = torch.cat([t["labels"] for t in targets])
+        pos = m >= 0
+        valid = m >= -1  # BACKGROUND (-1) and positives; IGNORE (-2) drops out
+        matched = (m + offsets[:, None])[pos]  # batch-wide gt index of each positive
+        cls_pred = logits[valid]
+        cls_tgt = torch.zeros_like(cls_pred)
+        cls_tgt[torch.nonzero(pos[valid]).squeeze(1), gt_labels[matched]] = 1.0
+        box_tgt = self.box_coder.encode(torch.stack(anchors)[pos], gt_boxes[matched])
+        return cls_pred, cls_tgt, deltas[pos], box_tgt
 
     def compute_loss(self, targets, logits, deltas, anchors) -> Dict[str, Tensor]:
         cls_pred, cls_tgt, box_pred, box_tgt = self.loss_targets(targets, logits, deltas, anchors)

@@ -139,11 +139,14 @@ def test_bootstrap_equals_evaluating_a_resampled_ground_truth(tmp_path):
     dets = fakes.fake_detections(raw, jitter=3.0, false_pos=3, seed=1)
     ids = sorted(gt.getImgIds())
     ev = stats._evaluated(gt, dets, ids)
+    records = stats.ImageRecords(ev)
     rng = np.random.default_rng(3)
     for _ in range(4):
         idx = rng.integers(0, len(ids), len(ids))  # with repeats
         assert stats._accumulate_on(ev, idx) == pytest.approx(stats.resampled_ap(gt, dets, [ids[i] for i in idx]),
                                                               abs=1e-12)
+        # the numpy accumulation (what bootstrap_ap runs) is COCOeval's, bit for bit
+        assert records.ap(idx) == stats._accumulate_on(ev, idx)
     # the identity resample is plain COCOeval AP
     from detectors.evaluate import evaluate_coco
     assert stats._accumulate_on(ev, np.arange(len(ids))) == pytest.approx(evaluate_coco(gt, dets)["metrics"]["AP"])
