@@ -6,6 +6,9 @@ each epoch evaluates (every epoch, or the phase's last), checkpoints and
 reports. Loss weights are applied here and only here: models return unweighted
 losses, and the total is the weighted sum of the losses the phase counts.
 Steps and epochs are global across phases; each report carries the phase index.
+Where the steps run (one process, or one of several DDP workers) is the
+runtime's business (``detectors.runtime``): it wraps each phase's objective,
+shards the batches and sums the logged figures over workers.
 ``train.precision`` (``detectors.precision``) runs the forward under autocast and
 scales fp16 gradients; the scaler's state is checkpointed with the optimizer's.
 """
@@ -31,6 +34,27 @@ Report = Callable[[Dict[str, float], Optional[str]], None]
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced NaN or inf; the message names the step."""
+
+
+class PhaseObjective(torch.nn.Module):
+    """One phase's training objective: ``(total, raw)`` for a batch.
+
+    ``total`` is the weighted sum of the losses the phase counts (the only place loss
+    weights exist: models return unweighted losses); ``raw`` the model's losses,
+    detached, for logging. A module so that a multi-worker runtime can wrap it whole:
+    DDP then follows the gradient of ``total`` only.
+    """
+
+    def __init__(self, model: torch.nn.Module, weights: Dict[str, float], phase: dict) -> None:
+        super().__init__()
+        self.model, self.weights, self.phase = model, weights, phase
+
+    def forward(self, images, targets):
+        raw = self.model(images, targets)
+        # summed in float32 whatever the autocast precision of the losses
+        total = sum(self.weights.get(k.removeprefix("loss_"), 1.0) * v.float() for k, v in raw.items()
+                    if counts(k, self.phase))
+        return total, {k: v.detach() for k, v in raw.items()}
 
 
 def _start(state: Optional[dict], phases: List[dict], steps_per_epoch: int, max_steps: Optional[int]) -> dict:
@@ -89,6 +113,7 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
                     scaler.load_state_dict(state["extra"]["scaler"])
                 local_start, phase_step = start["phase_epoch"], state["phase_step"]
             set_rng_state(state["rng"])  # after the phase's set-up, as an uninterrupted run
+        objective = runtime.wrap(PhaseObjective(model, weights, phase))  # after the set-up: what trains is known
         for local in range(local_start, phase["epochs"]):
             if phase_step >= total:
                 break
@@ -100,7 +125,7 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
             gen = torch.Generator().manual_seed(int(trial["seed"]) * 100003 + epoch)
             loader = runtime.train_loader(train_ds, cfg["batch_size"], gen, collate)
             sums: Dict[str, float] = {}
-            n_batches, t0 = 0, time.perf_counter()
+            n_batches, n_images, t0 = 0, 0, time.perf_counter()
             for images, targets in loader:
                 if phase_step >= total:
                     break
@@ -108,10 +133,7 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
                 targets = [{k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
                             for k, v in t.items()} for t in targets]
                 with autocast(device, precision):
-                    raw = model(images, targets)
-                # The only place loss weights exist: models return unweighted losses.
-                loss = sum(weights.get(k.removeprefix("loss_"), 1.0) * v.float() for k, v in raw.items()
-                           if counts(k, phase))
+                    loss, raw = objective(images, targets)
                 if not torch.isfinite(loss):
                     parts = ", ".join(f"{k}={v.item():.4g}" for k, v in raw.items())
                     where = f"epoch {epoch}" + (f", phase '{phase['name']}'" if len(phases) > 1 else "")
@@ -128,15 +150,20 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
                 step += 1
                 phase_step += 1
                 n_batches += 1
-                train_images += len(images)
+                n_images += len(images)
                 for k, v in raw.items():
                     sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + v.item()
                 sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
             elapsed = time.perf_counter() - t0
             train_time += elapsed
             phase_times[pi] += elapsed
+            # Over all workers: each step's loss is the mean of the workers' (the global
+            # batch's loss), images add up. One worker: the figures as they are.
+            totals = runtime.sum_over_workers({**sums, "batches": n_batches, "images": n_images})
+            n_batches, n_images = totals.pop("batches"), int(totals.pop("images"))
+            train_images += n_images
 
-            metrics = {k: v / max(1, n_batches) for k, v in sums.items()}
+            metrics = {k: v / max(1, n_batches) for k, v in totals.items()}
             metrics.update(epoch=epoch, step=step, lr=optimizer.param_groups[0]["lr"],
                            **{"train/img_s": train_images / max(train_time, 1e-9)}, phase=pi)
             is_last = local == phase["epochs"] - 1 or phase_step >= total

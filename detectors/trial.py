@@ -45,7 +45,7 @@ def make_trial(paths: Mapping[str, str], trial_dir: str, *, detector: Optional[M
                train: Optional[Mapping[str, Any]] = None,
                evaluation: Optional[Mapping[str, Any]] = None, seed: int = 0, study: str = "adhoc",
                variant: str = "default", kind: str = "synthetic", num_threads: int = 1, gpus: float = 0,
-               config_hash: str = "0" * 64) -> dict:
+               config_hash: str = "0" * 64, workers: int = 1) -> dict:
     """A plain, JSON-able trial dict with every default filled in.
 
     Args:
@@ -57,6 +57,7 @@ def make_trial(paths: Mapping[str, str], trial_dir: str, *, detector: Optional[M
         losses: role -> ``{name, params}`` for the detector's other loss roles (default: each role's default).
         train: keys over ``TRAIN``.
         evaluation: keys over ``EVAL`` (the trial's ``eval`` section); its ``speed`` over ``SPEED``.
+        workers: > 1 trains on that many Ray Train workers (``detectors.distributed``).
         config_hash: a hand-made trial is not hashed (the driver hashes the
             resolved config with the dataset identity and the detectors code).
     Returns:
@@ -74,6 +75,7 @@ def make_trial(paths: Mapping[str, str], trial_dir: str, *, detector: Optional[M
         "losses": copy.deepcopy(dict(losses or {})),
         "train": {**copy.deepcopy(TRAIN), **dict(train or {})},
         "eval": eval_section,
-        "num_threads": num_threads, "gpus": gpus, "trial_dir": os.path.abspath(trial_dir),
+        "num_threads": num_threads, "gpus": gpus, "workers": workers, "cpus": float(num_threads),
+        "trial_dir": os.path.abspath(trial_dir),
     }
     return json.loads(json.dumps(trial))  # plain JSON types only, as a trial from a study file

@@ -61,6 +61,7 @@ class StudyCallback(Callback):
         self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}  # trial id -> step -> metrics
         self.attempts: Dict[str, int] = {}
         self._hash: Dict[str, str] = {}         # Tune trial id -> config hash
+        self.nodes: Dict[str, List[str]] = {}   # Tune trial id -> Ray nodes that trained it, in order
         self.finished: List[dict] = []
         self.failed: List[dict] = []
 
@@ -76,6 +77,9 @@ class StudyCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
+        if trial.trial_id in self.runs:  # a retry after a crash: the store counts the attempt
+            self.store.mark_running(self.study_name, trial.config["trial"], self.runs[trial.trial_id],
+                                    started_at=self.clock.start(trial.trial_id))
         self._child(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -85,8 +89,14 @@ class StudyCallback(Callback):
         # Rows and MLflow points are keyed by the global optimiser step: unique across a
         # trial's phases (epochs restart their count per phase only in the phase's own terms).
         step = int(metrics.get("step", result.get("training_iteration", 0)))
+        node = result.get("node_id")
+        if node and node not in self.nodes.setdefault(trial.trial_id, []):
+            self.nodes[trial.trial_id].append(node)
+            self.tracker.set_tags(self._child(trial), {"detbench.nodes": ",".join(self.nodes[trial.trial_id])})
         if not metrics.pop("final", None):  # the worker's last report holds final metrics, not an epoch
             self.epochs.setdefault(trial.trial_id, {})[step] = metrics
+            # kept at once: a run that resumes this trial after its driver died adds only later epochs
+            self.store.record_epoch(self.study_name, trial.config["trial"], step, metrics)
         self.tracker.log_metrics(self._child(trial), metrics, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -102,8 +112,13 @@ class StudyCallback(Callback):
         if "per_class_ap" in data:
             table = {"class": list(data["per_class_ap"]), "AP": list(data["per_class_ap"].values())}
             self.tracker.log_dict(run_id, table, "per_class_ap.json")
-        # one row per epoch report, keyed by its global optimiser step; "epoch" and "phase" are metrics in it
-        epoch_rows = [{**m, "step": s} for s, m in sorted(self.epochs.get(trial.trial_id, {}).items())]
+        if self.nodes.get(trial.trial_id):
+            data["nodes"] = self.nodes[trial.trial_id]
+        # one row per epoch report, keyed by its global optimiser step; "epoch" and "phase" are metrics in it.
+        # Epochs an earlier invocation saw (before its driver died) come from the store.
+        epochs = {**self.store.trial_epochs(self.study_name, spec["config_hash"]),
+                  **self.epochs.get(trial.trial_id, {})}
+        epoch_rows = [{**m, "step": s} for s, m in sorted(epochs.items())]
         self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id, start, end,
                                    val_ground_truth=val_ground_truth(spec))
         self.tracker.end_child(run_id, "FINISHED", end_time=end, duration_s=duration)

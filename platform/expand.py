@@ -107,6 +107,8 @@ def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cach
         **hashed,
         "num_threads": max(1, int(study.resources.cpus_per_trial)),
         "gpus": study.resources.gpus_per_trial,  # read by detectors.train to pick the device
+        # > 1: trained on that many Ray Train workers of cpus/gpus each (detectors.distributed)
+        "workers": study.resources.workers_per_trial, "cpus": study.resources.cpus_per_trial,
         "trial_dir": os.path.join(study.output.runs_dir, study.name, "trials", digest[:12]),
     }
     return json.loads(json.dumps(trial))  # plain JSON types only: tuples -> lists

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +50,12 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
 
 
-def _start_ray(address: str | None) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs."""
+def _start_ray(address: str | None, run_dir: str) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs
+    (after stopping what a killed earlier driver of this study left of its own)."""
     import ray
+
+    from platform.cluster import record_local_ray, stop_stale_local_ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
@@ -62,18 +64,23 @@ def _start_ray(address: str | None) -> None:
         # Ship the worker package to the cluster; driver code never travels.
         ray.init(address=address, runtime_env={"py_modules": [os.path.join(REPO_ROOT, "detectors")]}, **kwargs)
     else:
+        stopped = stop_stale_local_ray(run_dir)
+        if stopped:
+            print(f"stopped {stopped} processes left of the local Ray of an earlier run that was killed")
         # "local": always a fresh Ray of our own, never a cluster some earlier `ray start` left registered
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+        record_local_ray(run_dir)
 
 
-def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None):
-    """One Tune trial per trial dict; returns the ResultGrid."""
+def run_trials(study, trials: List[dict], callbacks, concurrency: int):
+    """One Tune trial per trial dict, at most ``concurrency`` at a time; returns the ResultGrid."""
     from ray import tune
 
     from detectors.trainable import tune_trainable
+    from platform.cluster import trial_request
 
     res = study.resources
-    resources = {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+    resources = trial_request(res)  # a multi-worker trial's workers ask for themselves (platform.cluster)
     run_config = tune.RunConfig(
         name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         storage_path=os.path.join(study.output.runs_dir, study.name, "tune"),
@@ -86,9 +93,9 @@ def run_trials(study, trials: List[dict], callbacks, max_concurrent: int | None)
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space={"trial": tune.grid_search(trials)},
-        # reuse_actors: a trial starts in a worker that already imported torch (seconds per trial);
-        # run_trial sets seeds and threads itself, so nothing carries over from the previous trial.
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or res.max_concurrent, reuse_actors=True,
+        # reuse_actors: a one-worker trial starts in a worker that already imported torch (seconds per
+        # trial); run_trial sets seeds and threads itself, so nothing carries over from the previous trial.
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=res.workers_per_trial == 1,
                                     trial_name_creator=lambda t: t.config["trial"]["config_hash"][:12],
                                     trial_dirname_creator=lambda t: t.config["trial"]["config_hash"][:12]),
         run_config=run_config,
@@ -134,7 +141,7 @@ def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
     def start() -> bool:
         _ray_logs_to_file(ray_log)
         try:
-            _start_ray(args.address)
+            _start_ray(args.address, os.path.dirname(ray_log))
         except ConnectionError as exc:
             print(f"speed: cannot reach the Ray cluster ({str(exc).splitlines()[0]}); speed not measured",
                   file=sys.stderr)
@@ -151,67 +158,117 @@ def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
         ray.shutdown()
 
 
+def _services(study) -> str | None:
+    """The results store, and the MLflow server if there is one, reachable? An error line, or None."""
+    from platform.cluster import check_tracking_server
+    from platform.store import Store
+    from platform.tracking import is_server
+
+    uri = study.tracking.mlflow_uri
+    if is_server(uri):
+        # a server that is down makes every call retry for minutes: a short, one-time check
+        try:
+            check_tracking_server(uri)
+        except ConnectionError as exc:
+            return f"cannot reach the MLflow tracking server at {uri}: {exc}"
+        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                           ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"), ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
+            os.environ.setdefault(var, value)  # an outage mid-study costs seconds, not minutes, per call
+    try:
+        Store(study.tracking.store_url).close()
+    except Exception as exc:  # SQLAlchemy wraps the driver's error
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        return f"cannot open the results store at {study.tracking.store_url}: {first}"
+    return None
+
+
 def run_study(study, trials: List[dict], args) -> int:
     """Run what is not cached, then summarise and build the report. Returns the exit code."""
+    from platform.reconcile import note_pending_parent, prune_checkpoints, reconcile
     from platform.store import Store
     from platform.summary import print_summary, write_report
+    from platform.tracking import is_server
 
+    problem = _services(study)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     store = Store(study.tracking.store_url)
     finished = set() if args.force else store.finished_hashes(study.name)
     todo = [t for t in trials if t["config_hash"] not in finished]
     print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
+    run_dir = os.path.join(study.output.runs_dir, study.name)
+    os.makedirs(run_dir, exist_ok=True)
+    try:
+        tracker = _study_tracker(study)
+        fixed = reconcile(tracker, store, study.name, run_dir)  # MLflow from the store, after a killed or cut-off run
+    except Exception as exc:  # MLflow failing before anything started: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"error: MLflow at {study.tracking.mlflow_uri}: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 2
+    if any(fixed.values()):
+        print(f"MLflow brought up to date from the results store: {fixed['parents']} earlier parent runs ended, "
+              f"{fixed['children']} unfinished trial runs marked KILLED, {fixed['repaired']} finished trials' runs "
+              f"completed")
     if not todo:
         print("everything was cached: no trial ran (use --force to run them again)")
         _speed_phase_when_cached(study, store, trials, args)
         print_summary(store, study)
         return 0 if write_report(store, study) else 1
+    prune_checkpoints(store, study.name, todo, force=args.force)  # resume only from what the store saw
 
     import ray
 
     from platform.callbacks import ProgressCallback, StudyCallback
     from detectors.speed_phase import uses_speed_phase
+    from platform.cluster import describe_footprint, fitting_trials, forget_local_ray
     from platform.expand import detectors_code_version
     from platform.speed_phase import run_speed_phase, speed_groups
     from platform.timing import TrialClock
+    from platform.tracking import study_description
 
-    run_dir = os.path.join(study.output.runs_dir, study.name)
-    os.makedirs(run_dir, exist_ok=True)
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)
-    # MLflow's import and database set-up (seconds of Python) overlap Ray's start (seconds of
-    # waiting for its processes): part of what a run costs beyond its trials.
-    pool = ThreadPoolExecutor(1)
-    tracking = pool.submit(_study_tracker, study)
-    pool.shutdown(wait=False)
     try:
-        _start_ray(args.address)
+        _start_ray(args.address, run_dir)
     except ConnectionError as exc:
         where = args.address or os.environ.get("RAY_ADDRESS")
         print(f"error: cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     _ray_logs_to_file(ray_log)
+    local_ray = not (args.address or os.environ.get("RAY_ADDRESS"))
+    res = study.resources
+    cluster = ray.cluster_resources()
+    fit = fitting_trials(res, cluster)
+    if fit < 1:
+        ray.shutdown()
+        if local_ray:
+            forget_local_ray(run_dir)
+        gpus = cluster.get("GPU", 0)
+        have = f"{cluster.get('CPU', 0):g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
+        print(f"error: a trial of {study.name} needs {describe_footprint(res)} at once; the Ray cluster has {have} "
+              f"(resources in {args.study})", file=sys.stderr)
+        return 2
     interrupted, recorder = False, None
     try:
         todo = prepare_dataset(todo)
         for t in todo:  # the worker leaves latency and throughput to the speed phase
             t["speed_phase"] = uses_speed_phase(t)
-        from platform.tracking import study_description
-
-        tracker = tracking.result()
         report = os.path.join(study.output.reports_dir, study.name, "index.html")
         parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
                                                                "force": bool(args.force)}, detectors_code_version(),
                                       description=study_description(study, trials, report), trials=todo)
+        tracker.tolerate = True  # from here on an MLflow outage does not stop the study
         store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
                            mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
-        cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
-        concurrency = min(len(todo), args.max_concurrent or study.resources.max_concurrent
-                          or max(1, int(cpus // max(study.resources.cpus_per_trial, 1e-9))))
+        # Whole trials only: a multi-worker trial's workers are placed after its Tune trial starts,
+        # so more concurrent trials than fit would leave every one waiting (platform.cluster).
+        concurrency = min(len(todo), args.max_concurrent or res.max_concurrent or fit, fit)
         clock = TrialClock()  # one start and end per trial for the progress line, the store and MLflow
         recorder = StudyCallback(study.name, tracker, store, force=args.force, clock=clock)
         progress = ProgressCallback(len(todo), concurrency, clock=clock)
         print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
-        run_trials(study, todo, [recorder, progress], args.max_concurrent)
+        run_trials(study, todo, [recorder, progress], concurrency)
         ran = {f["trial"]["config_hash"] for f in recorder.finished}
         run_speed_phase(store, study.name, speed_groups(store, study.name, trials, detectors_code_version(), ran,
                                                         args.force), tracker=tracker)
@@ -219,6 +276,8 @@ def run_study(study, trials: List[dict], args) -> int:
         interrupted = True
     finally:
         ray.shutdown()  # stops a local Ray; only disconnects from a cluster
+        if local_ray:
+            forget_local_ray(run_dir)
     if recorder is None:  # interrupted before any trial started
         print("interrupted before any trial started; nothing was run")
         return 130
@@ -226,14 +285,18 @@ def run_study(study, trials: List[dict], args) -> int:
     if interrupted:
         recorder.close_unfinished()
     status = "KILLED" if interrupted else ("FAILED" if recorder.failed else "FINISHED")
-    tracker.end_parent(status)
+    if not tracker.end_parent(status):
+        note_pending_parent(run_dir, parent, status)  # the next run tells MLflow (platform.reconcile)
 
     print_summary(store, study)
     for f in recorder.failed:
         print(f"failed: {f['trial']['trial_key']}: {f['error']}")
     report_ok = write_report(store, study) is not None
-    print(f"MLflow UI: {tracker.ui_command()}")
-    print(f"  then open {tracker.experiment_url()}")
+    if is_server(study.tracking.mlflow_uri):
+        print(f"MLflow: {tracker.experiment_url()}")
+    else:
+        print(f"MLflow UI: {tracker.ui_command()}")
+        print(f"  then open {tracker.experiment_url()}")
     if interrupted:
         print(f"interrupted: {len(recorder.finished)} finished trials are kept; run the same command to resume")
         return 130

@@ -93,6 +93,20 @@ def check_local_resources(study, address: Optional[str]) -> None:
         return  # a cluster may have (or autoscale to) more
     res = study.resources
     cpus = os.cpu_count() or 1
+    if res.workers_per_trial > 1:  # its workers and its own process at once (platform.cluster)
+        from platform.cluster import describe_footprint, trial_footprint
+
+        need_cpus, need_gpus = trial_footprint(res)
+        gpus = 0
+        if need_gpus:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        if need_cpus > cpus or need_gpus > gpus:
+            have = f"{cpus} CPUs" + (f" and {gpus} GPUs" if need_gpus else "")
+            raise StudyError(study.source, "resources.workers_per_trial",
+                             f"a trial takes {describe_footprint(res)}, but this machine has {have}; "
+                             "lower it, or pass --address to run on a cluster")
     if res.cpus_per_trial > cpus:
         raise StudyError(study.source, "resources.cpus_per_trial",
                          f"{res.cpus_per_trial:g} CPUs per trial, but this machine has {cpus} (a local Ray "

@@ -184,8 +184,9 @@ class SweepSpec(_Strict):
 
 class ResourcesSpec(_Strict):
     # What this machine has is checked by ``platform.run`` before a local Ray starts.
-    cpus_per_trial: float = Field(1.0, gt=0, le=1024)
-    gpus_per_trial: float = Field(0.0, ge=0, le=64)
+    cpus_per_trial: float = Field(1.0, gt=0, le=1024)   # per worker when workers_per_trial > 1
+    gpus_per_trial: float = Field(0.0, ge=0, le=64)     # likewise
+    workers_per_trial: int = Field(1, ge=1, le=1024)    # > 1: one trial on that many DDP workers (Ray Train)
     max_concurrent: Optional[int] = Field(None, ge=1, le=10_000)
     max_failures: int = Field(1, ge=0, le=100)
 
@@ -255,7 +256,21 @@ def validate(raw: Mapping[str, Any]) -> Study:
     except ValidationError as e:
         raise translate(e, Study) from None
     _check_components(study)
+    _check_workers(study)
     return study
+
+
+def _check_workers(study: Study) -> None:
+    """A multi-worker trial splits each global batch evenly, and gives each worker whole GPUs."""
+    res, batch = study.resources, study.train.batch_size
+    if res.workers_per_trial > 1 and batch % res.workers_per_trial:
+        raise ConfigInvalid(("resources", "workers_per_trial"),
+                            f"{res.workers_per_trial} workers cannot split train.batch_size {batch} evenly "
+                            f"(each worker takes batch_size / workers_per_trial images per step)")
+    if res.workers_per_trial > 1 and not float(res.gpus_per_trial).is_integer():
+        raise ConfigInvalid(("resources", "gpus_per_trial"),
+                            f"must be a whole number with workers_per_trial > 1 (one NCCL rank per GPU), "
+                            f"got {show(res.gpus_per_trial)}")
 
 
 def apply_overrides(study: Study, overrides: Mapping[str, Any]) -> Study:

@@ -298,6 +298,24 @@ class Store:
             row.duration_s = (finished - row.started_at).total_seconds() if row.started_at else None
             row.attempts = max(row.attempts or 0, 1)
 
+    def record_epoch(self, study_name: str, trial: Mapping[str, Any], step: int, values: Mapping[str, Any]) -> None:
+        """One epoch report of a running trial, kept as it arrives (rows at ``step``, replacing
+        that step's): a study whose driver dies keeps the epochs its trials reported, and the
+        run that resumes them adds the rest (:meth:`trial_epochs`)."""
+        with self._tx() as s:
+            row = self._trial_row(s, study_name, trial, "running")
+            s.flush()
+            s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id, MetricRow.step == int(step)))
+            s.add_all(_metric_rows(row.id, values, int(step)))
+
+    def set_mlflow_run_id(self, study_name: str, config_hash: str, run_id: str) -> None:
+        """The trial's MLflow run, after it was (re)made from the store (``platform.reconcile``)."""
+        with self._tx() as s:
+            row = s.scalar(select(TrialRow).join(StudyRow).where(StudyRow.name == study_name,
+                                                                TrialRow.config_hash == config_hash))
+            if row is not None:
+                row.mlflow_run_id = run_id
+
     def record_failed(self, study_name: str, trial: Mapping[str, Any], error: str, mlflow_run_id: Optional[str],
                       attempts: int, started_at: Timestamp = None, finished_at: Timestamp = None) -> None:
         """The trial failed for good: status failed, the error text, its metrics and data removed.
@@ -389,6 +407,25 @@ class Store:
     def epoch_metrics(self, study_name: str) -> List[Dict[str, Any]]:
         """Finished trials' per-epoch metrics: trial_key, variant, seed, step, name, value."""
         return self._metrics(study_name, final=False)
+
+    def trial_epochs(self, study_name: str, config_hash: str) -> Dict[int, Dict[str, float]]:
+        """``{step: {name: value}}`` of one trial's epoch rows, whatever its status."""
+        with self._session() as s:
+            q = (select(MetricRow.step, MetricRow.name, MetricRow.value)
+                 .join(TrialRow, MetricRow.trial_id == TrialRow.id).join(StudyRow)
+                 .where(StudyRow.name == study_name, TrialRow.config_hash == config_hash, MetricRow.step.is_not(None)))
+            out: Dict[int, Dict[str, float]] = {}
+            for step, name, value in s.execute(q):
+                out.setdefault(int(step), {})[name] = math.nan if value is None else value
+            return out
+
+    def trial_final(self, study_name: str, config_hash: str) -> Dict[str, float]:
+        """One trial's final metrics (rows with no step)."""
+        with self._session() as s:
+            q = (select(MetricRow.name, MetricRow.value).join(TrialRow, MetricRow.trial_id == TrialRow.id)
+                 .join(StudyRow).where(StudyRow.name == study_name, TrialRow.config_hash == config_hash,
+                                       MetricRow.step.is_(None)))
+            return {name: math.nan if value is None else value for name, value in s.execute(q)}
 
     def trial_data(self, study_name: str, key: str) -> Dict[str, Any]:
         """``{trial_key: object}`` for one data key (per-class AP, PR curves...) of finished trials."""

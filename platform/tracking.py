@@ -14,9 +14,11 @@ config hash, the train annotation file as the source).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
+import sys
 import time
 from importlib import metadata
 from typing import Any, Dict, Iterable, List, Optional
@@ -38,6 +40,11 @@ DIGEST_LEN = 12  # MLflow keeps at most 36 characters of a dataset digest; 12 he
 MAX_LISTED = 20  # variants named in a parent run's description
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "pycocotools", "numpy")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+def is_server(tracking_uri: str) -> bool:
+    """An MLflow tracking server (``http(s)://``) rather than a store the driver opens itself."""
+    return tracking_uri.startswith(("http://", "https://"))
 
 
 def git_commit(repo_root: str) -> str:
@@ -114,14 +121,46 @@ def package_versions() -> Dict[str, str]:
     return out
 
 
+def _tolerant(method):
+    """A write that, once the tracker tolerates outages, is skipped on failure (and every write
+    after it): the study goes on into the results store, and the next run brings MLflow up to
+    date from the store (``platform.reconcile``). A write for no run (``None``) is skipped."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.offline or (args and args[0] is None):
+            return None
+        if not self.tolerate:
+            return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # any failure of the server or the network
+            self.offline = True
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            print(f"warning: MLflow at {self.tracking_uri} failed ({type(exc).__name__}: {first}); trials go on "
+                  f"into the results store, and the next run brings MLflow up to date", file=sys.stderr, flush=True)
+            return None
+
+    return call
+
+
 class StudyTracker:
-    """Owns the MLflow experiment and the parent run of one invocation."""
+    """Owns the MLflow experiment and the parent run of one invocation.
+
+    ``tolerate``: set once the invocation has started (its parent run exists); from then on a
+    failing write turns the tracker ``offline`` instead of stopping the study.
+    """
 
     def __init__(self, tracking_uri: str, study_name: str, artifact_root: str) -> None:
+        self.tolerate, self.offline = False, False
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         exp = self.client.get_experiment_by_name(study_name)
-        if exp is None:
+        if exp is None and is_server(tracking_uri):
+            # the server's own artifact store (``mlflow-artifacts:``, uploads through the server):
+            # a path on the driver's disk would mean nothing to the server or to anyone else
+            self.experiment_id = self.client.create_experiment(study_name, tags={KIND_TAG: TRAINING_KIND})
+        elif exp is None:
             os.makedirs(artifact_root, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
                 study_name, artifact_location=f"file://{os.path.abspath(artifact_root)}",
@@ -153,9 +192,12 @@ class StudyTracker:
         self.client.log_artifact(self.parent_run_id, study_file)
         return self.parent_run_id
 
-    def end_parent(self, status: str) -> None:
+    @_tolerant
+    def end_parent(self, status: str) -> bool:
+        """End this invocation's parent run; False if MLflow could not be told."""
         if self.parent_run_id:
             self.client.set_terminated(self.parent_run_id, status=status)
+        return True
 
     def find_child(self, config_hash: str) -> Optional[str]:
         """The child run an earlier attempt or invocation made for this config, if any."""
@@ -163,16 +205,18 @@ class StudyTracker:
                                        max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0].info.run_id if runs else None
 
+    @_tolerant
     def start_child(self, trial: dict, reuse: bool = True, start_time: Optional[float] = None) -> str:
         """The trial's child run: a new one starting at ``start_time`` (epoch seconds, default
         now), or with ``reuse`` the run an earlier attempt made, which keeps its start time."""
         run_id = self.find_child(trial["config_hash"]) if reuse else None
         if run_id is None:
             start = millis(start_time) if start_time is not None else None
-            run = self.client.create_run(self.experiment_id, start_time=start, tags={
-                PARENT_TAG: self.parent_run_id, "mlflow.runName": trial["trial_key"],
-                HASH_TAG: trial["config_hash"], STUDY_TAG: self.study_name,
-                "detbench.variant": trial["variant"], "detbench.seed": str(trial["seed"])})
+            tags = {"mlflow.runName": trial["trial_key"], HASH_TAG: trial["config_hash"], STUDY_TAG: self.study_name,
+                    "detbench.variant": trial["variant"], "detbench.seed": str(trial["seed"])}
+            if self.parent_run_id:
+                tags[PARENT_TAG] = self.parent_run_id
+            run = self.client.create_run(self.experiment_id, start_time=start, tags=tags)
             run_id = run.info.run_id
             params = {k: v for k, v in flatten(trial).items() if not k.startswith(("dataset.train_", "dataset.val_"))}
             self.log_params(run_id, params)
@@ -185,26 +229,35 @@ class StudyTracker:
                 self.client.log_inputs(run_id, datasets=[dataset_input(trial)])
         return run_id
 
+    @_tolerant
+    def set_tags(self, run_id: str, tags: Dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v)[:5000])
+
     def log_params(self, run_id: str, params: Dict[str, Any]) -> None:
         items = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in sorted(params.items())]
         items = [Param(p.key, p.value[:MAX_PARAM_LEN]) for p in items]
         for i in range(0, len(items), 100):  # MLflow's batch limit on params
             self.client.log_batch(run_id, params=items[i:i + 100])
 
+    @_tolerant
     def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         items = [Metric(k.replace("@", "_"), float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
+    @_tolerant
     def log_artifacts(self, run_id: str, paths: Iterable[str], artifact_path: Optional[str] = None) -> None:
         for p in paths:
             if os.path.exists(p):
                 self.client.log_artifact(run_id, p, artifact_path)
 
+    @_tolerant
     def log_dict(self, run_id: str, obj: Any, name: str) -> None:
         self.client.log_dict(run_id, obj, name)
 
+    @_tolerant
     def end_child(self, run_id: str, status: str, tags: Optional[Dict[str, str]] = None,
                   end_time: Optional[float] = None, duration_s: Optional[float] = None) -> None:
         """End a child run at ``end_time`` (epoch seconds, default now). ``duration_s``, the
@@ -224,7 +277,6 @@ class StudyTracker:
         """The study's runs table, on the tracking server or the ``mlflow ui`` of :meth:`ui_command`.
         MLflow 3.17's UI shows the view of a global switch (GenAI, the default, or model training)
         whatever the experiment's kind; the URL's workflowType sets the switch."""
-        base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) \
-            else "http://127.0.0.1:5000"
+        base = self.tracking_uri.rstrip("/") if is_server(self.tracking_uri) else "http://127.0.0.1:5000"
         return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
 

@@ -52,6 +52,7 @@ from detectors.models.dense_heads import DenseHead, centerness_target
 from detectors.models.retinanet import (IMAGENET_MEAN, IMAGENET_STD, SCALES, ImageSide, InStrides, NumConvs, TopK,
                                         Width, check_common)
 from detectors.registry import Interval, OpenUnit
+from detectors.runtime import worker_mean
 
 QUALITIES = ("none", "centerness", "iou", "joint")
 # GFL's n (bins 0..n per side; the paper's ablation tries up to 20): each bin is 4 output
@@ -153,7 +154,8 @@ class DenseDetector(nn.Module):
         return result
 
     def compute_loss(self, t: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        num_pos = max(1.0, float(t["labels"].numel()))
+        # Normalisers over several workers: their mean count (detectors.runtime.worker_mean).
+        num_pos = max(1.0, worker_mean(t["labels"].numel()))
         losses = {"loss_cls": self.cls_loss(t["logits"], t["cls_target"], reduction="sum") / num_pos}
         if self.quality == "joint":
             weight = torch.sigmoid(t["pos_logits"].detach()).max(dim=1).values
@@ -164,7 +166,7 @@ class DenseDetector(nn.Module):
         # A weighted mean. (mmdet clamps this normaliser at 1, which at its batch of 16
         # images never binds; on a small batch it would shrink the box loss by the
         # tiny initial scores of the joint mode.)
-        norm = weight.sum().clamp(min=1e-6)
+        norm = weight.new_tensor(worker_mean(weight.sum().item())).clamp(min=1e-6)
         losses["loss_box"] = (weight * giou_loss(t["pred"], t["gt"])).sum() / norm
         losses.update(self.box_repr.losses(t["raw"], t["dist"], t["target_dist"], weight, norm))
         if self.quality in ("centerness", "iou"):

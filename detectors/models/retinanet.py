@@ -32,6 +32,7 @@ from detectors.models.backbones import (PYRAMID_STRIDES, pyramid_backbone, pyram
                                         single_level_backbone)
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.registry import Interval, OpenUnit
+from detectors.runtime import worker_mean
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -190,8 +191,9 @@ class RetinaNet(nn.Module):
     def compute_loss(self, targets, logits, deltas, anchors) -> Dict[str, Tensor]:
         cls_pred, cls_tgt, box_pred, box_tgt = self.loss_targets(targets, logits, deltas, anchors)
         # Normalise by the number of positive anchors in the batch (paper sec. 3.3),
-        # not by all anchors: the sum is dominated by a few hard examples.
-        num_pos = max(1.0, float(box_tgt.shape[0]))
+        # not by all anchors: the sum is dominated by a few hard examples. Over several
+        # workers, by the mean count (worker_mean): the global batch's normaliser.
+        num_pos = max(1.0, worker_mean(box_tgt.shape[0]))
         return {
             "loss_cls": self.cls_loss(cls_pred, cls_tgt, reduction="sum") / num_pos,
             "loss_box": self.box_loss(box_pred, box_tgt.to(box_pred.dtype), reduction="sum") / num_pos,

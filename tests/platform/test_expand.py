@@ -70,6 +70,7 @@ def test_trial_dict_follows_the_contract(trials, tmp_path):
     assert (t["train"]["lr"], t["train"]["batch_size"], t["train"]["epochs"]) == (0.001, 8, 6)
     assert t["eval"]["speed"]["enabled"] is True and t["detector"]["scale"] == "tiny"
     assert t["num_threads"] == 2
+    assert (t["workers"], t["cpus"]) == (1, 2.0)  # one worker of cpus_per_trial; not in the hash
     assert t["trial_dir"] == os.path.join(str(tmp_path), "runs", "ex", "trials", t["config_hash"][:12])
     ds = t["dataset"]
     assert ds["kind"] == "synthetic" and ds["train_images"] is None  # filled by resolve_dataset_paths

@@ -213,6 +213,16 @@ MALFORMED = [
     ("store-url", BASE + "tracking: {store_url: 'not a url'}\n", "tracking.store_url", "not a database URL"),
     ("store-dialect", BASE + "tracking: {store_url: 'nosuchdb://h/x'}\n", "tracking.store_url",
      "not a database URL SQLAlchemy knows"),
+    # multi-worker trials: each global batch splits evenly; one GPU (NCCL rank) per worker
+    ("workers-zero", BASE + "resources: {workers_per_trial: 0}\n", "resources.workers_per_trial",
+     "must be >= 1, got 0"),
+    ("workers-split-batch", BASE + "train: {batch_size: 6}\nresources: {workers_per_trial: 4}\n",
+     "resources.workers_per_trial", "4 workers cannot split train.batch_size 6 evenly"),
+    ("workers-swept-batch", BASE + "resources: {workers_per_trial: 2}\n"
+     "sweep: {grid: {train.batch_size: [4, 3]}}\n", "sweep.grid.train.batch_size[1]",
+     "2 workers cannot split train.batch_size 3 evenly"),
+    ("workers-fractional-gpu", BASE + "resources: {workers_per_trial: 2, gpus_per_trial: 0.5}\n",
+     "resources.gpus_per_trial", "must be a whole number with workers_per_trial > 1"),
 ]
 
 
@@ -268,3 +278,20 @@ def test_local_resources_are_checked_against_this_machine(tmp_path, monkeypatch)
     check_local_resources(study, "ray://head:10001")  # a cluster may have them: not checked here
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     check_local_resources(study, None)
+
+
+def test_a_multi_worker_trial_is_checked_whole_against_this_machine(tmp_path, monkeypatch):
+    from platform.run import check_local_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cpus = os.cpu_count() or 1
+    # each worker fits, the trial does not: cpus workers of 1 CPU plus 0.5 for the trial's own process
+    study = load_study(write(tmp_path, BASE + "train: {batch_size: %d}\nresources: {workers_per_trial: %d}\n"
+                             % (cpus, cpus)))
+    with pytest.raises(StudyError, match=r"resources\.workers_per_trial: a trial takes %g CPUs \(%d workers x 1 "
+                       r"CPUs, plus 0\.5 for the trial's own process\), but this machine has %d CPUs"
+                       % (cpus + 0.5, cpus, cpus)):
+        check_local_resources(study, None)
+    half = load_study(write(tmp_path, BASE + "train: {batch_size: %d}\nresources: {workers_per_trial: %d, "
+                            "cpus_per_trial: 0.5}\n" % (cpus, cpus)))
+    check_local_resources(half, None)  # cpus x 0.5 + 0.5 <= cpus for any machine with a CPU or more
