@@ -83,6 +83,7 @@ class PhaseSpec(_Strict):
     trainable: Optional[List[str]] = Field(None, min_length=1)  # parameter-name prefixes; null: everything
     frozen: List[str] = []
     losses: Optional[List[str]] = Field(None, min_length=1)     # loss names that count; null: every one
+    kind: Literal["sgd", "fit"] = "sgd"                          # fit: the detector fits the phase itself
     optimizer: Optional[Literal["sgd", "adamw"]] = None
     lr: Optional[float] = Field(None, gt=0)
     momentum: Optional[float] = Field(None, ge=0, lt=1)

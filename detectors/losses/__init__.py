@@ -1,7 +1,8 @@
 """Loss functions and their registries.
 
-``CLS_LOSSES`` ("ce", "balanced_ce", "focal", "qfl") and ``BOX_LOSSES`` ("smooth_l1",
-"l1") map study-file names to pure functions. ``Registry.parameters(name)``
+``CLS_LOSSES`` ("ce", "balanced_ce", "focal", "qfl"), ``BOX_LOSSES`` ("smooth_l1",
+"l1") and ``SOFTMAX_LOSSES`` ("softmax_ce": region classifiers over K + 1 classes,
+background included) map study-file names to pure functions. ``Registry.parameters(name)``
 exposes the tunable keyword parameters (ce: none; balanced_ce: alpha; focal:
 gamma, alpha; qfl: beta; smooth_l1: beta) plus ``reduction``, which callers filter out.
 """
@@ -18,6 +19,7 @@ from detectors.losses.classification import (
     inverse_frequency_alpha,
     reduce_loss,
 )
+from detectors.losses.softmax import softmax_ce_loss
 from detectors.losses.gfl import (
     distribution_focal_loss,
     gaussian_nll_loss,
@@ -29,6 +31,7 @@ from detectors.losses.gfl import (
 __all__ = [
     "CLS_LOSSES",
     "BOX_LOSSES",
+    "SOFTMAX_LOSSES",
     "build_loss",
     "ce_loss",
     "balanced_ce_loss",
@@ -37,6 +40,7 @@ __all__ = [
     "reduce_loss",
     "smooth_l1_loss",
     "l1_loss",
+    "softmax_ce_loss",
     "quality_focal_loss",
     "distribution_focal_loss",
     "integral",
@@ -50,6 +54,7 @@ __all__ = [
 # (optional) turns study values into call values once the data is known.
 CLS_LOSSES = Registry("classification loss", injected=("reduction",))
 BOX_LOSSES = Registry("box loss", injected=("reduction",))
+SOFTMAX_LOSSES = Registry("region classification loss", injected=("reduction",))
 
 # A scalar in [0, 1], per-class weights >= 0, "inverse_frequency" (computed from the
 # training set's class counts when the model is built) or null (no weighting).
@@ -69,6 +74,8 @@ CLS_LOSSES.register("qfl", types={"beta": NonNegative}, soft_targets=True)(quali
 
 BOX_LOSSES.register("smooth_l1", types={"beta": NonNegative})(smooth_l1_loss)
 BOX_LOSSES.register("l1")(l1_loss)
+
+SOFTMAX_LOSSES.register("softmax_ce")(softmax_ce_loss)  # Fast R-CNN eq. 1: -log p_u over K + 1 classes
 
 
 def build_loss(registry: Registry, name: str, params: Dict[str, Any], context: Dict[str, Any]) -> Callable:

@@ -65,3 +65,4 @@ def register_detector(name: str, *, roles: Mapping[str, LossRole], losses: Seque
 
 from detectors.models import retinanet  # noqa: E402,F401  (registers "retinanet")
 from detectors.models import dense  # noqa: E402,F401  (registers "dense" and presets "gfl", "atss", "fcos")
+from detectors.models import rcnn, fast_rcnn, faster_rcnn  # noqa: E402,F401  (two-stage: "rcnn", "fast_rcnn", "faster_rcnn")
