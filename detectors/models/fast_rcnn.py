@@ -17,7 +17,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated, Callable, Dict, List, Literal, Optional
 
-import torch
 from torch import Tensor, nn
 
 from detectors.losses import BOX_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss

@@ -31,7 +31,6 @@ import math
 from functools import partial
 from typing import Callable, Dict, List, Literal, Optional
 
-import torch
 from torch import Tensor, nn
 
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
