@@ -160,3 +160,25 @@ RULE = (f"A lead counts as significant only when both tests exclude 0 at 95% on 
         f"on both put the gap within ±{100 * stats.EQUIVALENCE_MARGIN:.1f} AP; an interval that merely "
         f"contains 0 shows neither.")
 
+
+
+def latency_budgets(means: pd.DataFrame) -> Dict[str, Any]:
+    """The speed-accuracy frontier read as budgets, from variant means (columns variant, lat, ap).
+
+    Returns ``{"budgets": [(variant, from_ms, to_ms or None)], "dominated": {variant: frontier variant
+    that is no slower and no less accurate}}``: with a latency budget in ``[from, to)`` the most
+    accurate variant that fits is ``variant``.
+    """
+    from dashboards.figures import pareto_front
+
+    means = means.dropna(subset=["lat", "ap"])
+    front = pareto_front(means, "lat", "ap")
+    by = means.set_index("variant")
+    budgets = [(v, float(by.loc[v, "lat"]), float(by.loc[front[i + 1], "lat"]) if i + 1 < len(front) else None)
+               for i, v in enumerate(front)]
+    dominated = {}
+    for v in means["variant"]:
+        if v not in front:
+            dominated[v] = next(f for f in front
+                                if by.loc[f, "lat"] <= by.loc[v, "lat"] and by.loc[f, "ap"] >= by.loc[v, "ap"])
+    return {"budgets": budgets, "dominated": dominated}

@@ -12,7 +12,8 @@ from dashboards.html import PLOTLY_JS, esc, nav
 
 PAGES = (("Overview", "index.html"), ("Accuracy", "accuracy.html"), ("Speed", "speed.html"),
          ("Losses", "loss.html"))
-MLFLOW_RUN_URL = "http://127.0.0.1:5000/#/experiments/{exp}/runs/{run}"
+# workflowType: MLflow 3.17's UI shows its GenAI view unless the URL (or its global switch) asks for model training
+MLFLOW_RUN_URL = "http://127.0.0.1:5000/#/experiments/{exp}/runs/{run}?workflowType=machine_learning"
 
 AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 SPEED_METRICS = (("speed/train_img_s", "train img/s"), ("speed/latency_ms_p50", "latency p50 ms"),

@@ -53,9 +53,10 @@ def mean_and_points(summary: pd.DataFrame, points: pd.DataFrame, title: str, yti
     return fig
 
 
-def metric_bars(summaries: Dict[str, pd.DataFrame], variants: Sequence[str]) -> go.Figure:
+def metric_bars(summaries: Dict[str, pd.DataFrame], variants: Sequence[str],
+                title: str = "COCO metrics per variant (mean over seeds, 95% CI)", ytitle: str = "value") -> go.Figure:
     """Grouped bars: one group per metric (AP, AP50, ...), one bar per variant, CI error bars."""
-    fig = _fig("COCO metrics per variant (mean over seeds, 95% CI)", yaxis_title="value", barmode="group")
+    fig = _fig(title, yaxis_title=ytitle, barmode="group")
     cols = colors(variants)
     for v in variants:
         rows = [s[s["variant"] == v].iloc[0] if (s["variant"] == v).any() else None for s in summaries.values()]
@@ -98,6 +99,25 @@ def heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
+def confusion(matrices: Dict[str, pd.DataFrame], counts: Dict[str, pd.DataFrame], variants: Sequence[str]) -> go.Figure:
+    """Row-normalised confusion matrices (true class rows, detected class columns), one per variant;
+    a menu picks the variant. ``counts`` (same shape) show in the hover."""
+    fig = _fig("Confusion between classes (share of each true class's row; seeds pooled)",
+               xaxis=dict(title="detected as", side="bottom"), yaxis=dict(title="true class", autorange="reversed"))
+    shown = [v for v in variants if v in matrices]
+    for v in shown:
+        m, c = matrices[v], counts[v]
+        fig.add_heatmap(z=m.to_numpy(dtype=float), x=list(m.columns), y=list(m.index), colorscale="Blues",
+                        zmin=0, zmax=1, customdata=c.to_numpy(),
+                        text=[[f"{x:.2f}" for x in row] for row in m.to_numpy()],
+                        texttemplate="%{text}", visible=(v == shown[0]), name=v, showscale=(v == shown[0]),
+                        hovertemplate="true %{y}, detected as %{x}: %{z:.3f} (%{customdata})<extra>" + v + "</extra>")
+    buttons = [dict(label=v, method="update", args=[{"visible": [t.name == v for t in fig.data]}]) for v in shown]
+    fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, xanchor="right", y=1.15, yanchor="top",
+                                        showactive=True)], height=480)
+    return fig
+
+
 def pr_curves(recall: List[float], curves: Dict[str, Dict[str, List[float]]], iou: str,
               variants: Sequence[str]) -> go.Figure:
     """Precision over recall per variant; a menu picks the class ("mean" = mean over classes).
@@ -113,7 +133,8 @@ def pr_curves(recall: List[float], curves: Dict[str, Dict[str, List[float]]], io
             if c in curves.get(v, {}):
                 fig.add_scatter(x=recall, y=curves[v][c], mode="lines", name=v, legendgroup=v,
                                 line=dict(color=cols[v], width=2), visible=(c == "mean"),
-                                meta=c, hovertemplate=f"{v}<br>recall %{{x:.2f}}: precision %{{y:.3f}}<extra>{c}</extra>")
+                                meta=c,
+                                hovertemplate=f"{v}<br>recall %{{x:.2f}}: precision %{{y:.3f}}<extra>{c}</extra>")
     buttons = [dict(label=c, method="update", args=[{"visible": [t.meta == c for t in fig.data]}])
                for c in classes]
     fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, xanchor="right", y=1.15, yanchor="top",
@@ -200,7 +221,8 @@ def speed_accuracy(means: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, xt
     fig.add_scatter(x=f[x], y=f[y], mode="lines", name="Pareto frontier", line=dict(color="#444", dash="dash",
                     shape="hv", width=1.5), hoverinfo="skip")
     for _, r in means.iterrows():
-        fig.add_scatter(x=[r[x]], y=[r[y]], mode="markers", name=r["variant"],
+        fig.add_scatter(x=[r[x]], y=[r[y]], mode="markers+text", name=r["variant"], text=[r["variant"]],
+                        textposition="top center", textfont=dict(size=11, color=cols[r["variant"]]),
                         marker=dict(color=cols[r["variant"]], size=12,
                                     symbol="star" if r["variant"] in front else "circle"),
                         hovertemplate=f"{r['variant']}<br>{xtitle} %{{x:.3g}}<br>{ytitle} %{{y:.4f}}<extra></extra>")
@@ -210,7 +232,8 @@ def speed_accuracy(means: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, xt
 def loss_cdf(curves: Dict[str, Dict[str, Dict[str, List[float]]]], variants: Sequence[str],
              label: Dict[str, str], cols: Optional[Dict[str, str]] = None) -> go.Figure:
     """Focal loss paper Fig. 4: cumulative normalised loss against the fraction of anchors (sorted by loss),
-    positives and negatives side by side. ``curves``: variant -> {"positive"|"negative": {fraction, cumulative_loss}}."""
+    positives and negatives side by side.
+    ``curves``: variant -> {"positive"|"negative": {fraction, cumulative_loss}}."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["positive anchors", "negative anchors"],
                         horizontal_spacing=0.08)
     fig.update_layout(template=TEMPLATE, legend_title_text="variant",
@@ -223,7 +246,8 @@ def loss_cdf(curves: Dict[str, Dict[str, Dict[str, List[float]]]], variants: Seq
                 continue
             fig.add_scatter(x=c["fraction"], y=c["cumulative_loss"], mode="lines", name=label.get(v, v),
                             legendgroup=v, showlegend=(j == 1), line=dict(color=cols[v], width=2), row=1, col=j,
-                            hovertemplate=f"{label.get(v, v)}<br>%{{x:.2f}} of anchors: %{{y:.3f}} of loss<extra></extra>")
+                            hovertemplate=(f"{label.get(v, v)}<br>%{{x:.2f}} of anchors: %{{y:.3f}} of loss"
+                                           "<extra></extra>"))
         fig.update_xaxes(title_text="fraction of anchors (sorted by loss)", range=[0, 1], row=1, col=j)
         fig.update_yaxes(title_text="cumulative normalised loss", range=[0, 1.02], row=1, col=j)
     zoom = [dict(label=text, method="relayout", args=[{"xaxis.range": r, "xaxis2.range": r}])

@@ -20,6 +20,7 @@ from dashboards import figures
 from dashboards.analysis import Analysis
 from dashboards.context import AP_METRICS, SPEED_METRICS, STAGES, PageContext
 from dashboards.data import fmt_value, load_study
+from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
 from dashboards.html import Figures, esc, mean_ci, num, table, write_page, write_plotly_js
 from dashboards.stats import t_interval
 from dashboards.overview import build_all_index, build_study_index
@@ -91,6 +92,7 @@ def build_accuracy(ctx: PageContext) -> str:
         parts.append(figs.div(figures.heatmap(matrix, "AP@[.5:.95] per class and variant")))
     else:
         parts.append(_missing("per-class AP"))
+    parts.append(_errors_section(ctx, figs))
     parts.append("<h2>Precision-recall curves</h2><p class=note>From COCOeval's precision array (area all, "
                  "100 detections), averaged over seeds; the menu picks a class, <i>mean</i> averages the classes "
                  "that have ground truth (the curve whose area is AP50 or AP75).</p>")
@@ -108,6 +110,59 @@ def build_accuracy(ctx: PageContext) -> str:
                                                    "Val AP per epoch (mean over seeds)", x="epoch"),
                               height=380))
     return _page(ctx, "accuracy.html", "Accuracy", "".join(parts), figs)
+
+
+NOTHING_FOUND = 0.01  # AP50 below this: a variant with (almost) no true positive
+
+
+def _errors_section(ctx: PageContext, figs: Figures) -> str:
+    """TIDE's error breakdown per variant and the confusion matrix (``dashboards.errors``)."""
+    sd = ctx.sd
+    parts = ["<h2>Why AP is lost: error breakdown (TIDE)</h2><p class=note>Bolya et al., ECCV 2020: every false "
+             "positive at IoU 0.5 is a classification (right place, wrong class), localisation (right class, IoU "
+             "0.1-0.5), both, duplicate or background (IoU &lt; 0.1) error, and an object nobody found is missed; "
+             "each bar is the AP50 that fixing that type alone would add. Computed from the stored detections and "
+             "val ground truth, per trial, then mean over seeds (95% CI).</p>"]
+    res = study_errors(sd)
+    if "note" in res:
+        return parts[0] + _missing(f"error breakdown ({res['note']})")
+    tide = res["tide"]
+    summaries, rows = {}, []
+    for k in ERROR_TYPES:
+        summaries[ERROR_LABELS[k]] = pd.DataFrame([{"variant": v, **t_interval(tide.loc[tide["variant"] == v,
+                                                                                          f"dAP/{k}"].tolist())}
+                                                   for v in sd.variants])
+    for v in sd.variants:
+        sub = tide[tide["variant"] == v]
+        if sub.empty:
+            continue
+        row = {"variant": esc(v), "seeds": len(sub), "AP50 (TIDE)": num(sub["AP50"].mean())}
+        means = {k: sub[f"dAP/{k}"].mean() for k in ERROR_TYPES}
+        for k in ERROR_TYPES:  # the 95% CIs are in the figure below
+            row[ERROR_LABELS[k]] = f"{num(means[k])} <span class=note>({int(round(sub[f'n/{k}'].mean()))})</span>"
+        top = max(means, key=means.get)
+        # With no true positive, fixing one type alone recovers ~nothing: say what happened instead.
+        row["costs most"] = (esc(ERROR_LABELS[top]) if sub["AP50"].mean() >= NOTHING_FOUND
+                             else f"finds almost nothing ({int(round(sub['n/miss'].mean()))} objects missed)")
+        rows.append(row)
+    parts.append(table(pd.DataFrame(rows), left=["costs most"]))
+    parts.append("<p class=note>dAP50 per error type, mean over seeds; in brackets the number of such errors "
+                 "per trial.</p>")
+    parts.append(figs.div(figures.metric_bars(summaries, sd.variants, "AP50 recovered by fixing each error type "
+                                              "(mean over seeds, 95% CI)", "dAP50"), height=420))
+    conf = res["confusion"]
+    if conf:
+        labels = res["classes"]
+        counts = {v: pd.DataFrame(c, index=labels + ["background"], columns=labels + ["missed"])
+                  for v, c in conf.items()}
+        shares = {v: c.div(c.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0) for v, c in counts.items()}
+        parts.append("<h2>Confusion between classes</h2><p class=note>Per image the <i>n</i> highest-scoring "
+                     "detections, <i>n</i> its number of objects (so differently calibrated scores compare), each "
+                     "matched by score to the object of any class it overlaps most at IoU &ge; 0.5; the "
+                     "<i>background</i> row holds detections on no object, the <i>missed</i> column objects no "
+                     "detection matched. Rows sum to 1; seeds pooled. The menu picks the variant.</p>")
+        parts.append(figs.div(figures.confusion(shares, counts, sd.variants), height=480))
+    return "".join(parts)
 
 
 # ------------------------------------------------------------------ speed
@@ -157,6 +212,10 @@ def _multi_phase(sd) -> List[str]:
     return sorted(set(sd.final.loc[has, "variant"]))
 
 
+# Speed figures left out of the speed page's table (it would not fit the page); the figure has them.
+TABLE_SKIPS = ("speed/latency_ms_p95", "speed/throughput_img_s", "speed/peak_rss_mb")
+
+
 def build_speed(ctx: PageContext) -> str:
     sd, an, figs = ctx.sd, ctx.an, Figures("speed")
     present = [(m, label) for m, label in SPEED_METRICS if m in sd.final]
@@ -168,22 +227,29 @@ def build_speed(ctx: PageContext) -> str:
         s = an.summary(m)
         means[m], means[f"{m}_half"] = s["mean"].values, s["half"].fillna(0.0).values
     front = set(figures.pareto_front(means.dropna(), "speed/latency_ms_p50", "AP")) if sd.variants else set()
+    accuracy = {m: an.summary(m) for m in ("AP", "AP50", "APs") if m in sd.final}
     rows = []
     for i, v in enumerate(sd.variants):
         row = {"variant": esc(v), "seeds": len(sd.seeds(v))}
+        for m, s in accuracy.items():
+            row[m] = mean_ci(s.iloc[i]["mean"], s.iloc[i]["lo"], s.iloc[i]["hi"])
         for m, label in present:
+            if m in TABLE_SKIPS:
+                continue
             r = summaries[label].iloc[i]
             digits, factor = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
             row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, factor)
         row["Pareto"] = "✓" if v in front else ""
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
-    parts = ["<h2>Speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
+    skipped = ", ".join(label for m, label in present if m in TABLE_SKIPS)
+    parts = ["<h2>Accuracy, speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)),
              f"<p class=note>Measured by each worker on its own CPU share "
              f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at batch 1, "
              "throughput at the study's speed batch size, FLOPs from torch.utils.flop_counter, peak memory is the "
              "worker's resident set size. Trials that ran side by side share the machine: compare with care. "
-             "Pareto: on the frontier of the variant means (lower latency p50, higher AP).</p>"]
+             "Pareto: on the frontier of the variant means (lower latency p50, higher AP)."
+             + (f" {esc(skipped)}: in the figure below." if skipped else "") + "</p>"]
     if present:
         parts.append(figs.div(figures.small_multiples(plotted, sd.variants, "Speed figures per variant (95% CI)")))
     parts.append(_stages_section(ctx, figs))
@@ -211,7 +277,8 @@ def _diagnostics_section(ctx: PageContext, figs: Figures) -> str:
 
 
 def _score_iou_section(ctx: PageContext, figs: Figures, pairs: Dict[str, dict]) -> str:
-    """GFL studies: score vs IoU per positive (data ``loss_diagnostics["score_iou"]["points"] = {"score": [...], "iou": [...]}``)."""
+    """GFL studies: score vs IoU per positive
+    (data ``loss_diagnostics["score_iou"]["points"] = {"score": [...], "iou": [...]}``)."""
     sd = ctx.sd
     points, rows = {}, []
     for v in sd.variants:
@@ -226,8 +293,8 @@ def _score_iou_section(ctx: PageContext, figs: Figures, pairs: Dict[str, dict]) 
     return ("<h2>Score against localisation quality</h2><p class=note>GFL paper (Li et al., arXiv 2006.04388), "
             "sec. 1: with a separate quality branch the score a detection is ranked by and its IoU can disagree; "
             "a joint score should follow the IoU. Every val positive, seeds pooled.</p>"
-            + table(pd.DataFrame(rows)) + figs.div(figures.score_vs_iou(points, list(points), cols=figures.colors(sd.variants)),
-                                                     height=480))
+            + table(pd.DataFrame(rows))
+            + figs.div(figures.score_vs_iou(points, list(points), cols=figures.colors(sd.variants)), height=480))
 
 
 def _figure4_section(ctx: PageContext, figs: Figures, diag: Dict[str, dict]) -> str:
@@ -245,7 +312,8 @@ def _figure4_section(ctx: PageContext, figs: Figures, diag: Dict[str, dict]) -> 
             continue
         ds = [diag[k] for k in keys]
         curves[v] = {part: {"fraction": ds[0][part]["fraction"],
-                            "cumulative_loss": np.mean([d[part]["cumulative_loss"] for d in ds], axis=0).round(5).tolist()}
+                            "cumulative_loss": np.mean([d[part]["cumulative_loss"] for d in ds],
+                                                       axis=0).round(5).tolist()}
                      for part in ("positive", "negative") if all(part in d for d in ds)}
         share = [d.get("easy_negative_share", math.nan) for d in ds]
         shares += [{"variant": v, "seed": t["seed"], "value": diag[t["trial_key"]].get("easy_negative_share", math.nan)}

@@ -43,8 +43,8 @@ def max_iou_assign(
     highest IoU (all of them on ties), assigned to *that* gt even when the IoU
     is below ``pos_iou``, so small or oddly shaped boxes are not left without
     a positive. Where one anchor is the best anchor of several gts, the gt it
-    overlaps most wins (so near-duplicate gts can still share out one anchor). A gt that overlaps no anchor at all (best IoU 0) gets
-    none: there is nothing to regress from.
+    overlaps most wins (so near-duplicate gts can still share out one anchor). A gt that
+    overlaps no anchor at all (best IoU 0) gets none: there is nothing to regress from.
 
     The focal loss paper does not mention low-quality matches; torchvision's
     ``Matcher`` (``allow_low_quality_matches=True`` in RetinaNet) and

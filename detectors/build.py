@@ -63,6 +63,12 @@ def weight_names(detector: str) -> Tuple[str, ...]:
     return tuple(n.removeprefix("loss_") for n in loss_names(detector))
 
 
+def default_loss_weights(detector: str) -> Dict[str, float]:
+    """The weights the detector's paper gives its losses (by name without ``loss_``); the training
+    loop starts from these and ``train.loss_weights`` overrides them. Empty for most detectors."""
+    return dict(MODELS.entry(detector).meta.get("loss_weights") or {})
+
+
 def _check_params(entry: Entry, what: str, params: Any, loc: Tuple) -> Dict[str, Any]:
     if not isinstance(params, Mapping):
         raise ComponentError(loc, f"expected a mapping (key: value), got {type(params).__name__}", expected="mapping")
@@ -91,12 +97,26 @@ def resolve_losses(detector: str, loss: Optional[Mapping], losses: Mapping[str, 
     return out
 
 
-def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping[str, Mapping]
+def _check_per_class(entry: Entry, params: Mapping[str, Any], num_classes: Optional[int], loc: Tuple) -> None:
+    """A loss's per-class list params (its ``per_class`` meta) have one value per class of the dataset."""
+    if num_classes is None:
+        return
+    for key in entry.meta.get("per_class", ()):
+        value = params.get(key)
+        if isinstance(value, list) and len(value) != num_classes:
+            raise ComponentError(loc + (key,), f"one value per class: the dataset has {num_classes} classes, "
+                                 f"got {len(value)} values")
+
+
+def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping[str, Mapping],
+                     num_classes: Optional[int] = None
                      ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]], Dict[str, Dict[str, Any]]]:
     """Validate a config's detector and losses against the detector's declarations.
 
-    Returns the normalised detector params, primary loss params (or None) and
-    ``losses`` (role -> normalised params); raises :class:`ComponentError`.
+    ``num_classes``: the dataset's, where known before it is loaded (per-class
+    loss params are checked against it). Returns the normalised detector params,
+    primary loss params (or None) and ``losses`` (role -> normalised params);
+    raises :class:`ComponentError`.
     """
     entry = entry_of(MODELS, detector["name"], ("detector", "name"))
     det_params = _check_params(entry, "detector", detector.get("params") or {}, ("detector", "params"))
@@ -105,8 +125,9 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
     loss_params = None
     if loss is not None:
         role = roles[primary]
-        loss_params = _check_params(entry_of(role.registry, loss["name"], ("loss", "name")), role.registry.kind,
-                                    loss.get("params") or {}, ("loss", "params"))
+        loss_entry = entry_of(role.registry, loss["name"], ("loss", "name"))
+        loss_params = _check_params(loss_entry, role.registry.kind, loss.get("params") or {}, ("loss", "params"))
+        _check_per_class(loss_entry, loss_params, num_classes, ("loss", "params"))
     for role_name, spec in losses.items():
         if role_name not in roles:
             raise ComponentError(("losses", role_name), f"detector '{entry.name}' takes no '{role_name}' loss"
@@ -116,9 +137,10 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
             raise ComponentError(("losses", role_name), f"the '{primary}' loss is already set by the 'loss' "
                                  "section; set it in one place")
         role = roles[role_name]
-        name_loc = ("losses", role_name, "name")
-        checked[role_name] = _check_params(entry_of(role.registry, spec.get("name"), name_loc), role.registry.kind,
-                                           spec.get("params") or {}, ("losses", role_name, "params"))
+        role_entry = entry_of(role.registry, spec.get("name"), ("losses", role_name, "name"))
+        checked[role_name] = _check_params(role_entry, role.registry.kind, spec.get("params") or {},
+                                           ("losses", role_name, "params"))
+        _check_per_class(role_entry, checked[role_name], num_classes, ("losses", role_name, "params"))
     check = entry.meta.get("check_losses")
     if check is not None:
         merged = {k: p.default for k, p in entry.params.items()}
@@ -170,7 +192,7 @@ def trial_phases(trial: Mapping[str, Any]) -> list:
     return resolve_phases(trial["train"], declared)
 
 
-def check_phase_parts(detector: Mapping[str, Any], phases: list) -> None:
+def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: int = 2) -> None:
     """Every ``trainable`` / ``frozen`` prefix of every phase names parameters of the detector.
 
     The model is built on the ``meta`` device (shapes, no memory, no weights), so this
@@ -181,7 +203,7 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list) -> None:
     from detectors.phases import apply_phase
 
     with torch.device("meta"):
-        model = MODELS.build(detector["name"], num_classes=2, scale=detector.get("scale", "tiny"),
+        model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),
                              score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
     for i, phase in enumerate(phases):
         if phase.get("kind") == "fit" and not hasattr(model, "fit_phase"):

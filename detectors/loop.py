@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from detectors.build import default_loss_weights
 from detectors.checkpoint import save_checkpoint, set_rng_state
 from detectors.data.coco import CocoDetection, collate
 from detectors.evaluate import evaluate_model
@@ -51,7 +52,8 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
     cfg = trial["train"]
     device = runtime.device
     steps_per_epoch = math.ceil(len(train_ds) / cfg["batch_size"])
-    weights = cfg.get("loss_weights", {})
+    # The detector's declared paper weights (YOLOv1's lambdas), then the study's on top.
+    weights = {**default_loss_weights(trial["detector"]["name"]), **cfg.get("loss_weights", {})}
     epoch, step, train_time, train_images = -1, 0, 0.0, 0
     phase_times = [0.0] * len(phases)
     if state is not None:

@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from detectors.registry import suggest
+
 OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_iters", "schedule", "milestones",
                   "lr_decay")
 PHASE_KEYS = ("name", "epochs", "trainable", "frozen", "losses", "kind") + OPTIMIZER_KEYS
@@ -62,6 +64,14 @@ def _matches(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def unknown_prefix(prefix: str, names: Sequence[str]) -> str:
+    """"'x' names no parameters ..." with the model's prefixes of as many parts as ``prefix``."""
+    depth = prefix.count(".") + 1
+    level = sorted({".".join(n.split(".")[:depth]) for n in names if n.count(".") >= depth - 1})
+    shown = ", ".join(level[:8]) + (", ..." if len(level) > 8 else "")
+    return f"'{prefix}' names no parameters of the model{suggest(prefix, level)} (at that depth: {shown})"
+
+
 def apply_phase(model: nn.Module, phase: Mapping[str, Any]) -> List[nn.Parameter]:
     """Set ``requires_grad`` per the phase's ``trainable`` / ``frozen`` prefixes; returns the
     trainable parameters. A prefix that names no parameter is an error (a typo would
@@ -70,9 +80,7 @@ def apply_phase(model: nn.Module, phase: Mapping[str, Any]) -> List[nn.Parameter
     trainable, frozen = phase.get("trainable"), phase.get("frozen") or []
     for prefix in list(trainable or []) + list(frozen):
         if not any(_matches(n, prefix) for n in names):
-            top = sorted({n.split(".")[0] for n in names})
-            raise ValueError(f"phase '{phase['name']}': '{prefix}' names no parameters of the model "
-                             f"(its top-level parts: {', '.join(top)})")
+            raise ValueError(f"phase '{phase['name']}': {unknown_prefix(prefix, names)}")
     params = []
     for name, p in model.named_parameters():
         p.requires_grad_((trainable is None or any(_matches(name, t) for t in trainable))
@@ -108,7 +116,8 @@ def build_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, total: int, cfg: Mapping[str, Any]) -> float:
-    """Linear warm-up from 0.1% to 100%, then cosine to 0, or multistep: times ``lr_decay`` at each of ``milestones``."""
+    """Linear warm-up from 0.1% to 100%, then cosine to 0, or (multistep) times ``lr_decay``
+    at each of ``milestones`` (fractions of ``total``)."""
     warmup = cfg.get("warmup_iters", 0)
     if step < warmup:
         return 0.001 + (1 - 0.001) * step / warmup

@@ -77,7 +77,8 @@ class ParamError(ValueError):
         self.msg, self.expected = msg, expected
 
 
-def _show(v: Any) -> str:
+def show(v: Any) -> str:
+    """A value as a study file would write it (true, null, 'text'), cut at 60 characters."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
@@ -152,7 +153,7 @@ def describe(hint: Any) -> str:
         return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
     origin = typing.get_origin(base)
     if origin is Literal:
-        choices = [repr(c) if isinstance(c, str) else _show(c) for c in typing.get_args(base)]
+        choices = [repr(c) if isinstance(c, str) else show(c) for c in typing.get_args(base)]
         return choices[0] if len(choices) == 1 else "one of " + ", ".join(choices)
     if origin in _SEQUENCES:
         inner = [a for a in typing.get_args(base) if a is not Ellipsis]
@@ -181,22 +182,22 @@ def check_value(hint: Any, value: Any) -> Any:
             return _in_range(out, intervals)
         if range_error is not None:  # the right type, out of range: say so rather than list the types
             raise range_error
-        raise ParamError(f"expected {describe(hint)}, got {_show(value)}", _kind(hint))
+        raise ParamError(f"expected {describe(hint)}, got {show(value)}", _kind(hint))
     origin = typing.get_origin(base)
     if origin is Literal:
         choices = typing.get_args(base)
         if value in choices and type(value) in {type(c) for c in choices}:
             return value
-        raise ParamError(f"expected {describe(base)}, got {_show(value)}", describe(base))
+        raise ParamError(f"expected {describe(base)}, got {show(value)}", describe(base))
     if origin in _SEQUENCES:
         inner = [a for a in typing.get_args(base) if a is not Ellipsis] or [Any]
         if not isinstance(value, list) or not value:
-            raise ParamError(f"expected {describe(base)} (non-empty), got {_show(value)}", "list")
+            raise ParamError(f"expected {describe(base)} (non-empty), got {show(value)}", "list")
         return [check_value(inner[0], v) for v in value]
     ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: _is_number, str: lambda v: isinstance(v, str), Any: _is_plain}.get(base, _is_plain)
     if not ok(value):
-        raise ParamError(f"expected {describe(base)}, got {_show(value)}", _kind(base))
+        raise ParamError(f"expected {describe(base)}, got {show(value)}", _kind(base))
     _in_range(value, intervals)
     return float(value) if base is float else value
 
@@ -205,7 +206,7 @@ def _in_range(value: Any, intervals: Tuple[Interval, ...]) -> Any:
     for interval in intervals:
         problem = interval.violation(value) if _is_number(value) else None
         if problem:
-            raise ParamError(f"{problem}, got {_show(value)}", "range")
+            raise ParamError(f"{problem}, got {show(value)}", "range")
     return value
 
 

@@ -67,7 +67,7 @@ def make_trial(paths: Mapping[str, str], trial_dir: str, *, detector: Optional[M
         "study": study, "trial_key": f"{variant}/seed={seed}", "variant": variant, "seed": seed,
         "config_hash": config_hash,
         "dataset": {"kind": kind, **{k: os.path.abspath(paths[k]) for k in PATH_KEYS},
-                    "synthetic": None, "cache_dir": None},
+                    "synthetic": None, "cache_dir": None, "digest": None},
         "detector": _component(DETECTOR, detector),
         "loss": _component(LOSS, loss),
         "losses": copy.deepcopy(dict(losses or {})),

@@ -9,12 +9,12 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from typing import Dict, List, Optional, TextIO
 
 from ray.tune import Callback
 
 from detectors.cocotools import bbox_ground_truth
+from platform.timing import TrialClock
 
 # Keys Tune adds to every result; everything else in a result is ours.
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "hostname",
@@ -53,10 +53,11 @@ def val_ground_truth(trial: dict) -> Optional[dict]:
 class StudyCallback(Callback):
     """Child MLflow run per trial, per-epoch metrics, final artifacts, one store row per trial."""
 
-    def __init__(self, study_name: str, tracker, store, force: bool = False) -> None:
+    def __init__(self, study_name: str, tracker, store, force: bool = False,
+                 clock: Optional[TrialClock] = None) -> None:
         self.study_name, self.tracker, self.store, self.force = study_name, tracker, store, force
+        self.clock = clock or TrialClock()      # shared with ProgressCallback: one duration everywhere
         self.runs: Dict[str, str] = {}          # Tune trial id -> MLflow run id
-        self.started: Dict[str, datetime] = {}
         self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}  # trial id -> step -> metrics
         self.attempts: Dict[str, int] = {}
         self._hash: Dict[str, str] = {}         # Tune trial id -> config hash
@@ -66,12 +67,11 @@ class StudyCallback(Callback):
     def _child(self, trial) -> str:
         tid = trial.trial_id
         if tid not in self.runs:
-            spec = trial.config["trial"]
+            spec, start = trial.config["trial"], self.clock.start(tid)
             # --force runs again on purpose: a fresh child run rather than appending to the old one.
-            self.runs[tid] = self.tracker.start_child(spec, reuse=not self.force)
+            self.runs[tid] = self.tracker.start_child(spec, reuse=not self.force, start_time=start)
             self._hash[tid] = spec["config_hash"]
-            self.started[tid] = datetime.now(timezone.utc)
-            self.store.mark_running(self.study_name, spec, self.runs[tid])
+            self.store.mark_running(self.study_name, spec, self.runs[tid], started_at=start)
         return self.runs[tid]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -91,6 +91,7 @@ class StudyCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         spec, run_id = trial.config["trial"], self._child(trial)
+        duration, (start, end) = self.clock.stop(trial.trial_id), self.clock.span(trial.trial_id)
         final = our_metrics(trial.last_result or {})
         final.pop("final", None)
         ckpt_dir = trial.checkpoint.path if trial.checkpoint else None
@@ -103,17 +104,18 @@ class StudyCallback(Callback):
             self.tracker.log_dict(run_id, table, "per_class_ap.json")
         # one row per epoch report, keyed by its global optimiser step; "epoch" and "phase" are metrics in it
         epoch_rows = [{**m, "step": s} for s, m in sorted(self.epochs.get(trial.trial_id, {}).items())]
-        self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id,
-                                   self.started.get(trial.trial_id), datetime.now(timezone.utc),
+        self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id, start, end,
                                    val_ground_truth=val_ground_truth(spec))
-        self.tracker.end_child(run_id, "FINISHED")
+        self.tracker.end_child(run_id, "FINISHED", end_time=end, duration_s=duration)
         self.finished.append({"trial": spec, "metrics": final})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         spec, run_id = trial.config["trial"], self._child(trial)
+        duration, (start, end) = self.clock.stop(trial.trial_id), self.clock.span(trial.trial_id)
         error = trial_error_text(trial)
-        self.store.record_failed(self.study_name, spec, error, run_id, self.attempts.get(trial.trial_id, 1))
-        self.tracker.end_child(run_id, "FAILED", {"detbench.error": error})
+        self.store.record_failed(self.study_name, spec, error, run_id, self.attempts.get(trial.trial_id, 1),
+                                 start, end)
+        self.tracker.end_child(run_id, "FAILED", {"detbench.error": error}, end_time=end, duration_s=duration)
         self.failed.append({"trial": spec, "error": error})
 
     def close_unfinished(self) -> int:
@@ -158,9 +160,10 @@ class ProgressCallback(Callback):
     """
 
     def __init__(self, total: int, concurrency: int, metric: str = "AP50",
-                 every: float = 30.0, out: TextIO = sys.stdout) -> None:
+                 every: float = 30.0, out: TextIO = sys.stdout, clock: Optional[TrialClock] = None) -> None:
         self.total, self.concurrency, self.metric = total, max(1, concurrency), metric
         self.every, self.out = every, out
+        self.clock = clock or TrialClock()  # trial durations: the same figures as the store and MLflow
         self.t0 = time.monotonic()
         self.last_line = 0.0
         self.begun: Dict[str, float] = {}
@@ -180,7 +183,7 @@ class ProgressCallback(Callback):
             # Mean duration of finished trials for the pending ones, and what is left
             # of it for the running ones, spread over the concurrent slots.
             mean = sum(self.durations) / len(self.durations)
-            now = time.monotonic()
+            now = self.clock.now()
             left = sum(max(0.0, mean - (now - t)) for t in self.begun.values()) + pending * mean
             eta = "~" + _fmt(left / self.concurrency)
         best = f"best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else f"best {self.metric} -"
@@ -188,7 +191,7 @@ class ProgressCallback(Callback):
                 f" | {best} | elapsed {_fmt(elapsed)}, ETA {eta}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.begun[trial.trial_id] = time.monotonic()
+        self.begun[trial.trial_id] = self.clock.start(trial.trial_id)
         self._say(f"start  {trial.config['trial']['trial_key']}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -196,11 +199,12 @@ class ProgressCallback(Callback):
             key = trial.config["trial"]["trial_key"]
             ap = result.get(f"val/{self.metric}")
             shown = f", val {self.metric} {ap:.3f}" if ap is not None else ""
-            self._say(f"       {key}: epoch {int(result['epoch']) + 1}, loss {result.get('train/loss', float('nan')):.4f}{shown}")
+            loss = result.get("train/loss", float("nan"))
+            self._say(f"       {key}: epoch {int(result['epoch']) + 1}, loss {loss:.4f}{shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        began = self.begun.pop(trial.trial_id, time.monotonic())
-        self.durations.append(time.monotonic() - began)
+        self.begun.pop(trial.trial_id, None)
+        self.durations.append(self.clock.stop(trial.trial_id))
         self.done += 1
         key = trial.config["trial"]["trial_key"]
         value = (trial.last_result or {}).get(self.metric)

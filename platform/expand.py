@@ -93,9 +93,10 @@ def _dataset(section: dict, cache: Dict[str, str]) -> Tuple[dict, Any]:
 def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cache: Dict[str, str]) -> dict:
     sections = cfg.model_dump(mode="json", include=set(SWEEPABLE))
     dataset, identity = _dataset(sections["dataset"], cache)
+    dataset_id = {"kind": dataset["kind"], "identity": identity}
+    dataset["digest"] = config_hash(dataset_id)  # the dataset part of the hash, for MLflow's dataset input
     hashed = {name: sections[name] for name in ("detector", "loss", "losses", "train", "eval")}
-    digest = config_hash({**hashed, "dataset": {"kind": dataset["kind"], "identity": identity},
-                          "seed": seed, "detectors_version": version})
+    digest = config_hash({**hashed, "dataset": dataset_id, "seed": seed, "detectors_version": version})
     trial = {
         "study": study.name,
         "trial_key": f"{variant}/seed={seed}",

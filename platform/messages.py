@@ -6,7 +6,7 @@ from typing import Any, List, Optional, Tuple, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from detectors.registry import suggest  # noqa: F401 (one wording of "did you mean" for both packages)
+from detectors.registry import show, suggest  # noqa: F401 (one wording of values and hints for both packages)
 
 
 class ConfigInvalid(Exception):
@@ -21,21 +21,10 @@ _EXPECTED = {"int_type": "integer", "int_from_float": "integer", "float_type": "
              "bool_type": "boolean", "string_type": "string", "list_type": "list", "dict_type": "mapping",
              "model_type": "mapping", "model_attributes_type": "mapping"}
 SINGULAR = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
-             "list": "a list", "mapping": "a mapping (key: value)", "json": "a plain YAML value",
-             "alpha": "a number, a list of numbers, 'inverse_frequency' or null"}
-PLURAL = {"integer": "integers", "number": "numbers", "boolean": "booleans (true/false)", "string": "strings",
-           "alpha": "numbers or 'inverse_frequency'"}
+             "list": "a list", "mapping": "a mapping (key: value)", "json": "a plain YAML value"}
+PLURAL = {"integer": "integers", "number": "numbers", "boolean": "booleans (true/false)", "string": "strings"}
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 _CTX_KEY = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
-
-
-def show(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    text = repr(v) if isinstance(v, (str, int, float, list, dict, tuple)) else type(v).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _fields_at(root: Any, loc: Tuple) -> Optional[List[str]]:
@@ -71,7 +60,9 @@ def translate(err: ValidationError, root: Any) -> ConfigInvalid:
     if typ == "literal_error":
         return ConfigInvalid(loc, f"expected {ctx['expected']}, got {got}", expected=ctx["expected"])
     if typ in _BOUNDS:
-        return ConfigInvalid(loc, f"must be {_BOUNDS[typ]} {ctx[_CTX_KEY[typ]]}, got {got}")
+        bound = ctx[_CTX_KEY[typ]]  # pydantic gives a float field's bound as a float: "> 0", not "> 0.0"
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return ConfigInvalid(loc, f"must be {_BOUNDS[typ]} {bound}, got {got}")
     if typ == "too_short":
         return ConfigInvalid(loc, "must not be empty")
     if typ == "string_pattern_mismatch":

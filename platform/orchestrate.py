@@ -124,7 +124,8 @@ def run_study(study, trials: List[dict], args) -> int:
 
     from platform.callbacks import ProgressCallback, StudyCallback
     from platform.expand import detectors_code_version
-    from platform.tracking import StudyTracker
+    from platform.timing import TrialClock
+    from platform.tracking import StudyTracker, study_description
 
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
@@ -142,15 +143,18 @@ def run_study(study, trials: List[dict], args) -> int:
         todo = prepare_dataset(todo)
         tracker = StudyTracker(study.tracking.mlflow_uri, study.name,
                                os.path.join(study.output.runs_dir, "mlartifacts"))
+        report = os.path.join(study.output.reports_dir, study.name, "index.html")
         parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
-                                                               "force": bool(args.force)}, detectors_code_version())
+                                                               "force": bool(args.force)}, detectors_code_version(),
+                                      description=study_description(study, trials, report), trials=todo)
         store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
                            mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
         cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
         concurrency = min(len(todo), args.max_concurrent or study.resources.max_concurrent
                           or max(1, int(cpus // max(study.resources.cpus_per_trial, 1e-9))))
-        recorder = StudyCallback(study.name, tracker, store, force=args.force)
-        progress = ProgressCallback(len(todo), concurrency)
+        clock = TrialClock()  # one start and end per trial for the progress line, the store and MLflow
+        recorder = StudyCallback(study.name, tracker, store, force=args.force, clock=clock)
+        progress = ProgressCallback(len(todo), concurrency, clock=clock)
         print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
         run_trials(study, todo, [recorder, progress], args.max_concurrent)
     except KeyboardInterrupt:
@@ -171,6 +175,7 @@ def run_study(study, trials: List[dict], args) -> int:
         print(f"failed: {f['trial']['trial_key']}: {f['error']}")
     report_ok = write_report(store, study) is not None
     print(f"MLflow UI: {tracker.ui_command()}")
+    print(f"  then open {tracker.experiment_url()}")
     if interrupted:
         print(f"interrupted: {len(recorder.finished)} finished trials are kept; run the same command to resume")
         return 130

@@ -84,6 +84,29 @@ def _cached_hashes(study) -> set:
         return set()
 
 
+def check_local_resources(study, address: Optional[str]) -> None:
+    """Without a cluster, Ray starts here with this machine's CPUs and GPUs; a trial asking for
+    more would wait for them forever (Tune only logs a warning). Raises StudyError."""
+    from platform.study import StudyError
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return  # a cluster may have (or autoscale to) more
+    res = study.resources
+    cpus = os.cpu_count() or 1
+    if res.cpus_per_trial > cpus:
+        raise StudyError(study.source, "resources.cpus_per_trial",
+                         f"{res.cpus_per_trial:g} CPUs per trial, but this machine has {cpus} (a local Ray "
+                         "gets them all); lower it, or pass --address to run on a cluster")
+    if res.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if res.gpus_per_trial > gpus:
+            raise StudyError(study.source, "resources.gpus_per_trial",
+                             f"{res.gpus_per_trial:g} GPUs per trial, but this machine has {gpus}; lower it, "
+                             "or pass --address to run on a cluster")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -95,6 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.max_concurrent is not None:
             study.resources.max_concurrent = args.max_concurrent
         trials = expand(study)
+        check_local_resources(study, args.address)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Study files: YAML parsed into typed pydantic models; every problem is one line.
+"""Study files: YAML (read by ``platform.studyfile``) parsed into typed pydantic models;
+every problem is one line.
 
     study = platform.study.load_study("studies/focal_gamma_sweep.yaml")
 
@@ -11,31 +12,23 @@ settings, COCO files on disk. ``platform.sweep.check_sweep`` then substitutes
 every swept value and validates again. Failures are :class:`StudyError`, whose
 ``str`` is ``<file>: <dotted.key.path>: <message>``. Torch is imported (with
 the registries) only once the structure is valid, so most typos are reported fast.
+Every number has a range with both ends, here and in the components' and the
+generator's declarations: an absurd value is an error, not a worker's failure.
 """
 from __future__ import annotations
 
 import copy
 import os
-import re
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Tuple
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from detectors.registry import ParamError, check_value
 from platform.messages import ConfigInvalid, show, suggest, translate
+from platform.studyfile import StudyError, read_yaml  # noqa: F401 (re-exported: the study's errors)  # noqa: F401 (re-exported)
 
 SWEEPABLE = ("dataset", "detector", "loss", "losses", "train", "eval")
 COCO_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations")
-
-
-class StudyError(Exception):
-    """A study file problem; ``str(err)`` is ``<file>: <key.path>: <message>``, one line."""
-
-    def __init__(self, file: str, path: str, message: str) -> None:
-        self.file, self.path, self.message = str(file), path, message
-        text = f"{self.file}: {path}: {message}" if path else f"{self.file}: {message}"
-        super().__init__(" ".join(text.split("\n")))
 
 
 # --------------------------------------------------------------------------- schema
@@ -75,23 +68,37 @@ class LossSpec(_Strict):
 
 
 
+# Every number has a range with both ends. The upper ends are generous: they turn a
+# typo (a learning rate of 1e3, 10^9 epochs, a batch of 10^5 images) into an error
+# here, not a diverged, endless or out-of-memory trial in a worker.
+Epochs = Annotated[int, Field(ge=1, le=10_000)]
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+Momentum = Annotated[float, Field(ge=0, lt=1)]
+WeightDecay = Annotated[float, Field(ge=0, le=1)]
+WarmupIters = Annotated[int, Field(ge=0, le=10_000_000)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+LrDecay = Annotated[float, Field(gt=0, le=1)]          # the factor at each milestone: a decay
+LossWeight = Annotated[float, Field(ge=0, le=1000)]    # a negative weight would maximise its loss
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]       # numpy's seed range (np.random.seed in the worker)
+
+
 class PhaseSpec(_Strict):
     """One phase of training (``detectors.phases``); unset optimizer settings come from ``train``."""
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
-    epochs: int = Field(ge=1)
+    epochs: Epochs
     trainable: Optional[List[str]] = Field(None, min_length=1)  # parameter-name prefixes; null: everything
     frozen: List[str] = []
     losses: Optional[List[str]] = Field(None, min_length=1)     # loss names that count; null: every one
     kind: Literal["sgd", "fit"] = "sgd"                          # fit: the detector fits the phase itself
     optimizer: Optional[Literal["sgd", "adamw"]] = None
-    lr: Optional[float] = Field(None, gt=0)
-    momentum: Optional[float] = Field(None, ge=0, lt=1)
-    weight_decay: Optional[float] = Field(None, ge=0)
-    warmup_iters: Optional[int] = Field(None, ge=0)
+    lr: Optional[LearningRate] = None
+    momentum: Optional[Momentum] = None
+    weight_decay: Optional[WeightDecay] = None
+    warmup_iters: Optional[WarmupIters] = None
     schedule: Optional[Literal["cosine", "multistep", "constant"]] = None
-    milestones: Optional[List[float]] = None
-    lr_decay: Optional[float] = Field(None, gt=0)
+    milestones: Optional[List[Fraction]] = None
+    lr_decay: Optional[LrDecay] = None
 
     @field_validator("milestones")
     @classmethod
@@ -106,19 +113,19 @@ def _fractions(v: List[float]) -> List[float]:
 
 
 class TrainSpec(_Strict):
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(8, ge=1)
+    epochs: Epochs = 6
+    batch_size: int = Field(8, ge=1, le=1024)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_iters: int = Field(50, ge=0)
+    lr: LearningRate = 1e-3
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 1e-4
+    warmup_iters: WarmupIters = 50
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
-    milestones: List[float] = [0.67, 0.89]
-    lr_decay: float = Field(0.1, gt=0)   # learning-rate factor at each milestone of the "multistep" schedule
-    grad_clip: Optional[float] = Field(10.0, gt=0)
-    loss_weights: Dict[str, float] = {}  # by loss name without "loss_"; unnamed losses weigh 1
-    max_steps: Optional[int] = Field(None, ge=1)  # per phase
+    milestones: List[Fraction] = [0.67, 0.89]
+    lr_decay: LrDecay = 0.1   # learning-rate factor at each milestone of the "multistep" schedule
+    grad_clip: Optional[float] = Field(10.0, gt=0, le=1e6)
+    loss_weights: Dict[str, LossWeight] = {}  # by loss name without "loss_"; unnamed: the detector's default, else 1
+    max_steps: Optional[int] = Field(None, ge=1, le=1_000_000_000)  # per phase
     hflip_prob: float = Field(0.5, ge=0, le=1)
     eval_every_epoch: bool = True
     phases: Optional[List[PhaseSpec]] = Field(None, min_length=1)
@@ -143,14 +150,14 @@ class TrainSpec(_Strict):
 
 class SpeedSpec(_Strict):
     enabled: bool = True
-    latency_images: int = Field(50, ge=1)
-    warmup: int = Field(10, ge=0)
-    throughput_batch: int = Field(8, ge=1)
-    throughput_batches: int = Field(5, ge=1)
+    latency_images: int = Field(50, ge=1, le=10_000)
+    warmup: int = Field(10, ge=0, le=10_000)
+    throughput_batch: int = Field(8, ge=1, le=256)       # the images of all throughput batches are
+    throughput_batches: int = Field(5, ge=1, le=1000)    # loaded before timing: both ends bounded
 
 
 class EvalSpec(_Strict):
-    score_thresh: float = Field(0.05, ge=0, le=1)
+    score_thresh: float = Field(0.05, ge=0, lt=1)  # scores are probabilities: 1 would keep no detection
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_dets: int = Field(100, ge=1, le=100)  # COCO AP counts at most 100 detections per image
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
@@ -159,7 +166,7 @@ class EvalSpec(_Strict):
 class SweepSpec(_Strict):
     grid: Dict[str, Any] = {}            # dotted key -> non-empty list of scalars (checked below)
     variants: List[Dict[str, Any]] = []  # each: dotted key -> scalar, applied together
-    seeds: List[int] = Field([0], min_length=1)
+    seeds: List[Seed] = Field([0], min_length=1)
 
     @field_validator("seeds")
     @classmethod
@@ -170,10 +177,11 @@ class SweepSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
-    max_concurrent: Optional[int] = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0)
+    # What this machine has is checked by ``platform.run`` before a local Ray starts.
+    cpus_per_trial: float = Field(1.0, gt=0, le=1024)
+    gpus_per_trial: float = Field(0.0, ge=0, le=64)
+    max_concurrent: Optional[int] = Field(None, ge=1, le=10_000)
+    max_failures: int = Field(1, ge=0, le=100)
 
 
 class TrackingSpec(_Strict):
@@ -234,44 +242,6 @@ class Study(_Strict):
 
 # --------------------------------------------------------------------------- loading
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and rejects duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            if isinstance(key, (str, int, float, bool)):
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def read_yaml(source: str) -> dict:
-    try:
-        with open(source, encoding="utf-8") as f:
-            raw = yaml.load(f, Loader=_Loader)
-    except OSError as e:
-        raise StudyError(source, "", (e.strerror or str(e)).lower()) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
-        raise StudyError(source, where, e.problem or str(e)) from None
-    except yaml.YAMLError as e:
-        raise StudyError(source, "yaml", str(e)) from None
-    if not isinstance(raw, dict):
-        got = "an empty file" if raw is None else show(raw)
-        raise StudyError(source, "", f"top level must be a mapping of keys (name:, dataset:, ...), got {got}")
-    return raw
-
-
 def validate(raw: Mapping[str, Any]) -> Study:
     """Validate a plain dict as a study (without the sweep checks); raises ConfigInvalid."""
     try:
@@ -322,7 +292,8 @@ def dotted(loc: Tuple) -> str:
 def is_component_name(key: str) -> bool:
     """Whether a dotted key names a component: ``detector.name``, ``loss.name``, ``losses.<role>.name``."""
     parts = key.split(".")
-    return parts[-1] == "name" and (parts[:-1] in (["detector"], ["loss"]) or (len(parts) == 3 and parts[0] == "losses"))
+    return parts[-1] == "name" and (parts[:-1] in (["detector"], ["loss"])
+                                    or (len(parts) == 3 and parts[0] == "losses"))
 
 
 def _node(raw: Mapping[str, Any], path) -> Any:
@@ -357,13 +328,16 @@ def _check_components(study: Study) -> None:
     """What pydantic cannot know: the components' declared parameters, loss roles and loss
     names, the generator's settings and files on disk. Normalises param values in place."""
     _check_dataset(study.dataset)  # first: needs no torch, so a bad path is reported quickly
+    _check_output(study)
     from detectors.build import (ComponentError, check_components, check_loss_weights, check_phase_parts,
                                  weight_names)
 
     loss = study.loss.model_dump() if study.loss else None
+    num_classes = _num_classes(study.dataset)
     try:
         det, loss_params, roles = check_components(study.detector.model_dump(), loss,
-                                                   {r: s.model_dump() for r, s in study.losses.items()})
+                                                   {r: s.model_dump() for r, s in study.losses.items()},
+                                                   num_classes)
         check_loss_weights(study.detector.name, study.train.loss_weights)
     except ComponentError as e:
         raise _invalid(e) from None
@@ -374,7 +348,8 @@ def _check_components(study: Study) -> None:
         study.losses[role].params = params
     if study.train.phases:
         try:
-            check_phase_parts(study.detector.model_dump(), [p.model_dump() for p in study.train.phases])
+            check_phase_parts(study.detector.model_dump(), [p.model_dump() for p in study.train.phases],
+                              num_classes or 1)
         except ComponentError as e:
             raise _invalid(e) from None
     for i, phase in enumerate(study.train.phases or []):
@@ -384,6 +359,40 @@ def _check_components(study: Study) -> None:
                 raise ConfigInvalid(("train", "phases", i, "losses", j),
                                     f"detector '{study.detector.name}' returns no loss '{name}'"
                                     f"{suggest(name, names)} (its losses: {', '.join(names)})")
+
+
+def _num_classes(ds: DatasetSpec) -> Optional[int]:
+    """The dataset's number of classes where it is known without reading the data (synthetic)."""
+    return {**synthetic_defaults(), **ds.synthetic}["num_classes"] if ds.kind == "synthetic" else None
+
+
+def _check_output(study: Study) -> None:
+    """The output and cache directories can be created (or are directories), and the store
+    URL parses: otherwise the run would fail after Ray started, with a traceback."""
+    dirs = [(("output", "runs_dir"), study.output.runs_dir), (("output", "reports_dir"), study.output.reports_dir),
+            (("dataset", "cache_dir"), study.dataset.cache_dir)]
+    for loc, path in dirs:
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            what = "is" if existing == path else f"cannot be created: {existing} is"
+            raise ConfigInvalid(loc, f"{path} {what} a file, not a directory")
+        if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigInvalid(loc, f"{path} cannot be created: no write permission in {existing}")
+    url = study.tracking.store_url
+    if url and not url.startswith("sqlite:///"):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        loc = ("tracking", "store_url")
+        try:
+            make_url(url).get_dialect()
+        except (ArgumentError, NoSuchModuleError):
+            raise ConfigInvalid(loc, f"not a database URL SQLAlchemy knows (e.g. sqlite:////abs/path/results.db "
+                                f"or postgresql://user@host/db), got {show(url)}") from None
+        except ImportError as e:
+            raise ConfigInvalid(loc, f"the database driver is not installed ({e.name or e})") from None
 
 
 def synthetic_defaults() -> Dict[str, Any]:

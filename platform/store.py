@@ -233,11 +233,12 @@ class Store:
         row.config_json, row.status = json.dumps(trial, sort_keys=True), status
         return row
 
-    def mark_running(self, study_name: str, trial: Mapping[str, Any], mlflow_run_id: Optional[str]) -> None:
-        """The trial started (again): status running, start time now, attempts + 1."""
+    def mark_running(self, study_name: str, trial: Mapping[str, Any], mlflow_run_id: Optional[str],
+                     started_at: Timestamp = None) -> None:
+        """The trial started (again): status running, start time ``started_at`` (default now), attempts + 1."""
         with self._tx() as s:
             row = self._trial_row(s, study_name, trial, "running")
-            row.started_at, row.finished_at, row.duration_s = _now(), None, None
+            row.started_at, row.finished_at, row.duration_s = _utc(started_at) or _now(), None, None
             row.mlflow_run_id, row.error, row.attempts = mlflow_run_id, None, (row.attempts or 0) + 1
 
     def record_finished(self, study_name: str, trial: Mapping[str, Any], final_metrics: Mapping[str, Any],
@@ -277,16 +278,19 @@ class Store:
             row.duration_s = (finished - row.started_at).total_seconds() if row.started_at else None
             row.attempts = max(row.attempts or 0, 1)
 
-    def record_failed(self, study_name: str, trial: Mapping[str, Any], error: str,
-                      mlflow_run_id: Optional[str], attempts: int) -> None:
-        """The trial failed for good: status failed, the error text, its metrics and data removed."""
+    def record_failed(self, study_name: str, trial: Mapping[str, Any], error: str, mlflow_run_id: Optional[str],
+                      attempts: int, started_at: Timestamp = None, finished_at: Timestamp = None) -> None:
+        """The trial failed for good: status failed, the error text, its metrics and data removed.
+        ``started_at`` defaults to the time :meth:`mark_running` recorded, ``finished_at`` to now."""
+        started, finished = _utc(started_at), _utc(finished_at) or _now()
         with self._tx() as s:
             row = self._trial_row(s, study_name, trial, "failed")
             s.flush()
             s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
             s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id == row.id))
             row.error, row.mlflow_run_id, row.attempts = error, mlflow_run_id, attempts
-            row.finished_at = _now()
+            row.started_at = started or row.started_at
+            row.finished_at = finished
             row.duration_s = (row.finished_at - row.started_at).total_seconds() if row.started_at else None
 
     # ----------------------------------------------------------------- reads

@@ -2,9 +2,9 @@
 
     study = load_study("studies/focal_gamma_sweep.yaml")
 
-The schema and component checks live in ``platform.spec``, the sweep's rules
-in ``platform.sweep``; this module only strings them together, so neither of
-those imports the other's caller.
+The file itself is read by ``platform.studyfile``, the schema and component
+checks live in ``platform.spec``, the sweep's rules in ``platform.sweep``; this
+module only strings them together, so none of those imports its caller.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import os
 from typing import Union
 
 from platform.messages import ConfigInvalid
-from platform.spec import Study, StudyError, dotted, read_yaml, validate
+from platform.spec import Study, StudyError, dotted, validate
+from platform.studyfile import read_yaml
 from platform.sweep import check_sweep
 
 __all__ = ["load_study", "StudyError", "Study"]

@@ -18,7 +18,8 @@ def print_summary(store, study) -> None:
     print("-" * len(header))
     for r in rows:
         ap = f"{r['AP']:.3f} +- {r['AP_sd']:.3f}"
-        print(f"{r['variant']:<28} {r['seeds']:>5} {ap:>17} {r['AP50']:>6.3f} {r['train_img_s']:>11.1f} {r['latency_ms']:>10.1f}")
+        print(f"{r['variant']:<28} {r['seeds']:>5} {ap:>17} {r['AP50']:>6.3f} {r['train_img_s']:>11.1f}"
+              f" {r['latency_ms']:>10.1f}")
 
 
 def write_report(store, study) -> Optional[str]:

@@ -103,7 +103,8 @@ def lookup(study: Study, key: str) -> str:
         if part not in fields:
             raise _unknown(key)
         hint = fields[part].annotation
-        inner = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is Union else [hint]
+        inner = ([a for a in typing.get_args(hint) if a is not type(None)]
+                 if typing.get_origin(hint) is Union else [hint])
         model = inner[0] if len(inner) == 1 else hint
         if i == len(parts) - 1:
             if isinstance(model, type) and issubclass(model, BaseModel) or typing.get_origin(model) in (dict, list):

@@ -4,6 +4,13 @@ SQLite has no busy timeout, so Ray workers never talk to MLflow: the driver's
 Tune callback (``platform.callbacks``) calls the functions here. One
 experiment per study, one parent run per invocation, one child run per trial;
 a retried or resumed trial reuses its child run (found by its config hash).
+
+What the MLflow UI shows from it: the experiment is tagged as model training
+(``mlflow.experimentKind``; MLflow 3.17's UI follows a global switch instead,
+which the URLs here set), the parent run's description says what the study
+compares and where its report is, and every run names the dataset it trained on
+(the Dataset column: name, digest of the dataset identity that is part of the
+config hash, the train annotation file as the source).
 """
 from __future__ import annotations
 
@@ -12,16 +19,23 @@ import os
 import subprocess
 import time
 from importlib import metadata
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 from dashboards.data import flatten
+from platform.timing import millis
 
 HASH_TAG = "detbench.config_hash"
 STUDY_TAG = "detbench.study"
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"          # a run's description in the UI (markdown)
+KIND_TAG = "mlflow.experimentKind"        # the experiment type: GenAI or model training
+TRAINING_KIND = "custom_model_development"
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+DIGEST_LEN = 12  # MLflow keeps at most 36 characters of a dataset digest; 12 hex as elsewhere here
+MAX_LISTED = 20  # variants named in a parent run's description
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "pycocotools", "numpy")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
@@ -32,6 +46,62 @@ def git_commit(repo_root: str) -> str:
                               text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def dataset_name(dataset: Dict[str, Any]) -> str:
+    """How a trial's dataset is named in MLflow: ``synthetic-<12 hex>``, the cache directory
+    (and the name the driver prints), or ``coco-<train annotation file stem>``."""
+    if dataset["kind"] == "synthetic":
+        from detectors.data.synthetic import dataset_dir_name
+
+        return dataset_dir_name(dataset["synthetic"])
+    stem = os.path.splitext(os.path.basename(dataset["train_annotations"] or ""))[0]
+    return f"{dataset['kind']}-{stem or dataset['digest'][:DIGEST_LEN]}"
+
+
+def dataset_input(trial: Dict[str, Any]) -> DatasetInput:
+    """The trial's training set as an MLflow dataset input (context "training")."""
+    ds = trial["dataset"]
+    profile = {"val_annotations": ds.get("val_annotations"), "generator": ds.get("synthetic")}
+    entity = Dataset(name=dataset_name(ds), digest=ds["digest"][:DIGEST_LEN], source_type="local",
+                     source=json.dumps({"uri": ds.get("train_annotations") or ""}), profile=json.dumps(profile))
+    return DatasetInput(entity, tags=[InputTag(DATASET_CONTEXT_TAG, "training")])
+
+
+def dataset_inputs(trials: Iterable[Dict[str, Any]]) -> List[DatasetInput]:
+    """One input per distinct dataset of ``trials`` (a sweep over generator params has several)."""
+    out: Dict[tuple, DatasetInput] = {}
+    for trial in trials:
+        inp = dataset_input(trial)
+        out.setdefault((inp.dataset.name, inp.dataset.digest), inp)
+    return list(out.values())
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def study_description(study, trials: List[Dict[str, Any]], report_path: str) -> str:
+    """The parent run's description (markdown): what the study compares and where its report is.
+
+    ``trials``: every trial of the study (cached ones included); ``report_path``: its index.html."""
+    variants = list(dict.fromkeys(t["variant"] for t in trials))
+    # a variant's "label" names it and is not a config key
+    varied = list(dict.fromkeys([k for v in study.sweep.variants for k in v if k != "label"] + list(study.sweep.grid)))
+    datasets = list(dict.fromkeys(dataset_name(t["dataset"]) for t in trials))
+    shown = ", ".join(f"`{v}`" for v in variants[:MAX_LISTED]) + (", ..." if len(variants) > MAX_LISTED else "")
+    seeds = study.sweep.seeds
+    url = "file://" + os.path.abspath(report_path)
+    # A plain URL, not a markdown link: the UI drops file: hrefs, and a browser opens no file:
+    # link from an http page anyway; the text can be copied.
+    lines = [study.description or f"Study {study.name}.", "", f"Report: {url}", "",
+             f"- Compares {_count(len(variants), 'variant')} x {_count(len(seeds), 'seed')}"
+             f" = {_count(len(trials), 'trial')}: {shown}",
+             f"- Varies: {', '.join(f'`{k}`' for k in varied) or 'nothing (one configuration)'};"
+             f" seeds {', '.join(str(s) for s in seeds)}",
+             f"- Dataset: {', '.join(datasets)}; base config: {study.detector.name} ({study.detector.scale}),"
+             f" {study.loss.name + ' loss' if study.loss else 'default losses'}, {_count(study.train.epochs, 'epoch')}"]
+    return "\n".join(lines)
 
 
 def package_versions() -> Dict[str, str]:
@@ -54,20 +124,32 @@ class StudyTracker:
         if exp is None:
             os.makedirs(artifact_root, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
-                study_name, artifact_location=f"file://{os.path.abspath(artifact_root)}")
+                study_name, artifact_location=f"file://{os.path.abspath(artifact_root)}",
+                tags={KIND_TAG: TRAINING_KIND})
         else:
             self.experiment_id = exp.experiment_id
+            if KIND_TAG not in exp.tags:  # made by an older detbench; a kind set by hand stays
+                self.client.set_experiment_tag(self.experiment_id, KIND_TAG, TRAINING_KIND)
         self.study_name = study_name
         self.parent_run_id: Optional[str] = None
 
-    def start_parent(self, study_file: str, repo_root: str, params: Dict[str, Any], code_version: str) -> str:
+    def start_parent(self, study_file: str, repo_root: str, params: Dict[str, Any], code_version: str,
+                     description: Optional[str] = None, trials: Iterable[Dict[str, Any]] = ()) -> str:
+        """The invocation's parent run. ``description``: its text in the UI (markdown);
+        ``trials``: those this invocation runs, whose datasets the parent lists as inputs
+        too, so the runs table shows them while the child runs are folded away."""
         tags = {STUDY_TAG: self.study_name, "mlflow.runName": f"{self.study_name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                 "detbench.study_file": os.path.abspath(study_file), "mlflow.source.git.commit": git_commit(repo_root),
                 "detbench.detectors_version": code_version}
         tags.update({f"version.{k}": v for k, v in package_versions().items()})
+        if description:
+            tags[NOTE_TAG] = description
         run = self.client.create_run(self.experiment_id, tags=tags)
         self.parent_run_id = run.info.run_id
         self.log_params(self.parent_run_id, params)
+        inputs = dataset_inputs(trials)
+        if inputs:
+            self.client.log_inputs(self.parent_run_id, datasets=inputs)
         self.client.log_artifact(self.parent_run_id, study_file)
         return self.parent_run_id
 
@@ -81,20 +163,26 @@ class StudyTracker:
                                        max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0].info.run_id if runs else None
 
-    def start_child(self, trial: dict, reuse: bool = True) -> str:
+    def start_child(self, trial: dict, reuse: bool = True, start_time: Optional[float] = None) -> str:
+        """The trial's child run: a new one starting at ``start_time`` (epoch seconds, default
+        now), or with ``reuse`` the run an earlier attempt made, which keeps its start time."""
         run_id = self.find_child(trial["config_hash"]) if reuse else None
         if run_id is None:
-            run = self.client.create_run(self.experiment_id, tags={
+            start = millis(start_time) if start_time is not None else None
+            run = self.client.create_run(self.experiment_id, start_time=start, tags={
                 PARENT_TAG: self.parent_run_id, "mlflow.runName": trial["trial_key"],
                 HASH_TAG: trial["config_hash"], STUDY_TAG: self.study_name,
                 "detbench.variant": trial["variant"], "detbench.seed": str(trial["seed"])})
             run_id = run.info.run_id
             params = {k: v for k, v in flatten(trial).items() if not k.startswith(("dataset.train_", "dataset.val_"))}
             self.log_params(run_id, params)
+            self.client.log_inputs(run_id, datasets=[dataset_input(trial)])
         else:
             # Resumed in a later invocation: hang it under this invocation's parent.
             self.client.set_tag(run_id, PARENT_TAG, self.parent_run_id)
             self.client.update_run(run_id, status="RUNNING")
+            if not self.client.get_run(run_id).inputs.dataset_inputs:  # a run of an older detbench
+                self.client.log_inputs(run_id, datasets=[dataset_input(trial)])
         return run_id
 
     def log_params(self, run_id: str, params: Dict[str, Any]) -> None:
@@ -117,11 +205,26 @@ class StudyTracker:
     def log_dict(self, run_id: str, obj: Any, name: str) -> None:
         self.client.log_dict(run_id, obj, name)
 
-    def end_child(self, run_id: str, status: str, tags: Optional[Dict[str, str]] = None) -> None:
+    def end_child(self, run_id: str, status: str, tags: Optional[Dict[str, str]] = None,
+                  end_time: Optional[float] = None, duration_s: Optional[float] = None) -> None:
+        """End a child run at ``end_time`` (epoch seconds, default now). ``duration_s``, the
+        trial's duration (platform.timing), is also logged as a metric: a run continued from
+        an earlier invocation keeps that invocation's start time, so its own duration is longer."""
         for k, v in (tags or {}).items():
             self.client.set_tag(run_id, k, v[:5000])
-        self.client.set_terminated(run_id, status=status)
+        if duration_s is not None:
+            self.client.log_metric(run_id, "duration_s", duration_s,
+                                   timestamp=millis(end_time) if end_time is not None else None)
+        self.client.set_terminated(run_id, status=status, end_time=millis(end_time) if end_time is not None else None)
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri '{self.tracking_uri}' --host 127.0.0.1 --port 5000"
+
+    def experiment_url(self) -> str:
+        """The study's runs table, on the tracking server or the ``mlflow ui`` of :meth:`ui_command`.
+        MLflow 3.17's UI shows the view of a global switch (GenAI, the default, or model training)
+        whatever the experiment's kind; the URL's workflowType sets the switch."""
+        base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) \
+            else "http://127.0.0.1:5000"
+        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
 

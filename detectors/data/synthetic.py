@@ -33,7 +33,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["DEFAULTS", "SHAPES", "GENERATOR_VERSION", "generate", "dataset_dir_name", "resolve_params"]
+from detectors.registry import Interval
+
+__all__ = ["DEFAULTS", "RANGES", "SHAPES", "GENERATOR_VERSION", "generate", "dataset_dir_name", "resolve_params"]
 
 # Bump whenever the drawing code changes what a given parameter set produces,
 # so cached sets from an older generator are not silently reused.
@@ -62,38 +64,60 @@ _PLACE_TRIES = 20          # placement attempts per object before it is skipped
 _MIN_CONTRAST = 0.35       # mean |rgb difference| between an object and the background base colour
 
 
+# The range of every setting. Upper ends are generous; they turn a typo (an image
+# side of 10^6, 10^5 strokes per image) into an error here, before anything is
+# generated, rather than an allocation or an hour-long loop in a worker. At least
+# one train and one val image: the speed figures and COCO eval need a val image.
+RANGES: Dict[str, Interval] = {
+    "seed": Interval(ge=0, le=2**32 - 1),
+    "num_train": Interval(ge=1, le=1_000_000),
+    "num_val": Interval(ge=1, le=1_000_000),
+    "image_size": Interval(ge=16, le=4096),
+    "num_classes": Interval(ge=1, le=len(SHAPES)),
+    "objects_per_image": Interval(ge=0, le=100),   # each end; the max must be >= 1
+    "object_size": Interval(ge=4, le=4096),        # each end; the max must be <= image_size
+    "class_skew": Interval(ge=0, le=10),           # 8 classes at 10: the tail is 1e-9 of the head
+    "clutter": Interval(ge=0, le=10),
+    "distractors": Interval(ge=0, le=100),         # each end
+    "blur": Interval(ge=0, le=100),
+    "min_visible": Interval(ge=0, le=1),
+}
+
+
 def resolve_params(params: Optional[dict]) -> dict:
-    """Merge ``params`` over DEFAULTS and validate; raises ValueError naming the bad key."""
+    """Merge ``params`` over DEFAULTS and validate against ``RANGES``; raises ValueError naming the bad key."""
     params = dict(params or {})
     for key in params:
         if key not in DEFAULTS:
             raise ValueError(f"synthetic: unknown parameter '{key}' (known: {', '.join(sorted(DEFAULTS))})")
     p = {**DEFAULTS, **params}
-    for key in ("seed", "num_train", "num_val", "image_size", "num_classes"):
-        if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 0:
-            raise ValueError(f"synthetic: '{key}' must be a non-negative integer, got {p[key]!r}")
-    if not 1 <= p["num_classes"] <= len(SHAPES):
-        raise ValueError(f"synthetic: 'num_classes' must be in 1..{len(SHAPES)}, got {p['num_classes']}")
-    if p["image_size"] < 16:
-        raise ValueError(f"synthetic: 'image_size' must be >= 16, got {p['image_size']}")
-    for key, lo in (("objects_per_image", 0), ("object_size", 4), ("distractors", 0)):
-        p[key] = _int_range(key, p[key], lo)
+    for key, default in DEFAULTS.items():
+        r = RANGES[key]
+        if isinstance(default, list):
+            p[key] = _int_range(key, p[key], int(r.ge), int(r.le))
+        elif isinstance(default, int):
+            v = p[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not r.ge <= v <= r.le:
+                raise ValueError(f"synthetic: '{key}' must be in {r.ge}..{r.le}, got {v!r}")
+        else:
+            v = p[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not r.ge <= v <= r.le:  # NaN fails too
+                raise ValueError(f"synthetic: '{key}' must be a number in [{r.ge}, {r.le}], got {v!r}")
+            p[key] = float(v)
+    if p["objects_per_image"][1] < 1:
+        raise ValueError(f"synthetic: 'objects_per_image' max must be >= 1 (no image would hold an object), "
+                         f"got {p['objects_per_image']}")
     if p["object_size"][1] > p["image_size"]:
         raise ValueError(f"synthetic: 'object_size' max {p['object_size'][1]} exceeds image_size {p['image_size']}")
-    for key in ("class_skew", "clutter", "blur", "min_visible"):
-        if isinstance(p[key], bool) or not isinstance(p[key], (int, float)) or p[key] < 0:
-            raise ValueError(f"synthetic: '{key}' must be a non-negative number, got {p[key]!r}")
-        p[key] = float(p[key])
-    if p["min_visible"] > 1:
-        raise ValueError(f"synthetic: 'min_visible' must be in [0, 1], got {p['min_visible']}")
     return p
 
 
-def _int_range(key: str, value, lo: int) -> List[int]:
+def _int_range(key: str, value, lo: int, hi: int) -> List[int]:
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-    if not ok or not lo <= value[0] <= value[1]:
-        raise ValueError(f"synthetic: '{key}' must be [min, max] integers with {lo} <= min <= max, got {value!r}")
+    if not ok or not lo <= value[0] <= value[1] <= hi:
+        raise ValueError(f"synthetic: '{key}' must be [min, max] integers with {lo} <= min <= max <= {hi}, "
+                         f"got {value!r}")
     return [int(value[0]), int(value[1])]
 
 

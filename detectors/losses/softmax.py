@@ -1,17 +1,13 @@
-"""Multi-class (softmax) losses for region classifiers with a background class.
+"""Multi-class (softmax) losses for heads with a background class, and their registry.
 
-The two-stage detectors' RoI classifiers (R-CNN's fine-tuning head, Fast and
-Faster R-CNN's box head) score each region over ``K + 1`` classes, background
-included (Fast R-CNN sec. 2.3: "a discrete probability distribution (per RoI),
-p = (p_0, ..., p_K), over K + 1 categories"). Unlike the sigmoid losses in
-``classification.py`` the target is one class index per row.
+SSD (Liu et al., arXiv 1512.02325, eq. 2) and the Fast R-CNN head score each
+box over ``K + 1`` classes with a softmax, class ``0`` being background: unlike
+the sigmoid losses of ``detectors.losses.classification`` the classes compete.
 
-Pure functions ``fn(logits, labels, ..., reduction="none")``:
-
-* ``logits``: float ``[N, C]`` raw scores, ``C = K + 1``;
-* ``labels``: int64 ``[N]`` in ``0..C-1`` (the detectors put background at 0);
-* ``reduction``: ``"none"`` -> ``[N]``; ``"sum"`` / ``"mean"`` -> scalar; ``N == 0``
-  gives 0.0 for both (see ``classification.reduce_loss``).
+Pure functions ``fn(logits, targets, ..., reduction="none")`` with the house
+rules (``detectors.losses.classification.reduce_loss``): ``"none"`` gives one
+loss per row ``[N]``, ``"sum"`` / ``"mean"`` a scalar, ``N == 0`` gives 0.0,
+an unknown reduction raises ``ValueError``.
 """
 from __future__ import annotations
 
@@ -19,18 +15,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detectors.losses.classification import reduce_loss
+from detectors.registry import Registry
 
-__all__ = ["softmax_ce_loss"]
+__all__ = ["SOFTMAX_LOSSES", "softmax_ce_loss"]
 
 
-def softmax_ce_loss(logits: Tensor, labels: Tensor, reduction: str = "none") -> Tensor:
-    """Cross entropy of a softmax over the classes, ``-log p_u`` for the true class ``u``
-    (Fast R-CNN eq. 1, ``L_cls(p, u)``). ``log_softmax`` keeps it finite for large logits.
+def softmax_ce_loss(logits: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
+    """Softmax cross entropy ``-log softmax(logits)[target]`` per row (SSD eq. 2, L_conf).
 
     Args:
-        logits: float ``[N, C]``; labels: int64 ``[N]`` in ``0..C-1``.
+        logits: float ``[N, C]`` raw scores; for detection heads ``C = K + 1`` with
+            background at index 0.
+        targets: int64 ``[N]`` class indices in ``0..C-1``, or float ``[N, C]``
+            class probabilities (soft targets; each row sums to 1).
     Returns:
         ``[N]`` for ``reduction="none"``, else a scalar.
     """
-    loss = F.cross_entropy(logits, labels.long(), reduction="none")
+    if logits.shape[0] == 0:  # F.cross_entropy's own mean of nothing is NaN
+        return reduce_loss(logits.sum(-1), reduction)
+    if not targets.is_floating_point():
+        targets = targets.long()
+    loss = F.cross_entropy(logits, targets, reduction="none")
     return reduce_loss(loss, reduction)
+
+
+SOFTMAX_LOSSES = Registry("softmax classification loss", injected=("reduction",))
+SOFTMAX_LOSSES.register("softmax_ce")(softmax_ce_loss)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +49,14 @@ from detectors.models.backbones import pyramid_backbone, pyramid_transform, scal
 from detectors.models.box_repr import make_box_representation
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.models.dense_heads import DenseHead, centerness_target
-from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD, SCALES
-from detectors.registry import NonNegativeInt, OpenUnit, Positive, PositiveInt
+from detectors.models.retinanet import (IMAGENET_MEAN, IMAGENET_STD, SCALES, ImageSide, InStrides, NumConvs, TopK,
+                                        Width, check_common)
+from detectors.registry import Interval, OpenUnit
 
 QUALITIES = ("none", "centerness", "iou", "joint")
+# GFL's n (bins 0..n per side; the paper's ablation tries up to 20): each bin is 4 output
+# channels per location, so 10^5 would be a 400k-channel conv.
+RegMax = Annotated[int, Interval(ge=1, le=128)]
 ASSIGNERS = ("atss", "fcos", "max_iou")
 
 
@@ -249,11 +253,6 @@ def _max_iou(anchors, level_sizes, gt_boxes, pos_iou, neg_iou) -> Tensor:
     return max_iou_assign(anchors, gt_boxes, pos_iou, neg_iou, allow_low_quality=True)
 
 
-def _check_params(p: dict) -> None:
-    if p["neg_iou"] > p["pos_iou"]:
-        raise ValueError(f"neg_iou ({p['neg_iou']}) must not exceed pos_iou ({p['pos_iou']})")
-
-
 def _check_losses(p: dict, losses: Dict[str, str]) -> None:
     # Focal and balanced CE modulate / weight by hard 0/1 targets; the joint score's are soft IoUs.
     if p["quality"] == "joint" and losses.get("cls") in ("focal", "balanced_ce"):
@@ -266,7 +265,7 @@ def _active_losses(p: dict) -> Tuple[str, ...]:
     return ("loss_cls", "loss_box") + extra + (("loss_quality",) if p["quality"] in ("centerness", "iou") else ())
 
 
-@register_detector("dense", check=_check_params, check_losses=_check_losses, active=_active_losses,
+@register_detector("dense", check=check_common, check_losses=_check_losses, active=_active_losses,
                    losses=("loss_cls", "loss_box", "loss_dfl", "loss_nll", "loss_quality"), roles={
                        "cls": LossRole(CLS_LOSSES, None, doc="per-location sigmoid classification "
                                        "(default: qfl for quality 'joint', else focal)")})
@@ -274,14 +273,14 @@ def build_dense(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callab
                 quality: Literal["none", "centerness", "iou", "joint"] = "joint",
                 box: Literal["dirac", "gaussian", "general", "general_dfl"] = "general_dfl",
                 assigner: Literal["atss", "fcos", "max_iou"] = "atss",
-                reg_max: PositiveInt = 16, bin_width: Positive = 1.0, anchor_scale: Optional[Positive] = None,
-                atss_topk: PositiveInt = 9, center_radius: Optional[Positive] = 1.5,
+                reg_max: RegMax = 16, bin_width: InStrides = 1.0, anchor_scale: Optional[InStrides] = None,
+                atss_topk: TopK = 9, center_radius: Optional[InStrides] = 1.5,
                 pos_iou: OpenUnit = 0.5, neg_iou: OpenUnit = 0.4,
-                head_width: Optional[PositiveInt] = None, head_convs: Optional[NonNegativeInt] = None,
-                head_norm: Optional[Literal["scale", "gn"]] = "scale", fpn_width: Optional[PositiveInt] = None,
-                prior_prob: OpenUnit = 0.01, min_size: Optional[PositiveInt] = None,
-                max_size: Optional[PositiveInt] = None, score_thresh: float = 0.05, nms_iou: float = 0.6,
-                max_dets: int = 100, topk_candidates: PositiveInt = 1000) -> DenseDetector:
+                head_width: Optional[Width] = None, head_convs: Optional[NumConvs] = None,
+                head_norm: Optional[Literal["scale", "gn"]] = "scale", fpn_width: Optional[Width] = None,
+                prior_prob: OpenUnit = 0.01, min_size: Optional[ImageSide] = None,
+                max_size: Optional[ImageSide] = None, score_thresh: float = 0.05, nms_iou: float = 0.6,
+                max_dets: int = 100, topk_candidates: TopK = 1000) -> DenseDetector:
     """Build a dense detector. Defaults are GFL's (joint score, general distribution + DFL, ATSS).
 
     ``None`` (and ``head_norm="scale"``) take the scale's preset. ``cls_loss``
@@ -329,7 +328,7 @@ def _register_preset(name: str, **defaults) -> None:
     builder.__name__ = builder.__qualname__ = f"build_{name}"
     builder.__doc__ = f"The dense detector preset '{name}': {defaults}."
     dense = MODELS.entry("dense")
-    register_detector(name, check=_check_params, check_losses=_check_losses, active=_active_losses,
+    register_detector(name, check=check_common, check_losses=_check_losses, active=_active_losses,
                       losses=dense.meta["losses"], roles=dense.meta["roles"])(builder)
 
 

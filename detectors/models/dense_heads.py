@@ -71,10 +71,11 @@ class DenseHead(nn.Module):
         self.box_dim = box_repr.channels
         self.cls_tower = conv_subnet(in_channels, width, num_convs, norm)
         self.box_tower = conv_subnet(in_channels, width, num_convs, norm)
-        self.cls_out = nn.Conv2d(width, num_classes, 3, padding=1)
-        self.box_out = nn.Conv2d(width, self.box_dim, 3, padding=1)
+        tower_out = width if num_convs else in_channels  # no convs: the outputs sit on the features
+        self.cls_out = nn.Conv2d(tower_out, num_classes, 3, padding=1)
+        self.box_out = nn.Conv2d(tower_out, self.box_dim, 3, padding=1)
         # The quality branch sits on the box tower (FCOS's improved variant, ATSS, IoU-aware).
-        self.quality_out = nn.Conv2d(width, 1, 3, padding=1) if has_quality else None
+        self.quality_out = nn.Conv2d(tower_out, 1, 3, padding=1) if has_quality else None
         self.level_gains = nn.ModuleList(LevelGain(1.0) for _ in range(num_levels))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

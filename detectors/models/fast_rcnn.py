@@ -15,7 +15,7 @@ search, computed afresh inside ``uncached()``), ``features`` (the conv body) and
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Callable, Dict, List, Literal, Optional
+from typing import Callable, Dict, List, Literal, Optional
 
 from torch import Tensor, nn
 
@@ -23,12 +23,10 @@ from detectors.losses import BOX_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
 from detectors.models import LossRole, register_detector
 from detectors.models.roi_features import RoIFeatures
 from detectors.models.roi_heads import BoxHead, RoIHeads
-from detectors.models.two_stage import (StageClock, make_transform, resize_boxes_to, scale_preset,
-                                        single_level_backbone)
+from detectors.models.two_stage import (Count, ImageSide, RoISize, RoIsPerImage, StageClock, UnitLow, Width,
+                                        make_transform, resize_boxes_to, scale_preset, single_level_backbone)
 from detectors.proposals import SelectiveSearch
-from detectors.registry import Interval, OpenUnit, PositiveInt
-
-UnitLow = Annotated[float, Interval(ge=0, lt=1)]
+from detectors.registry import OpenUnit
 
 ROI_ROLES = {
     "roi_cls": LossRole(SOFTMAX_LOSSES, "softmax_ce", doc="softmax over K + 1 classes of the sampled regions"),
@@ -101,12 +99,12 @@ def roi_head_for(in_channels: int, strides, cfg: dict, num_classes: int, roi_op:
 
 @register_detector("fast_rcnn", roles=ROI_ROLES, primary="roi_cls", losses=("loss_roi_cls", "loss_roi_box"))
 def build_fast_rcnn(num_classes: int, scale: str = "tiny", roi_cls_loss: Optional[Callable] = None,
-                    roi_box_loss: Optional[Callable] = None, max_proposals: PositiveInt = 2000,
+                    roi_box_loss: Optional[Callable] = None, max_proposals: Count = 2000,
                     selective_search: Literal["fast", "quality"] = "fast", roi_op: Literal["pool", "align"] = "pool",
-                    rois_per_image: PositiveInt = 64, fg_fraction: OpenUnit = 0.25, fg_iou: OpenUnit = 0.5,
-                    bg_iou_lo: UnitLow = 0.1, roi_size: Optional[PositiveInt] = None,
-                    rep: Optional[PositiveInt] = None, min_size: Optional[PositiveInt] = None,
-                    max_size: Optional[PositiveInt] = None, score_thresh: float = 0.05, nms_iou: float = 0.5,
+                    rois_per_image: RoIsPerImage = 64, fg_fraction: OpenUnit = 0.25, fg_iou: OpenUnit = 0.5,
+                    bg_iou_lo: UnitLow = 0.1, roi_size: Optional[RoISize] = None,
+                    rep: Optional[Width] = None, min_size: Optional[ImageSide] = None,
+                    max_size: Optional[ImageSide] = None, score_thresh: float = 0.05, nms_iou: float = 0.5,
                     max_dets: int = 100) -> FastRCNN:
     """Build a Fast R-CNN; ``None`` takes the scale's preset (``detectors.models.two_stage.SCALES``)."""
     cfg = scale_preset(scale)

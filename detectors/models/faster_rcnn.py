@@ -35,12 +35,13 @@ from torch import Tensor, nn
 
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
 from detectors.models import LossRole, register_detector
-from detectors.models.fast_rcnn import ROI_ROLES, UnitLow, roi_head_for
+from detectors.models.fast_rcnn import ROI_ROLES, roi_head_for
 from detectors.models.roi_heads import RoIHeads
 from detectors.models.rpn import RPN
-from detectors.models.two_stage import StageClock, fpn_backbone, make_transform, maybe_no_grad, scale_preset, \
-    single_level_backbone
-from detectors.registry import OpenUnit, PositiveInt
+from detectors.models.two_stage import (Count, Epochs, ImageSide, RoISize, RoIsPerImage, StageClock, UnitLow, Width,
+                                        fpn_backbone, make_transform, maybe_no_grad, scale_preset,
+                                        single_level_backbone)
+from detectors.registry import OpenUnit
 
 SCHEMES = ("alternating", "approximate_joint", "non_approximate_joint")
 # Alternating training's steps: the losses each computes, and whether the RPN reads the detector's backbone.
@@ -153,16 +154,15 @@ def build_faster_rcnn(num_classes: int, scale: str = "tiny", rpn_cls_loss: Optio
                       roi_box_loss: Optional[Callable] = None,
                       training: Literal["alternating", "approximate_joint", "non_approximate_joint"] = (
                           "approximate_joint"),
-                      alternating_epochs: Optional[List[PositiveInt]] = None, fpn: bool = False,
-                      pos_iou: OpenUnit = 0.7, neg_iou: OpenUnit = 0.3, rpn_batch: PositiveInt = 256,
+                      alternating_epochs: Optional[List[Epochs]] = None, fpn: bool = False,
+                      pos_iou: OpenUnit = 0.7, neg_iou: OpenUnit = 0.3, rpn_batch: Count = 256,
                       rpn_pos_fraction: OpenUnit = 0.5, rpn_nms: OpenUnit = 0.7,
-                      pre_nms_top_n_train: Optional[PositiveInt] = None,
-                      post_nms_top_n_train: Optional[PositiveInt] = None,
-                      pre_nms_top_n_test: Optional[PositiveInt] = None, post_nms_top_n_test: Optional[PositiveInt] = None,
-                      roi_op: Literal["pool", "align"] = "align", rois_per_image: PositiveInt = 64,
+                      pre_nms_top_n_train: Optional[Count] = None, post_nms_top_n_train: Optional[Count] = None,
+                      pre_nms_top_n_test: Optional[Count] = None, post_nms_top_n_test: Optional[Count] = None,
+                      roi_op: Literal["pool", "align"] = "align", rois_per_image: RoIsPerImage = 64,
                       fg_fraction: OpenUnit = 0.25, fg_iou: OpenUnit = 0.5, bg_iou_lo: UnitLow = 0.1,
-                      roi_size: Optional[PositiveInt] = None, rep: Optional[PositiveInt] = None,
-                      min_size: Optional[PositiveInt] = None, max_size: Optional[PositiveInt] = None,
+                      roi_size: Optional[RoISize] = None, rep: Optional[Width] = None,
+                      min_size: Optional[ImageSide] = None, max_size: Optional[ImageSide] = None,
                       score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 100) -> FasterRCNN:
     """Build a Faster R-CNN; ``None`` takes the scale's preset (``detectors.models.two_stage.SCALES``).
 

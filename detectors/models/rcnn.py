@@ -39,13 +39,16 @@ from detectors.losses import SOFTMAX_LOSSES, smooth_l1_loss
 from detectors.models import register_detector
 from detectors.models.fast_rcnn import ROI_ROLES, ProposalModel
 from detectors.models.roi_heads import ROI_BOX_WEIGHTS, BoxHead, detect, roi_losses, sample_rois
-from detectors.models.two_stage import StageClock, make_transform, resize_boxes_to, scale_preset, \
-    single_level_backbone
+from detectors.models.two_stage import (Count, CropSide, ImageSide, RoIsPerImage, StageClock, Width, make_transform,
+                                        resize_boxes_to, scale_preset, single_level_backbone)
 from detectors.proposals import SelectiveSearch
-from detectors.registry import Interval, OpenUnit, Positive, PositiveInt
+from detectors.registry import Interval, OpenUnit
 from detectors.svm import mine_and_fit
 
 ContextPad = Annotated[float, Interval(ge=0, lt=0.5)]
+SvmC = Annotated[float, Interval(gt=0, le=1e6)]
+SvmWeight = Annotated[float, Interval(gt=0, le=1000)]
+Rounds = Annotated[int, Interval(ge=1, le=100)]
 FEATURE_NORM = 20.0  # R-CNN scales features to this mean L2 norm before the SVMs (rcnn_scale_features.m)
 
 
@@ -189,12 +192,12 @@ def rcnn_phases(params: dict, train: dict) -> Optional[list]:
                    phases=rcnn_phases)
 def build_rcnn(num_classes: int, scale: str = "tiny", roi_cls_loss: Optional[Callable] = None,
                roi_box_loss: Optional[Callable] = None, classifier: Literal["svm", "softmax"] = "svm",
-               max_proposals: PositiveInt = 2000, selective_search: Literal["fast", "quality"] = "fast",
-               crop_size: Optional[PositiveInt] = None, context_pad: ContextPad = 16 / 227,
-               rois_per_image: PositiveInt = 64, fg_fraction: OpenUnit = 0.25, fg_iou: OpenUnit = 0.5,
-               svm_c: Positive = 1e-3, svm_pos_weight: Positive = 2.0, svm_neg_iou: OpenUnit = 0.3,
-               mining_rounds: PositiveInt = 3, rep: Optional[PositiveInt] = None,
-               min_size: Optional[PositiveInt] = None, max_size: Optional[PositiveInt] = None,
+               max_proposals: Count = 2000, selective_search: Literal["fast", "quality"] = "fast",
+               crop_size: Optional[CropSide] = None, context_pad: ContextPad = 16 / 227,
+               rois_per_image: RoIsPerImage = 64, fg_fraction: OpenUnit = 0.25, fg_iou: OpenUnit = 0.5,
+               svm_c: SvmC = 1e-3, svm_pos_weight: SvmWeight = 2.0, svm_neg_iou: OpenUnit = 0.3,
+               mining_rounds: Rounds = 3, rep: Optional[Width] = None,
+               min_size: Optional[ImageSide] = None, max_size: Optional[ImageSide] = None,
                score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 100) -> RCNN:
     """Build an R-CNN; ``None`` takes the scale's preset (``detectors.models.two_stage.SCALES``).
 

@@ -4,6 +4,8 @@ Backbone + FPN (P3-P7), separate classification and box subnets shared across
 levels, 9 anchors per location (3 scales x 3 ratios), IoU >= 0.5 positive,
 < 0.4 negative, ignored between, classification bias initialised to the prior
 pi = 0.01, losses normalised by the number of positive anchors, batched NMS.
+``fpn=False`` is the pyramid's ablation: one stride-16 map (C4) carrying the
+anchors of all five levels (45 per location), so only the pyramid changes.
 
 API as torchvision's detectors: ``model(images, targets=None)``; train mode
 returns unweighted ``loss_cls`` / ``loss_box``; eval mode a list of dicts with
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -26,12 +28,31 @@ from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
 from detectors.models import LossRole, register_detector
-from detectors.models.backbones import pyramid_backbone, pyramid_transform, scale_config
+from detectors.models.backbones import (PYRAMID_STRIDES, pyramid_backbone, pyramid_transform, scale_config,
+                                        single_level_backbone)
 from detectors.models.postprocess import level_candidates, merge_levels
-from detectors.registry import NonNegativeInt, OpenUnit, Positive, PositiveInt
+from detectors.registry import Interval, OpenUnit
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# Study-facing ranges, shared with the dense detectors. The upper ends are generous:
+# they turn a typo into a validation error instead of an allocation in a worker (a
+# 10^5-channel head) or a transform that upsamples every image to 10^5 px.
+Width = Annotated[int, Interval(ge=1, le=4096)]
+NumConvs = Annotated[int, Interval(ge=0, le=16)]
+ImageSide = Annotated[int, Interval(ge=32, le=4096)]
+InStrides = Annotated[float, Interval(gt=0, le=64)]  # a length in units of the level's stride
+TopK = Annotated[int, Interval(ge=1, le=100_000)]
+
+
+def gn_groups(width: int) -> int:
+    """GroupNorm groups for ``width`` channels: up to 32 of at least 4 channels each,
+    lowered to a divisor of ``width`` (GroupNorm needs one; 32 at the usual 256)."""
+    groups = min(32, width // 4) or 1
+    while width % groups:
+        groups -= 1
+    return groups
 
 
 def conv_subnet(width_in: int, width: int, num_convs: int, norm: Optional[str]) -> nn.Sequential:
@@ -39,7 +60,7 @@ def conv_subnet(width_in: int, width: int, num_convs: int, norm: Optional[str]) 
     for i in range(num_convs):
         layers.append(nn.Conv2d(width_in if i == 0 else width, width, 3, padding=1))
         if norm == "gn":
-            layers.append(nn.GroupNorm(min(32, width // 4) or 1, width))
+            layers.append(nn.GroupNorm(gn_groups(width), width))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
@@ -59,8 +80,9 @@ class RetinaHead(nn.Module):
         self.num_classes = num_classes
         self.cls_subnet = conv_subnet(in_channels, width, num_convs, norm)
         self.box_subnet = conv_subnet(in_channels, width, num_convs, norm)
-        self.cls_out = nn.Conv2d(width, num_anchors * num_classes, 3, padding=1)
-        self.box_out = nn.Conv2d(width, num_anchors * 4, 3, padding=1)
+        tower_out = width if num_convs else in_channels  # no convs: the outputs sit on the features
+        self.cls_out = nn.Conv2d(tower_out, num_anchors * num_classes, 3, padding=1)
+        self.box_out = nn.Conv2d(tower_out, num_anchors * 4, 3, padding=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
@@ -194,43 +216,55 @@ SCALES = {
 }
 
 
-def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128)) -> AnchorGenerator:
-    """3 scales (2^0, 2^(1/3), 2^(2/3)) x 3 ratios (1:2, 1:1, 2:1) per level (paper sec. 4)."""
+def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128), fpn: bool = True) -> AnchorGenerator:
+    """3 scales (2^0, 2^(1/3), 2^(2/3)) x 3 ratios (1:2, 1:1, 2:1) per level (paper sec. 4).
+
+    ``fpn=False``: the sizes of every level in ``strides`` on one map (15 sizes x 3 ratios).
+    """
     octaves = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     sizes = tuple(tuple(anchor_base * s * o for o in octaves) for s in strides)
+    if not fpn:
+        return AnchorGenerator(sizes=(sum(sizes, ()),), aspect_ratios=((0.5, 1.0, 2.0),))
     return AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
 
 
-def _check_ious(params: dict) -> None:
+def check_common(params: dict) -> None:
+    """Combinations of the parameters RetinaNet and the dense detectors share."""
     if params["neg_iou"] > params["pos_iou"]:
         raise ValueError(f"neg_iou ({params['neg_iou']}) must not exceed pos_iou ({params['pos_iou']})")
+    low, high = params["min_size"], params["max_size"]
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"min_size ({low}) must not exceed max_size ({high}): the transform would cap "
+                         f"the shorter side at max_size")
 
 
-@register_detector("retinanet", losses=("loss_cls", "loss_box"), check=_check_ious, roles={
+@register_detector("retinanet", losses=("loss_cls", "loss_box"), check=check_common, roles={
     "cls": LossRole(CLS_LOSSES, "focal", doc="per-anchor sigmoid classification (paper: focal, gamma 2, alpha 0.25)"),
     "box": LossRole(BOX_LOSSES, "smooth_l1", {"beta": 1.0 / 9}, doc="box deltas of positive anchors"),
 })
 def build_retinanet(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable] = None,
-                    box_loss: Optional[Callable] = None, anchor_base: Optional[Positive] = None,
+                    box_loss: Optional[Callable] = None, anchor_base: Optional[InStrides] = None,
                     pos_iou: OpenUnit = 0.5, neg_iou: OpenUnit = 0.4, allow_low_quality: bool = True,
-                    head_width: Optional[PositiveInt] = None, head_convs: Optional[NonNegativeInt] = None,
-                    head_norm: Optional[Literal["scale", "gn"]] = "scale", fpn_width: Optional[PositiveInt] = None,
-                    prior_prob: OpenUnit = 0.01, min_size: Optional[PositiveInt] = None,
-                    max_size: Optional[PositiveInt] = None, score_thresh: float = 0.05, nms_iou: float = 0.5,
-                    max_dets: int = 100, topk_candidates: PositiveInt = 1000) -> RetinaNet:
+                    head_width: Optional[Width] = None, head_convs: Optional[NumConvs] = None,
+                    head_norm: Optional[Literal["scale", "gn"]] = "scale", fpn_width: Optional[Width] = None,
+                    prior_prob: OpenUnit = 0.01, min_size: Optional[ImageSide] = None,
+                    max_size: Optional[ImageSide] = None, score_thresh: float = 0.05, nms_iou: float = 0.5,
+                    max_dets: int = 100, topk_candidates: TopK = 1000, fpn: bool = True) -> RetinaNet:
     """Build a RetinaNet. ``None`` (and ``head_norm="scale"``) take the scale's preset.
+
+    ``fpn=False``: no pyramid, one stride-16 map (C4) with all levels' anchors on it.
 
     ``cls_loss`` defaults to focal loss with the paper's gamma 2, alpha 0.25;
     ``box_loss`` to smooth L1 with beta 1/9 (Detectron2's RetinaNet).
     """
     cfg = scale_config(SCALES, scale, head_norm, anchor_base=anchor_base, head_width=head_width,
                        head_convs=head_convs, fpn_width=fpn_width, min_size=min_size, max_size=max_size)
-    backbone = pyramid_backbone(scale, cfg)
-    head = RetinaHead(backbone.out_channels, 9, num_classes, cfg["head_width"],
+    backbone = pyramid_backbone(scale, cfg) if fpn else single_level_backbone(scale, cfg)
+    anchors = retinanet_anchor_generator(cfg["anchor_base"], PYRAMID_STRIDES, fpn)
+    head = RetinaHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes, cfg["head_width"],
                       cfg["head_convs"], cfg["head_norm"], prior_prob)
     return RetinaNet(
-        backbone=backbone, head=head,
-        anchor_generator=retinanet_anchor_generator(cfg["anchor_base"], backbone.strides),
+        backbone=backbone, head=head, anchor_generator=anchors,
         transform=pyramid_transform(cfg, IMAGENET_MEAN, IMAGENET_STD),
         cls_loss=cls_loss or CLS_LOSSES.get("focal"), box_loss=box_loss or partial(smooth_l1_loss, beta=1.0 / 9),
         pos_iou=pos_iou, neg_iou=neg_iou, allow_low_quality=allow_low_quality,

@@ -25,7 +25,7 @@ def _missing() -> str:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "the selenium package is not installed (pip install -r requirements.txt)"
+        return 'the selenium package is not installed (python -m pip install -e ".[test]")'
     if not CHROMIUM or not os.path.exists(CHROMEDRIVER):
         return "chromium / chromedriver not found (bash scripts/setup_test_browser.sh)"
     return ""

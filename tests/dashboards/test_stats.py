@@ -271,7 +271,7 @@ def test_close_paper_rows_need_equivalence_on_both_tests():
         (_evidence([0.10, 0.12, 0.08], 0.05, 0.15), "not reproduced"),                 # clearly apart
     ]
     for answer, mark in cases:
-        c = compare(sd, table, match_variants(sd, table), lambda a, b, m: answer)
+        c = compare(sd, table, match_variants(sd, table), lambda a, b, m, answer=answer: answer)
         assert [r["mark"] for r in c["rows"]] == ["reference", mark], answer["why"]
 
 

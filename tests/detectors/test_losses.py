@@ -138,6 +138,18 @@ def test_inverse_frequency_alpha_uniform_and_bad_input():
         inverse_frequency_alpha([1, -1])
 
 
+def test_inverse_frequency_on_a_set_without_objects_builds():
+    # A generated set may hold no object; the study's "inverse_frequency" then has no
+    # frequencies to invert. With no positive, per-class alpha weighs nothing: the loss
+    # is that of any other alpha, e.g. all negatives at p = 0.9 cost -log(0.1) = 2.3026 each.
+    from detectors.losses import build_loss
+
+    fn = build_loss(CLS_LOSSES, "balanced_ce", {"alpha": "inverse_frequency"}, {"class_counts": [0, 0, 0]})
+    assert fn.keywords["alpha"] == [1.0, 1.0, 1.0]
+    logits, targets = torch.full((2, 3), LOGIT_P09), torch.zeros(2, 3)
+    assert fn(logits, targets, reduction="sum").item() == pytest.approx(6 * math.log(10), rel=1e-5)
+
+
 # --- gradients, reductions, empty input --------------------------------------------
 
 
@@ -280,14 +292,15 @@ def test_declared_ranges_reject_what_the_functions_reject():
     assert CLS_LOSSES.parameters("focal")["alpha"].default == 0.25
     assert CLS_LOSSES.parameters("balanced_ce")["alpha"].default == 0.75
     focal = CLS_LOSSES.entry("focal")
-    assert focal.check_params({"gamma": 1, "alpha": "inverse_frequency"}) == {"gamma": 1.0, "alpha": "inverse_frequency"}
+    assert focal.check_params({"gamma": 1, "alpha": "inverse_frequency"}) == {"gamma": 1.0,
+                                                                              "alpha": "inverse_frequency"}
     assert focal.check_params({"alpha": [1, 0.5]}) == {"alpha": [1.0, 0.5]}
-    for bad, message in (({"gamma": -1}, "must be >= 0, got -1"), ({"alpha": 1.5}, "must be in [0, 1], got 1.5"),
+    for bad, message in (({"gamma": -1}, "must be in [0, 20], got -1"), ({"alpha": 1.5}, "must be in [0, 1], got 1.5"),
                          ({"alpha": "rare"}, "expected a number in [0, 1], a list of numbers, 'inverse_frequency' "
                                              "or null, got 'rare'")):
         with pytest.raises(ValueError, match=re.escape(message)):
             focal.check_params(bad)
         with pytest.raises((ValueError, TypeError)):  # the function itself agrees
             focal_loss(torch.zeros(1, 2), torch.zeros(1, 2), **{"gamma": 2.0, "alpha": 0.25, **bad})
-    with pytest.raises(ValueError, match=re.escape("must be >= 0, got -0.5")):
+    with pytest.raises(ValueError, match=re.escape("must be in [0, 100], got -0.5")):
         BOX_LOSSES.entry("smooth_l1").check_params({"beta": -0.5})

@@ -44,7 +44,8 @@ def test_apply_phase_sets_exactly_what_trains():
     assert trainable and all(n.startswith("head.") and not n.startswith("head.box_subnet.") for n in trainable)
     assert len(params) == len(trainable)
     assert any(n.startswith("head.box_out") for n in trainable)  # a prefix matches whole name parts only
-    with pytest.raises(ValueError, match="'hed' names no parameters of the model .*backbone, head"):
+    message = r"'hed' names no parameters of the model; did you mean 'head'\? \(at that depth: backbone, head\)"
+    with pytest.raises(ValueError, match=message):
         apply_phase(model, {"name": "p", "trainable": ["hed"]})
     with pytest.raises(ComponentError, match="fits no phase itself") as info:  # RetinaNet has no fit_phase
         check_phase_parts({"name": "retinanet"}, [{"name": "p", "epochs": 1, "kind": "fit"}])

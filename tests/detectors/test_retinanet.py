@@ -97,3 +97,29 @@ def test_image_without_objects_gives_only_background_loss():
     losses = model([torch.rand(3, 128, 128)], empty)
     assert losses["loss_box"].item() == 0.0
     assert losses["loss_cls"].item() > 0.0
+
+
+# Head shapes the study schema accepts that used to fail only in a worker: GroupNorm needs a
+# group count dividing the width (18 channels: 4 groups of 4.5 before), and with no tower
+# convs the output convs take the FPN's channels, not head_width (32 vs 16 before).
+@pytest.mark.parametrize("name", ["retinanet", "gfl", "atss"])
+@pytest.mark.parametrize("params", [{"head_width": 18, "head_norm": "gn"}, {"head_width": 33, "head_norm": "gn"},
+                                    {"head_convs": 0, "head_width": 16}])
+def test_head_shapes_validation_accepts_build_and_run(name, params):
+    torch.manual_seed(0)
+    assert MODELS.entry(name).check_params(params)  # in range: a study may ask for these
+    model = MODELS.build(name, num_classes=3, scale="tiny", **params)
+    images = [torch.rand(3, 128, 128) for _ in range(2)]
+    model.train()
+    losses = model(images, _targets(2))
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        _check_detections(model(images), 2, 3, 128, 128)
+
+
+def test_group_norm_groups_divide_the_width():
+    from detectors.models.retinanet import gn_groups
+
+    # min(32, width // 4), lowered to a divisor: 256 -> 32 (GFL/FCOS), 32 -> 8, 18 -> 4 -> 3, 33 -> 8 -> 3, 2 -> 1.
+    assert [gn_groups(w) for w in (256, 32, 18, 33, 2)] == [32, 8, 3, 3, 1]

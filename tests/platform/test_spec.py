@@ -156,7 +156,7 @@ MALFORMED = [
     ("loss-role-twice", BASE + "losses: {cls: {name: ce}}\n", "losses.cls", "already set by the 'loss' section"),
     ("loss-role-wrong-kind", BASE + "losses: {box: {name: focal}}\n", "losses.box.name", "unknown box loss 'focal'"),
     ("loss-param-range", BASE.replace("{name: focal}", "{name: focal, params: {gamma: -1}}"),
-     "loss.params.gamma", "must be >= 0, got -1"),
+     "loss.params.gamma", "must be in [0, 20], got -1"),
     ("detector-param-range", BASE.replace("{name: retinanet}", "{name: retinanet, params: {pos_iou: 1.5}}"),
      "detector.params.pos_iou", "must be in (0, 1), got 1.5"),
     ("detector-param-choice", BASE.replace("{name: retinanet}", "{name: gfl, params: {box: gauss}}")
@@ -169,13 +169,50 @@ MALFORMED = [
     ("phase-loss-typo", BASE + "train: {phases: [{name: a, epochs: 1, losses: [clss]}]}\n",
      "train.phases[0].losses[0]", "returns no loss 'clss'; did you mean 'cls'?"),
     ("phase-part-typo", BASE + "train: {phases: [{name: a, epochs: 1, frozen: [backbone, hed]}]}\n",
-     "train.phases[0].frozen[1]", "'hed' names no parameters of the model (its top-level parts: backbone, head)"),
+     "train.phases[0].frozen[1]",
+     "'hed' names no parameters of the model; did you mean 'head'? (at that depth: backbone, head)"),
     ("phases-and-epochs", BASE + "train: {epochs: 3, phases: [{name: a, epochs: 1}]}\n", "train",
      "give each phase its epochs, not train.epochs"),
     ("phase-names-repeat", BASE + "train: {phases: [{name: a, epochs: 1}, {name: a, epochs: 1}]}\n", "train",
      "phase names repeat"),
     ("grid-loss-weight-typo", BASE + "sweep: {grid: {train.loss_weights.bx: [1, 2]}}\n",
      "sweep.grid.train.loss_weights.bx", "no such key in the study config; did you mean 'train.loss_weights.box'?"),
+    # Values that used to pass validation and fail only in a Ray worker (issue 12, part 1):
+    # np.random.seed takes [0, 2^32); 0 val images divided by zero in the speed figures; a
+    # per-class alpha of the wrong length failed in the loss; negative loss weights maximise
+    # their loss; a phase prefix that names no parameter failed in apply_phase.
+    ("seed-range", BASE + "sweep: {seeds: [0, 4294967296]}\n", "sweep.seeds[1]", "must be <= 4294967295"),
+    ("negative-seed", BASE + "sweep: {seeds: [-1]}\n", "sweep.seeds[0]", "must be >= 0, got -1"),
+    ("no-val-images", BASE.replace("num_val: 4", "num_val: 0"), "dataset.synthetic.num_val",
+     "'num_val' must be in 1..1000000, got 0"),
+    ("no-objects", BASE.replace("num_val: 4", "num_val: 4, objects_per_image: [0, 0]"),
+     "dataset.synthetic.objects_per_image", "max must be >= 1"),
+    ("absurd-image-size", BASE.replace("num_val: 4", "num_val: 4, image_size: 100000"),
+     "dataset.synthetic.image_size", "'image_size' must be in 16..4096, got 100000"),
+    ("alpha-per-class-length", BASE.replace("{name: focal}", "{name: focal, params: {alpha: [1, 2]}}"),
+     "loss.params.alpha", "one value per class: the dataset has 5 classes, got 2 values"),
+    ("alpha-length-swept", BASE.replace("{name: focal}", "{name: focal, params: {alpha: [1, 1, 1, 1, 1]}}")
+     + "sweep: {grid: {dataset.synthetic.num_classes: [5, 3]}}\n", "sweep.grid.dataset.synthetic.num_classes[1]",
+     "loss.params.alpha: one value per class: the dataset has 3 classes, got 5 values"),
+    ("negative-loss-weight", BASE + "train: {loss_weights: {box: -1}}\n", "train.loss_weights.box",
+     "must be >= 0, got -1"),
+    ("absurd-lr", BASE + "train: {lr: 100}\n", "train.lr", "must be <= 10, got 100"),
+    ("score-thresh-one", BASE + "eval: {score_thresh: 1.0}\n", "eval.score_thresh", "must be < 1, got 1.0"),
+    ("absurd-reg-max", BASE.replace("{name: retinanet}", "{name: gfl, params: {reg_max: 100000}}")
+     .replace("{name: focal}", "{name: qfl}"), "detector.params.reg_max", "must be in [1, 128], got 100000"),
+    ("min-above-max-size", BASE.replace("{name: retinanet}", "{name: retinanet, params: {min_size: 600, "
+                                        "max_size: 400}}"), "detector.params.min_size",
+     "min_size (600) must not exceed max_size (400)"),
+    ("phase-prefix", BASE + "train: {phases: [{name: heads, epochs: 1, trainable: [head.cls_subnet, head.clss]}]}\n",
+     "train.phases[0].trainable[1]", "'head.clss' names no parameters of the model; did you mean "
+     "'head.cls_out'? (at that depth: backbone.body, head.box_out, head.box_subnet, head.cls_out, head.cls_subnet)"),
+    ("frozen-prefix", BASE + "train: {phases: [{name: a, epochs: 1, frozen: [backbon]}]}\n",
+     "train.phases[0].frozen[0]", "'backbon' names no parameters of the model; did you mean 'backbone'?"),
+    ("runs-dir-under-a-file", BASE + "output: {runs_dir: %s/x}\n" % os.path.abspath(__file__), "output.runs_dir",
+     "cannot be created: %s is a file, not a directory" % os.path.abspath(__file__)),
+    ("store-url", BASE + "tracking: {store_url: 'not a url'}\n", "tracking.store_url", "not a database URL"),
+    ("store-dialect", BASE + "tracking: {store_url: 'nosuchdb://h/x'}\n", "tracking.store_url",
+     "not a database URL SQLAlchemy knows"),
 ]
 
 
@@ -211,3 +248,23 @@ def test_loss_roles_phases_and_weights_reach_the_trials(tmp_path):
     swept = load_study(write(tmp_path, BASE + "sweep: {grid: {losses.box.params.beta: [0.1, 0.2]}}\n", "b.yaml"))
     assert [t["losses"]["box"] for t in expand(swept)] == [{"name": "smooth_l1", "params": {"beta": b}}
                                                           for b in (0.1, 0.2)]
+def test_phase_prefixes_that_name_parameters_pass(tmp_path):
+    text = BASE + "train: {phases: [{name: heads, epochs: 1, trainable: [head], frozen: [head.cls_subnet.0]}]}\n"
+    study = load_study(write(tmp_path, text))
+    assert study.train.phases[0].trainable == ["head"]
+
+
+def test_local_resources_are_checked_against_this_machine(tmp_path, monkeypatch):
+    import torch
+
+    from platform.run import check_local_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    gpus = torch.cuda.device_count()
+    study = load_study(write(tmp_path, BASE + "resources: {gpus_per_trial: %d}\n" % (gpus + 1)))
+    with pytest.raises(StudyError, match=r"resources\.gpus_per_trial: %d GPUs per trial, but this machine has %d"
+                       % (gpus + 1, gpus)):
+        check_local_resources(study, None)
+    check_local_resources(study, "ray://head:10001")  # a cluster may have them: not checked here
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    check_local_resources(study, None)

@@ -6,6 +6,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from platform.store import Store
 
@@ -153,7 +154,7 @@ def test_readonly_store_writes_nothing(tmp_path, store):
     assert ro.finished_hashes("s") == {"a" * 64}
     ro.close()
     assert sorted(os.listdir(path.parent)) == before
-    with pytest.raises(Exception):
+    with pytest.raises(OperationalError):  # sqlite cannot open a file in a missing directory read-only
         Store(f"sqlite:///{tmp_path}/absent/results.db", readonly=True).finished_hashes("s")
     assert not (tmp_path / "absent").exists()
 

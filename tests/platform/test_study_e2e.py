@@ -90,13 +90,27 @@ def test_smoke_study_runs_every_trial_through_ray_mlflow_and_the_store(first_run
     assert {"AP", "AP50", "AP75", "speed/train_img_s", "speed/gflops"} <= names
     assert len(store.trial_data("smoke", "per_class_ap")) == 2
     # the last (here the only) epoch keeps its training losses: the final report is not an epoch
-    last_epoch = {r["name"] for r in store.epoch_metrics("smoke") if r["step"] == 0}
-    assert {"train/loss", "train/loss_cls", "val/AP50"} <= last_epoch and "speed/gflops" not in last_epoch
+    # rows are keyed by the global optimiser step: max_steps 4 -> the only epoch ends at step 4, phase 0
+    rows = store.epoch_metrics("smoke")
+    assert {r["step"] for r in rows} == {4}
+    last_epoch = {r["name"] for r in rows}
+    assert {"train/loss", "train/loss_cls", "val/AP50", "epoch", "phase"} <= last_epoch
+    assert "speed/gflops" not in last_epoch
     assert len(store.trial_data("smoke", "loss_diagnostics")) == 2
     # the val ground truth the pages' bootstrap needs: stored once, named by both trials
     digests = store.trial_data("smoke", "val_ground_truth")
     assert len(digests) == 2 and len(set(digests.values())) == 1
     assert len(store.ground_truth(next(iter(digests.values())))["images"]) > 0
+    # one duration: the store's duration_s is the MLflow run's end - start (ms) and its metric
+    by_run = {c.info.run_id: c for c in children}
+    for t in trials:
+        run = by_run[t["mlflow_run_id"]]
+        assert round(t["duration_s"] * 1000) == run.info.end_time - run.info.start_time
+        assert run.data.metrics["duration_s"] == t["duration_s"]
+        (inp,) = client.get_run(run.info.run_id).inputs.dataset_inputs  # the Dataset column
+        assert inp.dataset.name.startswith("synthetic-") and inp.dataset.name in out  # "dataset: ... ready"
+    assert client.get_experiment(children[0].info.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
 
     page = (root / "reports" / "smoke" / "index.html").read_text()
     for t in trials:
@@ -158,13 +172,15 @@ def test_failing_trial_is_retried_then_recorded_while_others_finish(tmp_path):
     _, children = mlflow_runs(tmp_path / "runs")
     assert len(children) == 2  # the retry continued its own child run
     assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
+    # the failed trial's duration spans both attempts, the same in the store and in MLflow
+    run = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db").get_run(failed["mlflow_run_id"])
+    assert round(failed["duration_s"] * 1000) == run.info.end_time - run.info.start_time
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["coco-instances_train_bad"]
 
 
 def test_ctrl_c_keeps_finished_trials_and_a_rerun_resumes(tmp_path):
     import signal
     import time
-
-    import psutil
 
     study = write_study(tmp_path / "interrupt.yaml", tmp_path, [0, 1, 2, 3])
     with open(study) as f:

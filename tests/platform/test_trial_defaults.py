@@ -15,7 +15,7 @@ def test_make_trial_matches_a_study_trial_with_the_schema_defaults(tmp_path, mon
     (from_study,) = resolve_dataset_paths(expand(load_study(str(path))), PATHS)
     made = make_trial(PATHS, str(tmp_path / "t"))
     assert set(made) == set(from_study)
-    for section in ("detector", "loss", "train", "eval"):
+    for section in ("detector", "loss", "losses", "train", "eval"):
         assert made[section] == from_study[section], section
     assert set(made["dataset"]) == set(from_study["dataset"])
     assert {k: made["dataset"][k] for k in PATHS} == PATHS
