@@ -184,6 +184,19 @@ def small_multiples(summaries: Dict[str, pd.DataFrame], variants: Sequence[str],
     return fig
 
 
+def stacked_parts(parts: Dict[str, pd.DataFrame], variants: Sequence[str], title: str, ytitle: str,
+                  note: Optional[Dict[str, str]] = None) -> go.Figure:
+    """One stacked bar per variant: each part's mean over seeds (e.g. inference time split into
+    proposals / features / regions, or training time per phase); ``parts`` maps a part's label to
+    its ``Analysis.summary`` frame. A variant without a part simply has no segment for it."""
+    fig = _fig(title, yaxis_title=ytitle, barmode="stack", legend=dict(orientation="h", y=-0.25))
+    for i, (label, s) in enumerate(parts.items()):
+        s = s.set_index("variant").reindex(list(variants))
+        fig.add_bar(x=list(variants), y=s["mean"].tolist(), name=label, marker_color=PALETTE[i % len(PALETTE)],
+                    hovertemplate="%{x}: " + label + " %{y:.4g}" + (note or {}).get(label, "") + "<extra></extra>")
+    return fig
+
+
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> List[str]:
     """Variants no other variant beats on both (lower x, higher y), in x order."""
     front, best = [], -math.inf

@@ -18,7 +18,7 @@ import pandas as pd
 
 from dashboards import figures
 from dashboards.analysis import BOOTSTRAP_CACHE, Analysis
-from dashboards.context import AP_METRICS, SPEED_METRICS, PageContext
+from dashboards.context import AP_METRICS, SPEED_METRICS, STAGES, PageContext
 from dashboards.data import fmt_value, load_study
 from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
 from dashboards.fingerprint import fingerprint, mark_current
@@ -169,6 +169,51 @@ def _errors_section(ctx: PageContext, figs: Figures) -> str:
 
 # ------------------------------------------------------------------ speed
 
+def _stages_section(ctx: PageContext, figs: Figures) -> str:
+    """Per-image time split into stages (two-stage detectors), and training time split into phases."""
+    sd, an = ctx.sd, ctx.an
+    out = []
+    stages = {label: an.summary(m) for m, label in STAGES if m in sd.final}
+    if stages:
+        rows = []
+        for i, v in enumerate(sd.variants):
+            row = {"variant": esc(v)}
+            for label, s in stages.items():
+                r = s.iloc[i]
+                row[f"{label} ms"] = mean_ci(r["mean"], r["lo"], r["hi"], 1)
+            total = an.summary("speed/latency_ms_p50").iloc[i]
+            row["latency p50 ms"] = mean_ci(total["mean"], total["lo"], total["hi"], 1)
+            rows.append(row)
+        out += ["<h2>Per-image time by stage (batch 1, median over the latency images)</h2>",
+                table(pd.DataFrame(rows)),
+                "<p class=note>Proposal time is selective search (computed afresh for every timed image, on the "
+                "CPU, outside torch) or the RPN (its head, decoding and NMS); shared features: the conv layers run "
+                "once per image (Fast / Faster R-CNN); per-region: everything run per proposal (R-CNN: warping and "
+                "the CNN on each crop; Fast / Faster R-CNN: RoI pooling and the box head), classifiers and NMS. "
+                "Detection time = shared features + per-region. Medians of each stage need not add up to the "
+                "median total. A variant without stages has an empty bar.</p>",
+                figs.div(figures.stacked_parts(stages, sd.variants, "Per-image time by stage (mean over seeds of "
+                                                                    "the medians)", "ms per image"), height=420)]
+    phases = sorted({c for c in sd.final.columns if c.startswith("train/time_s/")})
+    if phases:
+        parts = {c.split("/", 2)[2]: an.summary(c) for c in phases}
+        if "train/time_s" in sd.final:  # single-phase variants: their total, as one segment
+            single = an.summary("train/time_s")
+            single["mean"] = single["mean"].where(~single["variant"].isin(_multi_phase(sd)))
+            parts["(one phase)"] = single
+        out += ["<h2>Training wall time by phase</h2>",
+                "<p class=note>Seconds in each phase's training epochs (evaluations excluded).</p>",
+                figs.div(figures.stacked_parts(parts, sd.variants, "Training time by phase (mean over seeds)",
+                                               "seconds"), height=420)]
+    return "".join(out)
+
+
+def _multi_phase(sd) -> List[str]:
+    cols = [c for c in sd.final.columns if c.startswith("train/time_s/")]
+    has = sd.final[cols].notna().any(axis=1) if cols else pd.Series(False, index=sd.final.index)
+    return sorted(set(sd.final.loc[has, "variant"]))
+
+
 # Speed figures left out of the speed page's table (it would not fit the page); the figure has them.
 TABLE_SKIPS = ("speed/latency_ms_p95", "speed/throughput_img_s", "speed/peak_rss_mb")
 
@@ -221,6 +266,7 @@ def build_speed(ctx: PageContext) -> str:
              isolated]
     if present:
         parts.append(figs.div(figures.small_multiples(plotted, sd.variants, "Speed figures per variant (95% CI)")))
+    parts.append(_stages_section(ctx, figs))
     if sd.variants and "AP" in sd.final and "speed/latency_ms_p50" in sd.final:
         parts.append("<h2>Speed against accuracy</h2>")
         parts.append(figs.div(figures.speed_accuracy(means, sd.final, "speed/latency_ms_p50", "AP",

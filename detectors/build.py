@@ -206,6 +206,9 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
         model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),
                              score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
     for i, phase in enumerate(phases):
+        if phase.get("kind") == "fit" and not hasattr(model, "fit_phase"):
+            raise ComponentError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
+                                 "itself (kind 'fit' needs its fit_phase); use kind: sgd")
         for key in ("trainable", "frozen"):
             for j, prefix in enumerate(phase.get(key) or []):
                 try:

@@ -126,6 +126,9 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
             loader = runtime.train_loader(train_ds, cfg["batch_size"], gen, collate)
             sums: Dict[str, float] = {}
             n_batches, n_images, t0 = 0, 0, time.perf_counter()
+            if phase.get("kind") == "fit":  # the model fits this phase itself: one "step", no minibatches
+                sums = {f"train/{k}": v for k, v in model.fit_phase(phase, train_ds, device).items()}
+                loader, step, phase_step = (), step + 1, phase_step + 1
             for images, targets in loader:
                 if phase_step >= total:
                     break

@@ -15,9 +15,18 @@ trial was given; they are reported with the figures so comparisons stay fair.
 Where the figures are taken: a study measures latency, throughput and training
 speed once per speed configuration, alone on a node (``detectors.speed_phase``);
 ``measure_speed`` is the measurement itself, also usable on any model by hand.
+
+Detectors with stages (the two-stage family) record ``model.stage_times`` (ms
+per named stage of their last eval-mode call); the median over the latency
+images is reported as ``stage_<name>_ms`` (``proposals``, ``features``,
+``regions``), with ``stage_detection_ms``, the time of every stage after the
+proposals. A detector whose inputs are cached (selective-search proposals)
+is measured inside its ``uncached()`` context, so every timed call computes
+everything a user's call would.
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import sys
@@ -99,10 +108,18 @@ def measure_speed(model: torch.nn.Module, dataset, device, *, enabled: bool = Tr
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with autocast(device, precision):
+    # a detector whose inputs are cached (selective-search proposals) is timed without its cache
+    with getattr(model, "uncached", contextlib.nullcontext)(), autocast(device, precision):
         for img in _images(dataset, warmup, device):
             model([img])
-        times = [timed_ms(lambda img=img: model([img]), device) for img in _images(dataset, latency_images, device)]
+        times, stages = [], {}
+        for img in _images(dataset, latency_images, device):
+            times.append(timed_ms(lambda img=img: model([img]), device))
+            recorded = getattr(model, "stage_times", {})
+            for name, ms in recorded.items():
+                stages.setdefault(name, []).append(ms)
+            if recorded:  # everything after the proposals: what the Fast R-CNN paper times ("excludes proposals")
+                stages.setdefault("detection", []).append(sum(ms for n, ms in recorded.items() if n != "proposals"))
         batches = [_images(dataset, throughput_batch, device) for _ in range(throughput_batches)]
         rates = []
         for _ in range(max(1, repeats)):
@@ -111,7 +128,8 @@ def measure_speed(model: torch.nn.Module, dataset, device, *, enabled: bool = Tr
     tput = median_and_spread(rates)
     out = {"latency_ms_p50": statistics.median(times), "latency_ms_p95": percentile(times, 0.95),
            "throughput_img_s": tput["median"], "throughput_img_s_spread": tput["spread"],
-           **size_figures(model, dataset, device, precision)}
+           **size_figures(model, dataset, device, precision),
+           **{f"stage_{name}_ms": statistics.median(ms) for name, ms in stages.items()}}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

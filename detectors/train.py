@@ -69,6 +69,8 @@ def run_trial(trial: dict, report: Optional[Report] = None, resume_from: Optiona
     train_ds, val_ds = load_datasets(trial)
     model = runtime.prepare_model(build_detector(trial, len(train_ds.cat_ids), train_ds.class_counts))
     model = prepare_memory_format(model, bool(trial["train"].get("channels_last", False)))
+    if hasattr(model, "attach_datasets"):  # per-image inputs computed once and cached (selective search)
+        model.attach_datasets([train_ds, val_ds])
     state = load_checkpoint(resume_from) if resume_from else None
     result = fit(model, train_ds, val_ds, trial, trial_phases(trial), runtime, report, state)
     if not runtime.is_main:
@@ -107,6 +109,7 @@ def finish(trial: dict, model, val_ds, result: dict, device, report: Report) -> 
     final = {k: v for k, v in ev["metrics"].items() if v is not None}
     final.update({f"speed/{k}": v for k, v in speed.items()})
     phases = trial_phases(trial)
+    final["train/time_s"] = sum(result["phase_times"])  # training wall time, evaluations excluded
     if len(phases) > 1:  # wall time of each phase's epochs (training only)
         final.update({f"train/time_s/{p['name']}": t for p, t in zip(phases, result["phase_times"])})
     final.update(epoch=result["epoch"], step=result["step"], final=1)

@@ -90,6 +90,7 @@ class PhaseSpec(_Strict):
     trainable: Optional[List[str]] = Field(None, min_length=1)  # parameter-name prefixes; null: everything
     frozen: List[str] = []
     losses: Optional[List[str]] = Field(None, min_length=1)     # loss names that count; null: every one
+    kind: Literal["sgd", "fit"] = "sgd"                          # fit: the detector fits the phase itself
     optimizer: Optional[Literal["sgd", "adamw"]] = None
     lr: Optional[LearningRate] = None
     momentum: Optional[Momentum] = None

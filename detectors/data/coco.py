@@ -208,6 +208,11 @@ class CocoDetection(torch.utils.data.Dataset):
             boxes = torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
         return image, {"boxes": boxes, "labels": labels, "image_id": image_id}
 
+    def target(self, image_id: int) -> Dict[str, Tensor]:
+        """The image's training target (``boxes``, ``labels``; copies), never flipped."""
+        t = self._targets[image_id]
+        return {"boxes": t["boxes"].clone(), "labels": t["labels"].clone()}
+
     def load_image(self, image_id: int) -> Tensor:
         """float32 ``[3, H, W]`` in [0, 1]; grayscale, palette and RGBA become RGB."""
         pixels = self._cache.get(image_id)

@@ -75,3 +75,4 @@ from detectors.models import retinanet  # noqa: E402,F401  (registers "retinanet
 from detectors.models import dense  # noqa: E402,F401  (registers "dense" and presets "gfl", "atss", "fcos")
 from detectors.models import yolo  # noqa: E402,F401  (registers "yolov1")
 from detectors.models import ssd  # noqa: E402,F401  (registers "ssd")
+from detectors.models import rcnn, fast_rcnn, faster_rcnn  # noqa: E402,F401  (two-stage: "rcnn", "fast_rcnn", "faster_rcnn")
