@@ -9,10 +9,16 @@ The bootstrap over val images needs every compared trial's detections (trial
 data "detections") and the val ground truth they were evaluated on, which the
 driver stored once per val set (trial data "val_ground_truth", a digest of the
 stored copy); when either is missing the pages say so and use the seed-based
-interval alone. Nothing here reads a file: the pages read the store alone.
+interval alone. The pages read the store alone; the bootstrap's result is cached
+in a file beside the pages (``BOOTSTRAP_CACHE``) under a key of the data it came
+from (each compared trial's config hash and finish time, the ground truth's
+digest, the resamples and the seed), so an unchanged study is not resampled again.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -24,13 +30,15 @@ from detectors.cocotools import coco_ground_truth
 
 BOOTSTRAP_RESAMPLES = 200
 BOOTSTRAP_SEED = 0
+BOOTSTRAP_CACHE = ".bootstrap.json"
 
 
 class Analysis:
-    def __init__(self, sd: StudyData, resamples: int = BOOTSTRAP_RESAMPLES) -> None:
-        self.sd, self.resamples = sd, resamples
+    def __init__(self, sd: StudyData, resamples: int = BOOTSTRAP_RESAMPLES, cache_path: Optional[str] = None) -> None:
+        self.sd, self.resamples, self.cache_path = sd, resamples, cache_path
         self._boot: Optional[Dict[str, np.ndarray]] = None
         self.boot_note = ""
+        self.boot_cached = False  # whether the last bootstrap came from the cache file
 
     # ------------------------------------------------------------- over seeds
 
@@ -74,14 +82,49 @@ class Analysis:
         elif (stored := self.sd.ground_truth(next(iter(digests)))) is None:
             self.boot_note = "the stored val ground truth is missing"
         else:
+            key = self._boot_key(next(iter(digests)))
+            self._boot = self._cached(key)
+            self.boot_cached = self._boot is not None
             gt = coco_ground_truth(stored)
-            by_variant = {v: [dets[t["trial_key"]] for t in finished if t["variant"] == v]
-                          for v in self.sd.variants}
-            self._boot = stats.bootstrap_ap(gt, by_variant, self.resamples, BOOTSTRAP_SEED)
+            if self._boot is None:
+                by_variant = {v: [dets[t["trial_key"]] for t in finished if t["variant"] == v]
+                              for v in self.sd.variants}
+                self._boot = stats.bootstrap_ap(gt, by_variant, self.resamples, BOOTSTRAP_SEED)
+                self._save(key, self._boot)
             self.boot_note = (f"{self.resamples} bootstrap resamples of the {len(gt.getImgIds())} val images; "
                               f"in each, a variant's AP is the mean over its seeds (pooled), all variants "
                               f"on the same resampled images; AP by pycocotools COCOeval")
         return self._boot
+
+    def _boot_key(self, gt_digest: str) -> str:
+        """What the bootstrap's result depends on: the trials' identities (a re-run under the same
+        hash has a new finish time), their variants, the ground truth, resamples and seed."""
+        trials = sorted([t["variant"], t["trial_key"], t["config_hash"], str(t["finished_at"])]
+                        for t in self.sd.finished)
+        payload = {"trials": trials, "variants": self.sd.variants, "gt": gt_digest, "resamples": self.resamples,
+                   "seed": BOOTSTRAP_SEED, "version": 1}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def _cached(self, key: str) -> Optional[Dict[str, np.ndarray]]:
+        if not self.cache_path or not os.path.isfile(self.cache_path):
+            return None
+        try:
+            with open(self.cache_path) as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if entry.get("key") != key:
+            return None
+        return {v: np.asarray(x, dtype=float) for v, x in entry["resamples"].items()}
+
+    def _save(self, key: str, boot: Dict[str, np.ndarray]) -> None:
+        if not self.cache_path:
+            return
+        os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
+        tmp = f"{self.cache_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:  # NaN (a resample without any defined AP) is written as NaN and read back
+            json.dump({"key": key, "resamples": {v: a.tolist() for v, a in boot.items()}}, f)
+        os.replace(tmp, self.cache_path)
 
     # ---------------------------------------------------------- differences
 
@@ -160,3 +203,25 @@ RULE = (f"A lead counts as significant only when both tests exclude 0 at 95% on 
         f"on both put the gap within ±{100 * stats.EQUIVALENCE_MARGIN:.1f} AP; an interval that merely "
         f"contains 0 shows neither.")
 
+
+
+def latency_budgets(means: pd.DataFrame) -> Dict[str, Any]:
+    """The speed-accuracy frontier read as budgets, from variant means (columns variant, lat, ap).
+
+    Returns ``{"budgets": [(variant, from_ms, to_ms or None)], "dominated": {variant: frontier variant
+    that is no slower and no less accurate}}``: with a latency budget in ``[from, to)`` the most
+    accurate variant that fits is ``variant``.
+    """
+    from dashboards.figures import pareto_front
+
+    means = means.dropna(subset=["lat", "ap"])
+    front = pareto_front(means, "lat", "ap")
+    by = means.set_index("variant")
+    budgets = [(v, float(by.loc[v, "lat"]), float(by.loc[front[i + 1], "lat"]) if i + 1 < len(front) else None)
+               for i, v in enumerate(front)]
+    dominated = {}
+    for v in means["variant"]:
+        if v not in front:
+            dominated[v] = next(f for f in front
+                                if by.loc[f, "lat"] <= by.loc[v, "lat"] and by.loc[f, "ap"] >= by.loc[v, "ap"])
+    return {"budgets": budgets, "dominated": dominated}

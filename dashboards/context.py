@@ -16,10 +16,15 @@ PAGES = (("Overview", "index.html"), ("Accuracy", "accuracy.html"), ("Speed", "s
 MLFLOW_RUN_URL = "http://127.0.0.1:5000/#/experiments/{exp}/runs/{run}?workflowType=machine_learning"
 
 AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-SPEED_METRICS = (("speed/train_img_s", "train img/s"), ("speed/latency_ms_p50", "latency p50 ms"),
+SPEED_METRICS = (("speed/train_img_s", "train img/s"), ("speed/train_img_s_alone", "train img/s alone"),
+                 ("speed/latency_ms_p50", "latency p50 ms"),
                  ("speed/latency_ms_p95", "latency p95 ms"), ("speed/throughput_img_s", "throughput img/s"),
                  ("speed/params", "params M"), ("speed/gflops", "GFLOPs/img"),
-                 ("speed/peak_rss_mb", "peak RSS MB"))
+                 ("speed/peak_rss_mb", "peak RSS MB"), ("train/time_s", "train time s"))
+# Stages of a two-stage detector's per-image time (``detectors.speed``: stage_<name>_ms), in the order
+# the Faster R-CNN paper's Table 5 lists them.
+STAGES = (("speed/stage_proposals_ms", "proposals"), ("speed/stage_features_ms", "shared features"),
+          ("speed/stage_regions_ms", "per-region"))
 
 
 @dataclass

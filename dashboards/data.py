@@ -82,6 +82,13 @@ class StudyData:
             self._cache[key] = self._store.trial_data(self.name, key) if self._store is not None else {}
         return self._cache[key]
 
+    def speed_figures(self, digests) -> Dict[str, Dict[str, Any]]:
+        """The isolated speed figures (``key``, ``figures``, ``hardware``, ``method``, ``measured_at``)
+        with these digests (trial data ``speed_key``); empty for a store without them."""
+        if self._store is None or not hasattr(self._store, "speed_figures"):
+            return {}
+        return self._store.speed_figures(set(digests))
+
     def ground_truth(self, digest: str) -> Optional[Dict[str, Any]]:
         """The stored val ground truth (COCO-format dict) a trial's ``data("val_ground_truth")`` names."""
         return self._store.ground_truth(digest) if self._store is not None else None

@@ -53,9 +53,10 @@ def mean_and_points(summary: pd.DataFrame, points: pd.DataFrame, title: str, yti
     return fig
 
 
-def metric_bars(summaries: Dict[str, pd.DataFrame], variants: Sequence[str]) -> go.Figure:
+def metric_bars(summaries: Dict[str, pd.DataFrame], variants: Sequence[str],
+                title: str = "COCO metrics per variant (mean over seeds, 95% CI)", ytitle: str = "value") -> go.Figure:
     """Grouped bars: one group per metric (AP, AP50, ...), one bar per variant, CI error bars."""
-    fig = _fig("COCO metrics per variant (mean over seeds, 95% CI)", yaxis_title="value", barmode="group")
+    fig = _fig(title, yaxis_title=ytitle, barmode="group")
     cols = colors(variants)
     for v in variants:
         rows = [s[s["variant"] == v].iloc[0] if (s["variant"] == v).any() else None for s in summaries.values()]
@@ -95,6 +96,25 @@ def heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
                     colorscale="Viridis", colorbar=dict(title="AP"), hoverongaps=False,
                     hovertemplate="%{y}<br>%{x}: %{z:.4f}<extra></extra>")
     fig.update_layout(height=max(300, 90 + 45 * len(matrix.index)))
+    return fig
+
+
+def confusion(matrices: Dict[str, pd.DataFrame], counts: Dict[str, pd.DataFrame], variants: Sequence[str]) -> go.Figure:
+    """Row-normalised confusion matrices (true class rows, detected class columns), one per variant;
+    a menu picks the variant. ``counts`` (same shape) show in the hover."""
+    fig = _fig("Confusion between classes (share of each true class's row; seeds pooled)",
+               xaxis=dict(title="detected as", side="bottom"), yaxis=dict(title="true class", autorange="reversed"))
+    shown = [v for v in variants if v in matrices]
+    for v in shown:
+        m, c = matrices[v], counts[v]
+        fig.add_heatmap(z=m.to_numpy(dtype=float), x=list(m.columns), y=list(m.index), colorscale="Blues",
+                        zmin=0, zmax=1, customdata=c.to_numpy(),
+                        text=[[f"{x:.2f}" for x in row] for row in m.to_numpy()],
+                        texttemplate="%{text}", visible=(v == shown[0]), name=v, showscale=(v == shown[0]),
+                        hovertemplate="true %{y}, detected as %{x}: %{z:.3f} (%{customdata})<extra>" + v + "</extra>")
+    buttons = [dict(label=v, method="update", args=[{"visible": [t.name == v for t in fig.data]}]) for v in shown]
+    fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, xanchor="right", y=1.15, yanchor="top",
+                                        showactive=True)], height=480)
     return fig
 
 
@@ -164,6 +184,19 @@ def small_multiples(summaries: Dict[str, pd.DataFrame], variants: Sequence[str],
     return fig
 
 
+def stacked_parts(parts: Dict[str, pd.DataFrame], variants: Sequence[str], title: str, ytitle: str,
+                  note: Optional[Dict[str, str]] = None) -> go.Figure:
+    """One stacked bar per variant: each part's mean over seeds (e.g. inference time split into
+    proposals / features / regions, or training time per phase); ``parts`` maps a part's label to
+    its ``Analysis.summary`` frame. A variant without a part simply has no segment for it."""
+    fig = _fig(title, yaxis_title=ytitle, barmode="stack", legend=dict(orientation="h", y=-0.25))
+    for i, (label, s) in enumerate(parts.items()):
+        s = s.set_index("variant").reindex(list(variants))
+        fig.add_bar(x=list(variants), y=s["mean"].tolist(), name=label, marker_color=PALETTE[i % len(PALETTE)],
+                    hovertemplate="%{x}: " + label + " %{y:.4g}" + (note or {}).get(label, "") + "<extra></extra>")
+    return fig
+
+
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> List[str]:
     """Variants no other variant beats on both (lower x, higher y), in x order."""
     front, best = [], -math.inf
@@ -188,7 +221,8 @@ def speed_accuracy(means: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, xt
     fig.add_scatter(x=f[x], y=f[y], mode="lines", name="Pareto frontier", line=dict(color="#444", dash="dash",
                     shape="hv", width=1.5), hoverinfo="skip")
     for _, r in means.iterrows():
-        fig.add_scatter(x=[r[x]], y=[r[y]], mode="markers", name=r["variant"],
+        fig.add_scatter(x=[r[x]], y=[r[y]], mode="markers+text", name=r["variant"], text=[r["variant"]],
+                        textposition="top center", textfont=dict(size=11, color=cols[r["variant"]]),
                         marker=dict(color=cols[r["variant"]], size=12,
                                     symbol="star" if r["variant"] in front else "circle"),
                         hovertemplate=f"{r['variant']}<br>{xtitle} %{{x:.3g}}<br>{ytitle} %{{y:.4f}}<extra></extra>")

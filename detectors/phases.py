@@ -8,7 +8,10 @@ A phase names what trains and what is frozen (parameter-name prefixes, e.g.
 ``loss_`` prefix; the others are still computed and reported, with weight 0),
 how many epochs it runs, and its optimizer settings (any of ``optimizer``,
 ``lr``, ``momentum``, ``weight_decay``, ``warmup_iters``, ``schedule``,
-``milestones``, ``lr_decay``; unset ones come from ``train``). Each phase
+``milestones``, ``lr_decay``; unset ones come from ``train``), and its ``kind``:
+``sgd`` (the default: minibatch steps) or ``fit``, a phase the model fits itself
+(``model.fit_phase(phase, train_ds, device)`` once per epoch, returning figures to
+report; R-CNN's SVMs with hard-negative mining), counted as one step. Each phase
 gets a fresh optimizer and learning-rate schedule over its own steps; the
 optimiser step and the epoch count on across phases (global).
 
@@ -33,7 +36,10 @@ from detectors.registry import suggest
 
 OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_iters", "schedule", "milestones",
                   "lr_decay")
-PHASE_KEYS = ("name", "epochs", "trainable", "frozen", "losses") + OPTIMIZER_KEYS
+PHASE_KEYS = ("name", "epochs", "trainable", "frozen", "losses", "kind") + OPTIMIZER_KEYS
+# "sgd": minibatch steps of the loss; "fit": the model fits the phase's parameters itself, once per epoch,
+# by ``model.fit_phase(phase, train_ds, device)`` (R-CNN's SVMs with hard-negative mining).
+PHASE_KINDS = ("sgd", "fit")
 
 
 def resolve_phases(train: Mapping[str, Any], declared: Optional[Sequence[Mapping[str, Any]]] = None
@@ -46,8 +52,10 @@ def resolve_phases(train: Mapping[str, Any], declared: Optional[Sequence[Mapping
         if unknown:
             raise ValueError(f"phase {i}: unknown keys {sorted(unknown)} (known: {', '.join(PHASE_KEYS)})")
         full = {k: train[k] for k in OPTIMIZER_KEYS if k in train}
-        full.update({"name": f"phase{i}", "trainable": None, "frozen": [], "losses": None})
+        full.update({"name": f"phase{i}", "trainable": None, "frozen": [], "losses": None, "kind": "sgd"})
         full.update({k: v for k, v in phase.items() if v is not None})
+        if full["kind"] not in PHASE_KINDS:
+            raise ValueError(f"phase {i}: unknown kind '{full['kind']}' (known: {', '.join(PHASE_KINDS)})")
         out.append(full)
     return out
 

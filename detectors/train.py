@@ -8,6 +8,10 @@ phases (``detectors.loop``, ``detectors.phases``), evaluates it with
 pycocotools, measures its speed, and hands metrics and checkpoint directories
 to ``report(metrics, ckpt_dir)``. A checkpoint after every epoch
 (``detectors.checkpoint``) lets a resumed run match an uninterrupted one.
+When the driver runs the isolated speed phase (the trial dict's ``speed_phase``;
+``detectors.speed_phase``), a trial reports only what a shared machine does not
+distort (params, FLOPs, its peak memory) and its own training img/s; latency and
+throughput come from the phase.
 Where it runs (device, rank) is its ``runtime`` (``detectors.runtime``).
 """
 from __future__ import annotations
@@ -29,7 +33,8 @@ from detectors.data.resolve import ensure_dataset
 from detectors.diagnostics import classification_loss_diagnostics, score_iou_diagnostics
 from detectors.loop import NonFiniteLossError, Report, fit
 from detectors.runtime import LocalRuntime
-from detectors.speed import measure_speed
+from detectors.precision import prepare_memory_format
+from detectors.speed import measure_speed, size_figures
 
 __all__ = ["run_trial", "finish", "load_checkpoint", "NonFiniteLossError", "main"]
 
@@ -63,6 +68,9 @@ def run_trial(trial: dict, report: Optional[Report] = None, resume_from: Optiona
     os.makedirs(trial["trial_dir"], exist_ok=True)
     train_ds, val_ds = load_datasets(trial)
     model = runtime.prepare_model(build_detector(trial, len(train_ds.cat_ids), train_ds.class_counts))
+    model = prepare_memory_format(model, bool(trial["train"].get("channels_last", False)))
+    if hasattr(model, "attach_datasets"):  # per-image inputs computed once and cached (selective search)
+        model.attach_datasets([train_ds, val_ds])
     state = load_checkpoint(resume_from) if resume_from else None
     result = fit(model, train_ds, val_ds, trial, trial_phases(trial), runtime, report, state)
     if not runtime.is_main:
@@ -74,7 +82,13 @@ def finish(trial: dict, model, val_ds, result: dict, device, report: Report) -> 
     """Speed figures, diagnostics, the final artifacts and the last report."""
     ev = result["last_eval"]
     speed_cfg = trial["eval"].get("speed", {})
-    speed = measure_speed(model, val_ds, device, **speed_cfg) if speed_cfg.get("enabled", True) else {}
+    precision = trial["train"].get("precision", "fp32")
+    if not speed_cfg.get("enabled", True):
+        speed = {}
+    elif trial.get("speed_phase"):  # latency and throughput: measured alone by the driver's speed phase
+        speed = size_figures(model, val_ds, device, precision)
+    else:
+        speed = measure_speed(model, val_ds, device, precision=precision, **speed_cfg)
     speed["train_img_s"] = result["train_img_s"]
     diagnostics = None
     if hasattr(model, "classification_terms"):
@@ -95,6 +109,7 @@ def finish(trial: dict, model, val_ds, result: dict, device, report: Report) -> 
     final = {k: v for k, v in ev["metrics"].items() if v is not None}
     final.update({f"speed/{k}": v for k, v in speed.items()})
     phases = trial_phases(trial)
+    final["train/time_s"] = sum(result["phase_times"])  # training wall time, evaluations excluded
     if len(phases) > 1:  # wall time of each phase's epochs (training only)
         final.update({f"train/time_s/{p['name']}": t for p, t in zip(phases, result["phase_times"])})
     final.update(epoch=result["epoch"], step=result["step"], final=1)

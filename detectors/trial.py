@@ -24,8 +24,9 @@ LOSS = {"name": "focal", "params": {"gamma": 2.0, "alpha": 0.25}}  # focal loss 
 TRAIN = {"epochs": 6, "batch_size": 8, "optimizer": "adamw", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4,
          "warmup_iters": 50, "schedule": "cosine", "milestones": [0.67, 0.89], "lr_decay": 0.1,
          "grad_clip": 10.0, "loss_weights": {}, "max_steps": None, "hflip_prob": 0.5,
-         "eval_every_epoch": True, "phases": None}
-SPEED = {"enabled": True, "latency_images": 50, "warmup": 10, "throughput_batch": 8, "throughput_batches": 5}
+         "eval_every_epoch": True, "phases": None, "precision": "fp32", "channels_last": False}
+SPEED = {"enabled": True, "isolated": True, "latency_images": 50, "warmup": 10, "throughput_batch": 8,
+         "throughput_batches": 5, "repeats": 5, "train_steps": 5}
 EVAL = {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100, "speed": SPEED}
 
 

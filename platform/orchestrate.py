@@ -2,7 +2,8 @@
 
 Only plain trial dicts cross into Ray; the trainable is
 ``detectors.trainable.tune_trainable``. Trials whose config hash already
-finished (results store) are skipped unless ``--force``.
+finished (results store) are skipped unless ``--force``. After the trials, the
+speed phase (``platform.speed_phase``) measures each speed configuration alone.
 """
 from __future__ import annotations
 
@@ -92,7 +93,9 @@ def run_trials(study, trials: List[dict], callbacks, concurrency: int):
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency,
+        # reuse_actors: a one-worker trial starts in a worker that already imported torch (seconds per
+        # trial); run_trial sets seeds and threads itself, so nothing carries over from the previous trial.
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=res.workers_per_trial == 1,
                                     trial_name_creator=lambda t: t.config["trial"]["config_hash"][:12],
                                     trial_dirname_creator=lambda t: t.config["trial"]["config_hash"][:12]),
         run_config=run_config,
@@ -112,6 +115,47 @@ def prepare_dataset(trials: List[dict]) -> List[dict]:
         return paths
 
     return resolve_dataset_paths(trials, make)
+
+
+def _study_tracker(study):
+    from platform.tracking import StudyTracker
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its import set INFO: no table-creation lines
+    return StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
+
+
+def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
+    """A cached run measures only speed figures an earlier run left unmeasured (interrupted,
+    failed); Ray and MLflow start only then."""
+    from platform.expand import detectors_code_version
+    from platform.speed_phase import pending, run_speed_phase, speed_groups
+
+    groups = speed_groups(store, study.name, trials, detectors_code_version())
+    if not pending(groups):
+        return
+    import ray
+
+    ray_log = os.path.join(study.output.runs_dir, study.name, "ray.log")
+    os.makedirs(os.path.dirname(ray_log), exist_ok=True)
+
+    def start() -> bool:
+        _ray_logs_to_file(ray_log)
+        try:
+            _start_ray(args.address, os.path.dirname(ray_log))
+        except ConnectionError as exc:
+            print(f"speed: cannot reach the Ray cluster ({str(exc).splitlines()[0]}); speed not measured",
+                  file=sys.stderr)
+            return False
+        _ray_logs_to_file(ray_log)
+        return True
+
+    tracker = _study_tracker(study)
+    try:
+        run_speed_phase(store, study.name, groups, tracker=tracker, start_ray=start)
+    except KeyboardInterrupt:
+        print("interrupted: speed figures not measured yet are measured by the next run")
+    finally:
+        ray.shutdown()
 
 
 def _services(study) -> str | None:
@@ -143,7 +187,7 @@ def run_study(study, trials: List[dict], args) -> int:
     from platform.reconcile import note_pending_parent, prune_checkpoints, reconcile
     from platform.store import Store
     from platform.summary import print_summary, write_report
-    from platform.tracking import StudyTracker, is_server
+    from platform.tracking import is_server
 
     problem = _services(study)
     if problem:
@@ -158,8 +202,7 @@ def run_study(study, trials: List[dict], args) -> int:
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)  # (also quiets MLflow's start-up notices)
     try:
-        tracker = StudyTracker(study.tracking.mlflow_uri, study.name,
-                               os.path.join(study.output.runs_dir, "mlartifacts"))
+        tracker = _study_tracker(study)
         fixed = reconcile(tracker, store, study.name, run_dir)  # MLflow from the store, after a killed or cut-off run
     except Exception as exc:  # MLflow failing before anything started: one line, not a traceback
         first = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -171,6 +214,7 @@ def run_study(study, trials: List[dict], args) -> int:
               f"completed")
     if not todo:
         print("everything was cached: no trial ran (use --force to run them again)")
+        _speed_phase_when_cached(study, store, trials, args)
         print_summary(store, study)
         return 0 if write_report(store, study) else 1
     prune_checkpoints(store, study.name, todo, force=args.force)  # resume only from what the store saw
@@ -178,8 +222,10 @@ def run_study(study, trials: List[dict], args) -> int:
     import ray
 
     from platform.callbacks import ProgressCallback, StudyCallback
+    from detectors.speed_phase import uses_speed_phase
     from platform.cluster import describe_footprint, fitting_trials, forget_local_ray
     from platform.expand import detectors_code_version
+    from platform.speed_phase import run_speed_phase, speed_groups
     from platform.timing import TrialClock
     from platform.tracking import study_description
 
@@ -206,6 +252,8 @@ def run_study(study, trials: List[dict], args) -> int:
     interrupted, recorder = False, None
     try:
         todo = prepare_dataset(todo)
+        for t in todo:  # the worker leaves latency and throughput to the speed phase
+            t["speed_phase"] = uses_speed_phase(t)
         report = os.path.join(study.output.reports_dir, study.name, "index.html")
         parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
                                                                "force": bool(args.force)}, detectors_code_version(),
@@ -221,6 +269,9 @@ def run_study(study, trials: List[dict], args) -> int:
         progress = ProgressCallback(len(todo), concurrency, clock=clock)
         print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
         run_trials(study, todo, [recorder, progress], concurrency)
+        ran = {f["trial"]["config_hash"] for f in recorder.finished}
+        run_speed_phase(store, study.name, speed_groups(store, study.name, trials, detectors_code_version(), ran,
+                                                        args.force), tracker=tracker)
     except KeyboardInterrupt:
         interrupted = True
     finally:

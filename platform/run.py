@@ -124,18 +124,24 @@ def check_local_resources(study, address: Optional[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
-    from platform.expand import describe, expand
-    from platform.study import StudyError, load_study
+    from platform.expand import describe
+    from platform.memo import load_expanded, remember
+    from platform.study import StudyError
 
     try:
-        study = load_study(args.study)
-        if args.max_concurrent is not None:
-            study.resources.max_concurrent = args.max_concurrent
-        trials = expand(study)
+        # the validated expansion of an unchanged file is remembered (platform.memo): no torch import
+        study, trials, remembered = load_expanded(args.study)
         check_local_resources(study, args.address)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not remembered and not args.dry_run:
+        try:
+            remember(args.study, study, trials)
+        except OSError as e:  # only a cache: a run without it validates again next time
+            print(f"warning: could not remember the validated study ({e})", file=sys.stderr)
+    if args.max_concurrent is not None:
+        study.resources.max_concurrent = args.max_concurrent
 
     if args.dry_run:
         print(f"study {study.name} ({args.study}): {len(trials)} trials")

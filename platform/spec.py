@@ -90,6 +90,7 @@ class PhaseSpec(_Strict):
     trainable: Optional[List[str]] = Field(None, min_length=1)  # parameter-name prefixes; null: everything
     frozen: List[str] = []
     losses: Optional[List[str]] = Field(None, min_length=1)     # loss names that count; null: every one
+    kind: Literal["sgd", "fit"] = "sgd"                          # fit: the detector fits the phase itself
     optimizer: Optional[Literal["sgd", "adamw"]] = None
     lr: Optional[LearningRate] = None
     momentum: Optional[Momentum] = None
@@ -123,11 +124,13 @@ class TrainSpec(_Strict):
     milestones: List[Fraction] = [0.67, 0.89]
     lr_decay: LrDecay = 0.1   # learning-rate factor at each milestone of the "multistep" schedule
     grad_clip: Optional[float] = Field(10.0, gt=0, le=1e6)
-    loss_weights: Dict[str, LossWeight] = {}  # by loss name without "loss_"; unnamed losses weigh 1
+    loss_weights: Dict[str, LossWeight] = {}  # by loss name without "loss_"; unnamed: the detector's default, else 1
     max_steps: Optional[int] = Field(None, ge=1, le=1_000_000_000)  # per phase
     hflip_prob: float = Field(0.5, ge=0, le=1)
     eval_every_epoch: bool = True
     phases: Optional[List[PhaseSpec]] = Field(None, min_length=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast (+ fp16 loss scaling), detectors.precision
+    channels_last: bool = False                           # NHWC convolution weights (faster on GPUs)
 
     @field_validator("milestones")
     @classmethod
@@ -149,10 +152,15 @@ class TrainSpec(_Strict):
 
 class SpeedSpec(_Strict):
     enabled: bool = True
+    # True: measured once per speed configuration, alone on a node, after training
+    # (detectors.speed_phase); False: every trial measures itself as it finishes.
+    isolated: bool = True
     latency_images: int = Field(50, ge=1, le=10_000)
     warmup: int = Field(10, ge=0, le=10_000)
     throughput_batch: int = Field(8, ge=1, le=256)       # the images of all throughput batches are
     throughput_batches: int = Field(5, ge=1, le=1000)    # loaded before timing: both ends bounded
+    repeats: int = Field(5, ge=1, le=100)         # timings of throughput and of training speed (median, spread)
+    train_steps: int = Field(5, ge=1, le=1000)    # optimiser steps per timing of training speed
 
 
 class EvalSpec(_Strict):

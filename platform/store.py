@@ -10,6 +10,9 @@ transaction: a failure leaves the trial's earlier rows as they were. The val
 ground truth a trial was evaluated on (what the pages' image bootstrap needs)
 is stored once per content in ``ground_truths``; a trial's data key
 ``val_ground_truth`` holds its digest, so thirty trials on COCO val2017 keep one copy.
+Isolated speed figures (one per speed configuration) live in ``speed_figures``
+with the hardware they were measured on; a trial's data key ``speed_key`` names
+its figure, and the figures are also its final ``speed/*`` metrics.
 Timestamps are timezone-aware UTC on the way in and out.
 """
 from __future__ import annotations
@@ -129,6 +132,23 @@ class GroundTruthRow(Base):
 
 
 GROUND_TRUTH_KEY = "val_ground_truth"  # trial-data key holding the digest
+
+
+class SpeedRow(Base):
+    """One isolated speed measurement (``detectors.speed_phase``), shared by every trial whose
+    speed key has this digest; trials name it in their data key ``speed_key``."""
+
+    __tablename__ = "speed_figures"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the speed key
+    key_json: Mapped[str] = mapped_column(Text)
+    figures_json: Mapped[str] = mapped_column(Text)
+    hardware_json: Mapped[str] = mapped_column(Text)
+    method_json: Mapped[str] = mapped_column(Text)
+    trial_hash: Mapped[Optional[str]] = mapped_column(String(64))   # whose trained weights were timed
+    measured_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+SPEED_KEY = "speed_key"  # trial-data key holding the speed figure's digest
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -311,6 +331,35 @@ class Store:
             row.finished_at = finished
             row.duration_s = (row.finished_at - row.started_at).total_seconds() if row.started_at else None
 
+    def record_speed(self, study_name: str, digest: str, measurement: Optional[Mapping[str, Any]],
+                     config_hashes: List[str], metrics: Mapping[str, Any]) -> None:
+        """One transaction: the speed figure ``digest`` (written when ``measurement`` is given:
+        ``key``, ``figures``, ``hardware``, ``method``, ``trial_hash``), and for each finished trial
+        of the study in ``config_hashes`` its data key ``speed_key`` and final metrics ``metrics``
+        (replacing values of the same names)."""
+        with self._tx() as s:
+            if measurement is not None:
+                row = s.get(SpeedRow, digest) or SpeedRow(digest=digest)
+                row.key_json = json.dumps(measurement["key"], sort_keys=True)
+                row.figures_json = json.dumps(measurement["figures"])
+                row.hardware_json = json.dumps(measurement["hardware"])
+                row.method_json = json.dumps(measurement["method"])
+                row.trial_hash, row.measured_at = measurement.get("trial_hash"), _now()
+                s.add(row)
+            elif s.get(SpeedRow, digest) is None:
+                raise KeyError(f"no speed figure {digest[:12]} in the store")
+            ids = list(s.scalars(select(TrialRow.id).join(StudyRow).where(
+                StudyRow.name == study_name, TrialRow.config_hash.in_(list(config_hashes)),
+                TrialRow.status == "finished")))
+            if not ids:
+                return
+            s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id.in_(ids), TrialDataRow.key == SPEED_KEY))
+            s.execute(delete(MetricRow).where(MetricRow.trial_id.in_(ids), MetricRow.step.is_(None),
+                                              MetricRow.name.in_(list(metrics))))
+            for trial_id in ids:
+                s.add(TrialDataRow(trial_id=trial_id, key=SPEED_KEY, json=json.dumps(digest)))
+                s.add_all(_metric_rows(trial_id, metrics, None))
+
     # ----------------------------------------------------------------- reads
 
     def finished_hashes(self, study_name: str) -> Set[str]:
@@ -385,6 +434,23 @@ class Store:
                  .join(StudyRow).where(StudyRow.name == study_name, TrialRow.status == "finished",
                                        TrialDataRow.key == key).order_by(TrialRow.id))
             return {k: json.loads(text) for k, text in s.execute(q)}
+
+    def speed_figures(self, digests: Optional[Set[str]] = None) -> Dict[str, Dict[str, Any]]:
+        """``{digest: {key, figures, hardware, method, trial_hash, measured_at}}`` of the isolated
+        speed figures (those named in ``digests``; all when None). A store written before the
+        table existed, opened read-only, has none."""
+        from sqlalchemy import inspect
+
+        if not inspect(self.engine).has_table(SpeedRow.__tablename__):
+            return {}
+        with self._session() as s:
+            q = select(SpeedRow)
+            if digests is not None:
+                q = q.where(SpeedRow.digest.in_(list(digests)))
+            return {r.digest: {"key": json.loads(r.key_json), "figures": json.loads(r.figures_json),
+                               "hardware": json.loads(r.hardware_json), "method": json.loads(r.method_json),
+                               "trial_hash": r.trial_hash, "measured_at": r.measured_at}
+                    for r in s.scalars(q)}
 
     def ground_truth(self, digest: str) -> Optional[Dict[str, Any]]:
         """The stored val ground truth with this digest (trial data ``val_ground_truth``), or None."""

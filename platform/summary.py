@@ -22,12 +22,21 @@ def print_summary(store, study) -> None:
               f" {r['latency_ms']:>10.1f}")
 
 
-def write_report(store, study) -> Optional[str]:
-    """Build the pages; a failure here must not hide results already safe in the store."""
-    from dashboards import build_reports
+def write_report(store, study, only_if_changed: bool = True) -> Optional[str]:
+    """Build the pages, unless ``only_if_changed`` and the pages were built from the same data
+    (``dashboards.fingerprint``); a failure here must not hide results already safe in the store."""
+    from dashboards.fingerprint import fingerprint, is_current
 
+    reports_dir = study.output.reports_dir
     try:
-        path = build_reports(store, study.name, study.output.reports_dir)
+        if only_if_changed and is_current(reports_dir, study.name, fingerprint(store, study.name)):
+            path = os.path.join(reports_dir, study.name, "index.html")
+            shown = os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
+            print(f"report: {shown} (up to date: its data did not change)")
+            return path
+        from dashboards import build_reports
+
+        path = build_reports(store, study.name, reports_dir)
     except Exception as exc:  # noqa: BLE001 - reported in one line, the results stay in the store
         print(f"error: building the report failed ({type(exc).__name__}: {exc}); the results are in the "
               f"store, retry with: python -m platform.report {study.source}", file=sys.stderr)

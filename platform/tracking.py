@@ -107,7 +107,7 @@ def study_description(study, trials: List[Dict[str, Any]], report_path: str) -> 
              f"- Varies: {', '.join(f'`{k}`' for k in varied) or 'nothing (one configuration)'};"
              f" seeds {', '.join(str(s) for s in seeds)}",
              f"- Dataset: {', '.join(datasets)}; base config: {study.detector.name} ({study.detector.scale}),"
-             f" {study.loss.name} loss, {_count(study.train.epochs, 'epoch')}"]
+             f" {study.loss.name + ' loss' if study.loss else 'default losses'}, {_count(study.train.epochs, 'epoch')}"]
     return "\n".join(lines)
 
 

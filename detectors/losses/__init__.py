@@ -1,7 +1,9 @@
 """Loss functions and their registries.
 
 ``CLS_LOSSES`` ("ce", "balanced_ce", "focal", "qfl") and ``BOX_LOSSES`` ("smooth_l1",
-"l1") map study-file names to pure functions. ``Registry.parameters(name)``
+"l1") map study-file names to pure functions; ``SOFTMAX_LOSSES`` ("softmax_ce", heads
+with a background class: SSD) and ``PROB_LOSSES`` ("sse", YOLOv1's class probabilities)
+likewise. ``Registry.parameters(name)``
 exposes the tunable keyword parameters (ce: none; balanced_ce: alpha; focal:
 gamma, alpha; qfl: beta; smooth_l1: beta) plus ``reduction``, which callers filter out.
 """
@@ -10,7 +12,7 @@ from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Unio
 
 from detectors.registry import Interval, Probability, Registry
 
-from detectors.losses.box import l1_loss, smooth_l1_loss
+from detectors.losses.box import l1_loss, smooth_l1_loss, squared_error_loss
 from detectors.losses.classification import (
     balanced_ce_loss,
     ce_loss,
@@ -25,10 +27,15 @@ from detectors.losses.gfl import (
     integral,
     quality_focal_loss,
 )
+from detectors.losses.softmax import SOFTMAX_LOSSES, softmax_ce_loss
 
 __all__ = [
     "CLS_LOSSES",
     "BOX_LOSSES",
+    "SOFTMAX_LOSSES",
+    "PROB_LOSSES",
+    "softmax_ce_loss",
+    "squared_error_loss",
     "build_loss",
     "ce_loss",
     "balanced_ce_loss",
@@ -83,6 +90,11 @@ CLS_LOSSES.register("qfl", types={"beta": FOCUS}, soft_targets=True)(quality_foc
 
 BOX_LOSSES.register("smooth_l1", types={"beta": SMOOTH_L1_BETA})(smooth_l1_loss)
 BOX_LOSSES.register("l1")(l1_loss)
+
+# YOLOv1's class probabilities are linear outputs trained by squared error (paper eq. 3);
+# a sigmoid or softmax loss would presume logits its head does not produce.
+PROB_LOSSES = Registry("class-probability loss", injected=("reduction",))
+PROB_LOSSES.register("sse")(squared_error_loss)
 
 
 def build_loss(registry: Registry, name: str, params: Dict[str, Any], context: Dict[str, Any]) -> Callable:

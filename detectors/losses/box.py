@@ -12,7 +12,7 @@ from torch import Tensor
 
 from detectors.losses.classification import reduce_loss
 
-__all__ = ["smooth_l1_loss", "l1_loss"]
+__all__ = ["smooth_l1_loss", "l1_loss", "squared_error_loss"]
 
 
 def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0 / 9, reduction: str = "none") -> Tensor:
@@ -50,3 +50,15 @@ def l1_loss(pred: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
         elementwise loss for ``reduction="none"``, else a scalar.
     """
     return reduce_loss((pred - target).abs(), reduction)
+
+
+def squared_error_loss(pred: Tensor, target: Tensor, reduction: str = "none") -> Tensor:
+    """Squared error ``(pred - target)^2``: every term of YOLOv1's sum-squared loss (Redmon et al.,
+    arXiv 1506.02640, eq. 3) on box coordinates, confidences and class probabilities.
+
+    Args:
+        pred, target: float tensors of the same shape.
+    Returns:
+        elementwise loss for ``reduction="none"``, else a scalar.
+    """
+    return reduce_loss((pred - target) ** 2, reduction)

@@ -129,16 +129,21 @@ def focal_loss(
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     targets = targets.to(logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     if gamma != 0:
-        # (1 - p_t)^gamma computed as exp(gamma * logsigmoid(s)) with
-        # 1 - p_t = sigmoid(s), s = logit for a negative and -logit for a
-        # positive. The direct form (torchvision's) has an infinite derivative
-        # at p_t = 1 for gamma < 1 (paper Table 1b tries gamma 0.5), so a single
-        # saturated, correct logit (sigmoid(17) == 1.0 in float32) makes the
-        # whole gradient NaN. Exact for targets in {0, 1}.
+        # With s = logit for a negative and -logit for a positive, 1 - p_t = sigmoid(s), so
+        # (1 - p_t)^gamma = exp(gamma * logsigmoid(s)) and -log(p_t) = softplus(s) = s - logsigmoid(s):
+        # one logsigmoid gives both (the profile of a training step showed the loss's two
+        # logsigmoid passes, BCE's and the factor's, as its largest cost). The direct form
+        # (torchvision's) has an infinite derivative at p_t = 1 for gamma < 1 (paper Table 1b
+        # tries gamma 0.5), so a single saturated, correct logit (sigmoid(17) == 1.0 in float32)
+        # makes the whole gradient NaN; this one stays finite. Exact for targets in {0, 1}; for
+        # an easy example (s < 0) s - logsigmoid(s) loses relative precision, but the term's
+        # absolute error, about |s| exp(gamma * s) float32 ulps, stays under 3e-8 / gamma.
         signed = logits * (1 - 2 * targets)
-        loss = loss * torch.exp(gamma * F.logsigmoid(signed))
+        log_q = F.logsigmoid(signed)
+        loss = (signed - log_q) * torch.exp(gamma * log_q)
+    else:
+        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     weight = _alpha_weight(alpha, targets)
     if weight is not None:
         loss = loss * weight

@@ -16,6 +16,10 @@ A detector declares:
 - the loss names its forward returns in train mode (all it can return, and
   optionally ``active(params)``: those it returns for given params); the
   training loop weights them by these names;
+- optionally the default weights of its losses (``loss_weights``, by name
+  without ``loss_``) where its paper's loss is a weighted sum of the terms it
+  returns (YOLOv1: box 5, noobj 0.5); ``train.loss_weights`` overrides them,
+  and a loss named in neither weighs 1;
 - optionally ``check(params)`` for combinations of parameters and
   ``check_losses(params, loss_names)`` for combinations with its losses
   (raising ``ValueError``), and ``phases(params, train)``: the training phases
@@ -52,16 +56,23 @@ def register_detector(name: str, *, roles: Mapping[str, LossRole], losses: Seque
                       active: Optional[Callable[[Dict[str, Any]], Sequence[str]]] = None,
                       check: Optional[Callable[[Dict[str, Any]], None]] = None,
                       check_losses: Optional[Callable[[Dict[str, Any], Dict[str, str]], None]] = None,
-                      phases: Optional[Callable[[Dict[str, Any], Dict[str, Any]], list]] = None):
+                      phases: Optional[Callable[[Dict[str, Any], Dict[str, Any]], list]] = None,
+                      loss_weights: Optional[Mapping[str, float]] = None):
     """Register a detector builder with its contract (see the module docstring)."""
     if primary not in roles:
         raise ValueError(f"detector '{name}': primary loss role '{primary}' is not among its roles {sorted(roles)}")
     if any(not n.startswith("loss_") for n in losses):
         raise ValueError(f"detector '{name}': loss names start with 'loss_', got {list(losses)}")
+    unknown = set(loss_weights or {}) - {n.removeprefix("loss_") for n in losses}
+    if unknown:
+        raise ValueError(f"detector '{name}': default loss weights for losses it does not return: {sorted(unknown)}")
     return MODELS.register(name, hidden=tuple(f"{r}_loss" for r in roles), check=check, roles=dict(roles),
                            losses=tuple(losses), primary=primary, active=active, check_losses=check_losses,
-                           phases=phases)
+                           phases=phases, loss_weights=dict(loss_weights or {}))
 
 
 from detectors.models import retinanet  # noqa: E402,F401  (registers "retinanet")
 from detectors.models import dense  # noqa: E402,F401  (registers "dense" and presets "gfl", "atss", "fcos")
+from detectors.models import yolo  # noqa: E402,F401  (registers "yolov1")
+from detectors.models import ssd  # noqa: E402,F401  (registers "ssd")
+from detectors.models import rcnn, fast_rcnn, faster_rcnn  # noqa: E402,F401  (two-stage: "rcnn", "fast_rcnn", "faster_rcnn")

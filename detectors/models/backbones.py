@@ -10,6 +10,8 @@ Two scales from one code path:
 
 Both return an ``OrderedDict`` of feature maps ``p3..p7`` and expose
 ``out_channels`` and ``strides``, the contract the heads rely on.
+``single_level_backbone`` is the pyramid's ablation: one map, C4 (stride 16),
+the single-scale baseline of the FPN paper (Lin et al., arXiv 1612.03144, Table 1).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 from torchvision.models import resnet50
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -105,6 +108,29 @@ def scale_config(presets: Dict[str, dict], scale: str, head_norm: Optional[str] 
     if head_norm != "scale":
         cfg["head_norm"] = head_norm
     return cfg
+
+
+class SingleLevelBackbone(nn.Module):
+    """C4 only, through what FPN does to each level (1x1 lateral conv to ``width``, 3x3 output
+    conv) without the top-down path or the other levels: ``{"c4": [N, width, H/16, W/16]}``."""
+
+    def __init__(self, body: nn.Module, layer: str, channels: int, width: int) -> None:
+        super().__init__()
+        self.body = IntermediateLayerGetter(body, {layer: "c4"})
+        self.lateral = nn.Conv2d(channels, width, 1)
+        self.output = nn.Conv2d(width, width, 3, padding=1)
+        self.out_channels = width
+        self.strides = (16,)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return OrderedDict(c4=self.output(self.lateral(self.body(x)["c4"])))
+
+
+def single_level_backbone(scale: str, cfg: dict) -> SingleLevelBackbone:
+    """ResNet-50's C4 (layer3) for ``paper``, the tiny body's C4 (layer4) otherwise."""
+    if scale == "paper":
+        return SingleLevelBackbone(resnet50(weights=None), "layer3", 1024, cfg["fpn_width"])
+    return SingleLevelBackbone(TinyBody(cfg["widths"]), "layer4", cfg["widths"][3], cfg["fpn_width"])
 
 
 def pyramid_transform(cfg: dict, mean: List[float], std: List[float]) -> GeneralizedRCNNTransform:

@@ -80,7 +80,8 @@ class DenseHead(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # convs followed by GroupNorm have none
+                    nn.init.zeros_(m.bias)
         # Prior init (focal loss paper sec. 4.1), as RetinaNet.
         nn.init.constant_(self.cls_out.bias, -math.log((1.0 - prior_prob) / prior_prob))
         box_repr.init_bias(self.box_out.bias, box_bias)

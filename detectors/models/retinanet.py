@@ -4,6 +4,8 @@ Backbone + FPN (P3-P7), separate classification and box subnets shared across
 levels, 9 anchors per location (3 scales x 3 ratios), IoU >= 0.5 positive,
 < 0.4 negative, ignored between, classification bias initialised to the prior
 pi = 0.01, losses normalised by the number of positive anchors, batched NMS.
+``fpn=False`` is the pyramid's ablation: one stride-16 map (C4) carrying the
+anchors of all five levels (45 per location), so only the pyramid changes.
 
 API as torchvision's detectors: ``model(images, targets=None)``; train mode
 returns unweighted ``loss_cls`` / ``loss_box``; eval mode a list of dicts with
@@ -26,7 +28,8 @@ from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
 from detectors.models import LossRole, register_detector
-from detectors.models.backbones import pyramid_backbone, pyramid_transform, scale_config
+from detectors.models.backbones import (PYRAMID_STRIDES, pyramid_backbone, pyramid_transform, scale_config,
+                                        single_level_backbone)
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.registry import Interval, OpenUnit
 from detectors.runtime import worker_mean
@@ -54,9 +57,11 @@ def gn_groups(width: int) -> int:
 
 
 def conv_subnet(width_in: int, width: int, num_convs: int, norm: Optional[str]) -> nn.Sequential:
+    """``num_convs`` x (conv3x3, [GroupNorm], ReLU). A conv followed by a norm has no bias: the
+    norm's own shift takes its place (torchvision's ``Conv2dNormActivation``, mmdet's ``ConvModule``)."""
     layers: List[nn.Module] = []
     for i in range(num_convs):
-        layers.append(nn.Conv2d(width_in if i == 0 else width, width, 3, padding=1))
+        layers.append(nn.Conv2d(width_in if i == 0 else width, width, 3, padding=1, bias=norm != "gn"))
         if norm == "gn":
             layers.append(nn.GroupNorm(gn_groups(width), width))
         layers.append(nn.ReLU(inplace=True))
@@ -84,7 +89,8 @@ class RetinaHead(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         # Prior init (paper sec. 4.1): every anchor starts at foreground probability
         # pi, so the many easy negatives do not swamp the first iterations.
         nn.init.constant_(self.cls_out.bias, -math.log((1.0 - prior_prob) / prior_prob))
@@ -163,19 +169,24 @@ class RetinaNet(nn.Module):
 
     def loss_targets(self, targets, logits, deltas, anchors):
         """Flatten the batch into (cls logits, one-hot targets) over non-ignored
-        anchors and (deltas, regression targets) over positives."""
-        matched = self.assign(targets, anchors)
-        cls_pred, cls_tgt, box_pred, box_tgt = [], [], [], []
-        for b, (m, t, a) in enumerate(zip(matched, targets, anchors)):
-            pos = m >= 0
-            valid = m >= -1  # BACKGROUND (-1) and positives; IGNORE (-2) drops out
-            onehot = torch.zeros_like(logits[b])
-            onehot[pos, t["labels"][m[pos]]] = 1.0
-            cls_pred.append(logits[b][valid])
-            cls_tgt.append(onehot[valid])
-            box_pred.append(deltas[b][pos])
-            box_tgt.append(self.box_coder.encode(a[pos], t["boxes"][m[pos]]))
-        return torch.cat(cls_pred), torch.cat(cls_tgt), torch.cat(box_pred), torch.cat(box_tgt)
+        anchors and (deltas, regression targets) over positives, image after image.
+
+        The whole batch at once (every image has the same anchors, the batch is padded
+        to one size): one one-hot matrix of the kept rows only and one encode, where a
+        loop over images built a full ``[A, K]`` matrix per image and copied it again.
+        """
+        m = torch.stack(self.assign(targets, anchors))  # [B, A] gt index, BACKGROUND or IGNORE
+        offsets = torch.tensor([0] + [t["boxes"].shape[0] for t in targets[:-1]], device=m.device).cumsum(0)
+        gt_boxes = torch.cat([t["boxes"] for t in targets])
+        gt_labels = torch.cat([t["labels"] for t in targets])
+        pos = m >= 0
+        valid = m >= -1  # BACKGROUND (-1) and positives; IGNORE (-2) drops out
+        matched = (m + offsets[:, None])[pos]  # batch-wide gt index of each positive
+        cls_pred = logits[valid]
+        cls_tgt = torch.zeros_like(cls_pred)
+        cls_tgt[torch.nonzero(pos[valid]).squeeze(1), gt_labels[matched]] = 1.0
+        box_tgt = self.box_coder.encode(torch.stack(anchors)[pos], gt_boxes[matched])
+        return cls_pred, cls_tgt, deltas[pos], box_tgt
 
     def compute_loss(self, targets, logits, deltas, anchors) -> Dict[str, Tensor]:
         cls_pred, cls_tgt, box_pred, box_tgt = self.loss_targets(targets, logits, deltas, anchors)
@@ -215,10 +226,15 @@ SCALES = {
 }
 
 
-def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128)) -> AnchorGenerator:
-    """3 scales (2^0, 2^(1/3), 2^(2/3)) x 3 ratios (1:2, 1:1, 2:1) per level (paper sec. 4)."""
+def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128), fpn: bool = True) -> AnchorGenerator:
+    """3 scales (2^0, 2^(1/3), 2^(2/3)) x 3 ratios (1:2, 1:1, 2:1) per level (paper sec. 4).
+
+    ``fpn=False``: the sizes of every level in ``strides`` on one map (15 sizes x 3 ratios).
+    """
     octaves = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     sizes = tuple(tuple(anchor_base * s * o for o in octaves) for s in strides)
+    if not fpn:
+        return AnchorGenerator(sizes=(sum(sizes, ()),), aspect_ratios=((0.5, 1.0, 2.0),))
     return AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
 
 
@@ -243,20 +259,22 @@ def build_retinanet(num_classes: int, scale: str = "tiny", cls_loss: Optional[Ca
                     head_norm: Optional[Literal["scale", "gn"]] = "scale", fpn_width: Optional[Width] = None,
                     prior_prob: OpenUnit = 0.01, min_size: Optional[ImageSide] = None,
                     max_size: Optional[ImageSide] = None, score_thresh: float = 0.05, nms_iou: float = 0.5,
-                    max_dets: int = 100, topk_candidates: TopK = 1000) -> RetinaNet:
+                    max_dets: int = 100, topk_candidates: TopK = 1000, fpn: bool = True) -> RetinaNet:
     """Build a RetinaNet. ``None`` (and ``head_norm="scale"``) take the scale's preset.
+
+    ``fpn=False``: no pyramid, one stride-16 map (C4) with all levels' anchors on it.
 
     ``cls_loss`` defaults to focal loss with the paper's gamma 2, alpha 0.25;
     ``box_loss`` to smooth L1 with beta 1/9 (Detectron2's RetinaNet).
     """
     cfg = scale_config(SCALES, scale, head_norm, anchor_base=anchor_base, head_width=head_width,
                        head_convs=head_convs, fpn_width=fpn_width, min_size=min_size, max_size=max_size)
-    backbone = pyramid_backbone(scale, cfg)
-    head = RetinaHead(backbone.out_channels, 9, num_classes, cfg["head_width"],
+    backbone = pyramid_backbone(scale, cfg) if fpn else single_level_backbone(scale, cfg)
+    anchors = retinanet_anchor_generator(cfg["anchor_base"], PYRAMID_STRIDES, fpn)
+    head = RetinaHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes, cfg["head_width"],
                       cfg["head_convs"], cfg["head_norm"], prior_prob)
     return RetinaNet(
-        backbone=backbone, head=head,
-        anchor_generator=retinanet_anchor_generator(cfg["anchor_base"], backbone.strides),
+        backbone=backbone, head=head, anchor_generator=anchors,
         transform=pyramid_transform(cfg, IMAGENET_MEAN, IMAGENET_STD),
         cls_loss=cls_loss or CLS_LOSSES.get("focal"), box_loss=box_loss or partial(smooth_l1_loss, beta=1.0 / 9),
         pos_iou=pos_iou, neg_iou=neg_iou, allow_low_quality=allow_low_quality,

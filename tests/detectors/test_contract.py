@@ -29,7 +29,13 @@ def _batch():
 
 def _configs(name):
     """Parameter sets that change what a detector returns: every quality x box of ``dense``
-    (its presets share its code: their defaults are enough)."""
+    (its presets share its code: their defaults are enough), every training scheme of
+    ``faster_rcnn`` with and without FPN, both classifiers of ``rcnn``."""
+    if name == "faster_rcnn":
+        return [{"training": t, "fpn": f} for t, f in itertools.product(
+            ("alternating", "approximate_joint", "non_approximate_joint"), (False, True))]
+    if name == "rcnn":
+        return [{"classifier": "svm"}, {"classifier": "softmax"}]
     if name != "dense":
         return [{}]
     return [{"quality": q, "box": b} for q, b in itertools.product(

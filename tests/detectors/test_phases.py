@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from detectors.build import build_detector
+from detectors.build import ComponentError, build_detector, check_phase_parts
 from detectors.checkpoint import load_checkpoint
 from detectors.phases import apply_phase, counts, resolve_phases
 from detectors.train import run_trial, seed_everything
@@ -22,13 +22,18 @@ def test_no_phases_is_one_phase_with_the_train_settings():
     train = {"epochs": 7, "optimizer": "adamw", "lr": 1e-3, "warmup_iters": 5, "batch_size": 4}
     (phase,) = resolve_phases(train)
     assert phase == {"name": "train", "epochs": 7, "optimizer": "adamw", "lr": 1e-3, "warmup_iters": 5,
-                     "trainable": None, "frozen": [], "losses": None}
+                     "trainable": None, "frozen": [], "losses": None, "kind": "sgd"}
     head, everything = resolve_phases({**train, "phases": TWO_PHASES})
     assert (head["lr"], head["warmup_iters"], head["losses"]) == (5e-3, 5, ["cls"])
     assert (everything["lr"], everything["trainable"], everything["losses"]) == (1e-3, None, None)
     assert counts("loss_cls", head) and not counts("loss_box", head) and counts("loss_box", everything)
     with pytest.raises(ValueError, match="unknown keys"):
         resolve_phases({**train, "phases": [{"name": "x", "epochs": 1, "lr_decay_typo": 1}]})
+    # a phase the model fits itself (R-CNN's SVMs); a kind the loop does not know is an error
+    (fit,) = resolve_phases({**train, "phases": [{"name": "svm", "epochs": 1, "kind": "fit"}]})
+    assert fit["kind"] == "fit" and phase["kind"] == "sgd"
+    with pytest.raises(ValueError, match="unknown kind 'lbfgs'"):
+        resolve_phases({**train, "phases": [{"name": "x", "epochs": 1, "kind": "lbfgs"}]})
 
 
 def test_apply_phase_sets_exactly_what_trains():
@@ -42,6 +47,9 @@ def test_apply_phase_sets_exactly_what_trains():
     message = r"'hed' names no parameters of the model; did you mean 'head'\? \(at that depth: backbone, head\)"
     with pytest.raises(ValueError, match=message):
         apply_phase(model, {"name": "p", "trainable": ["hed"]})
+    with pytest.raises(ComponentError, match="fits no phase itself") as info:  # RetinaNet has no fit_phase
+        check_phase_parts({"name": "retinanet"}, [{"name": "p", "epochs": 1, "kind": "fit"}])
+    assert info.value.loc == ("train", "phases", 0, "kind")
 
 
 def test_two_phases_freeze_what_they_say_and_count_their_losses(tmp_path):

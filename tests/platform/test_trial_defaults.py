@@ -29,8 +29,8 @@ def test_make_trial_overrides():
     assert t["detector"] == {"name": "dense", "scale": "tiny", "params": {"box": "dirac"}}
     assert t["loss"] == {"name": "qfl", "params": {}}  # focal's gamma and alpha mean nothing to qfl
     assert t["train"]["epochs"] == 2 and t["train"]["lr"] == 1e-3
-    assert t["eval"]["speed"] == {"enabled": False, "latency_images": 50, "warmup": 10,
-                                  "throughput_batch": 8, "throughput_batches": 5}
+    assert t["eval"]["speed"] == {"enabled": False, "isolated": True, "latency_images": 50, "warmup": 10,
+                                  "throughput_batch": 8, "throughput_batches": 5, "repeats": 5, "train_steps": 5}
     assert t["trial_key"] == "v/seed=3"
     again = make_trial(PATHS, "/tmp/t")
     assert again["loss"]["params"] == {"gamma": 2.0, "alpha": 0.25}  # the defaults were not modified

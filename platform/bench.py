@@ -1,0 +1,365 @@
+"""``python -m platform.bench``: side-by-side measurements of detbench's speed, repeated, with median and spread.
+
+    python -m platform.bench --quick            # about 5-10 minutes on 2 cores
+    python -m platform.bench                    # longer trials, more repeats
+    python -m platform.bench --only retinanet evaluation
+
+Every figure is measured beside its reference in the same run (interleaved where
+it can be), repeated, and reported as median and spread (max - min), so a ratio
+holds even on a machine others are using; the machine (CPU, cores, GPU, torch,
+the load average before and after) is written with the figures. Output:
+``<out>/bench.json`` (everything, raw repeats included) and ``<out>/bench.md``
+(the tables), default ``runs/bench/``.
+
+sections (targets from issue 11):
+  retinanet      training img/s of our RetinaNet / torchvision's on the same backbone, anchors, head, image
+                 size, batch and 1 thread (target >= 1.0; from CPU time, see detectors.benchmarks), and the
+                 step's parts: assignment, loss forward + backward, post-processing
+  orchestration  the same trials through `platform.run` (Ray Tune, MLflow, store, speed phase, report)
+                 against a plain loop calling detectors.train.run_trial: wall-time ratio (target <= 1.05 for
+                 trials of a minute or more)
+  concurrency    4 one-CPU trials one at a time against two at a time (plain processes): speedup (target >= 1.8)
+  evaluation     pycocotools against faster-coco-eval on 500 and 5000 images of detections (same numbers?
+                 how much faster?), and the image bootstrap's resample: COCOeval's accumulate against ours
+  zoo            every registered detector at tiny scale: params, FLOPs, latency, throughput (1 thread)
+  memory         a Ray worker's resident memory as it loads what a trial needs, and after a tiny trial
+                 (target <= 1.5 GB)
+  data           on the headline study's set (800 training images): an epoch of batches with / without the
+                 decoded-image cache and with 0 / 2 DataLoader workers; training steps with 0 / 2 workers
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTIONS = ("retinanet", "orchestration", "concurrency", "evaluation", "zoo", "memory", "data")
+
+# quick / full sizes of everything that costs time
+SIZES = {
+    "quick": dict(rounds=8, steps=4, profile_repeats=10, trials=2, train_images=200, epochs=2, conc_trials=4,
+                  conc_train_images=160, conc_epochs=2, eval_images=(500, 5000), eval_repeats=(3, 1), zoo_images=10,
+                  data_steps=10, bootstrap_resamples=20, data_set={"num_train": 800, "num_val": 150}),
+    "full": dict(rounds=20, steps=5, profile_repeats=30, trials=3, train_images=800, epochs=6, conc_trials=4,
+                 conc_train_images=400, conc_epochs=3, eval_images=(500, 5000), eval_repeats=(5, 3), zoo_images=30,
+                 data_steps=30, bootstrap_resamples=50, data_set={"num_train": 800, "num_val": 150}),
+    # --smoke: that the command runs (the tests); its numbers mean nothing
+    "smoke": dict(rounds=2, steps=1, profile_repeats=2, trials=1, train_images=16, epochs=1, conc_trials=2,
+                  conc_train_images=16, conc_epochs=1, eval_images=(20, 40), eval_repeats=(1, 1), zoo_images=2,
+                  data_steps=2, bootstrap_resamples=2, data_set={"num_train": 16, "num_val": 8}),
+}
+
+
+def median_spread(values: List[float]) -> Dict[str, float]:
+    return {"median": statistics.median(values), "spread": max(values) - min(values), "n": len(values)}
+
+
+def fmt(ms: Dict[str, float], digits: int = 2) -> str:
+    """"12.3 ± 0.4 (n=8)": the median and half the spread."""
+    return f"{ms['median']:.{digits}f} ± {ms['spread'] / 2:.{digits}f} (n={ms['n']})"
+
+
+def _run(cmd: List[str], cwd: str = REPO_ROOT, env: Optional[dict] = None) -> float:
+    """Wall seconds of a subprocess that must succeed."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------ sections
+
+def bench_retinanet(paths: dict, size: dict) -> Dict[str, Any]:
+    from detectors.benchmarks import ours_vs_torchvision, step_profile
+
+    raw = ours_vs_torchvision(paths, steps=size["steps"], repeats=size["rounds"])
+    out: Dict[str, Any] = {"raw": raw}
+    for clock in ("cpu", "wall"):
+        ratios = [a / b for a, b in zip(raw[f"ours_{clock}"], raw[f"torchvision_{clock}"])]
+        out[clock] = {"ours_img_s": median_spread(raw[f"ours_{clock}"]),
+                      "torchvision_img_s": median_spread(raw[f"torchvision_{clock}"]), "ratio": median_spread(ratios)}
+    prof = step_profile(paths, repeats=size["profile_repeats"])
+    out["profile_ms"] = {k: median_spread(v) for k, v in prof.items()}
+    return out
+
+
+def _study_file(root: str, name: str, train_images: int, epochs: int, seeds: List[int], cache: str) -> str:
+    import yaml
+
+    study = {"name": name, "dataset": {"kind": "synthetic", "synthetic": {"num_train": train_images, "num_val": 50},
+                                       "cache_dir": cache},
+             "detector": {"name": "retinanet", "scale": "tiny"}, "loss": {"name": "focal"},
+             "train": {"epochs": epochs, "batch_size": 8, "lr": 2.0e-3, "warmup_iters": 20},
+             "eval": {"speed": {"latency_images": 20, "warmup": 5, "repeats": 3}},
+             "sweep": {"seeds": seeds}, "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
+             "output": {"runs_dir": os.path.join(root, "runs"), "reports_dir": os.path.join(root, "reports")}}
+    path = os.path.join(root, f"{name}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(study, f)
+    return path
+
+
+def _trial_files(study_path: str, root: str, speed_phase: bool = False) -> List[str]:
+    """The study's trials as JSON files for ``python -m detectors.train`` / the plain loop."""
+    from platform.expand import expand
+    from platform.orchestrate import prepare_dataset
+    from platform.study import load_study
+
+    trials = prepare_dataset(expand(load_study(study_path)))
+    files = []
+    for i, t in enumerate(trials):
+        t = dict(t, trial_dir=os.path.join(root, "plain", f"t{i}"), speed_phase=speed_phase)
+        path = os.path.join(root, f"trial{i}.json")
+        with open(path, "w") as f:
+            json.dump(t, f)
+        files.append(path)
+    return files
+
+
+PLAIN_LOOP = """
+import json, sys
+from detectors.train import run_trial
+for path in sys.argv[1:]:
+    with open(path) as f:
+        run_trial(json.load(f))
+"""
+
+
+def bench_orchestration(size: dict, cache: str) -> Dict[str, Any]:
+    seeds = list(range(size["trials"]))
+    with tempfile.TemporaryDirectory(prefix="detbench-orch-") as root:
+        study = _study_file(root, "bench_orchestration", size["train_images"], size["epochs"], seeds, cache)
+        # The plain loop measures each trial's speed itself, as trials did before the speed phase.
+        files = _trial_files(study, root)
+        plain = _run([sys.executable, "-c", PLAIN_LOOP, *files])
+        platform = _run([sys.executable, "-m", "platform.run", study, "--max-concurrent", "1"],
+                        env={"PYTHONUNBUFFERED": "1"})
+        cached = _run([sys.executable, "-m", "platform.run", study])
+    overhead = platform - plain
+    minute = [1.0 + overhead / (n * 60.0) for n in (1, 5, 10)]
+    return {"trials": len(seeds), "plain_loop_s": plain, "platform_run_s": platform, "ratio": platform / plain,
+            "overhead_s": overhead, "per_trial_s": plain / len(seeds),
+            "ratio_if_trials_took_60s": {"1 trial": minute[0], "5 trials": minute[1], "10 trials": minute[2]},
+            "cached_rerun_s": cached}
+
+
+def bench_concurrency(size: dict, cache: str) -> Dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = list(range(size["conc_trials"]))
+    with tempfile.TemporaryDirectory(prefix="detbench-conc-") as root:
+        study = _study_file(root, "bench_concurrency", size["conc_train_images"], size["conc_epochs"], seeds, cache)
+        files = _trial_files(study, root, speed_phase=True)  # the trials of a study leave timing to the phase
+
+        def one(path: str) -> float:
+            return _run([sys.executable, "-m", "detectors.train", path], env={"OMP_NUM_THREADS": "1"})
+
+        t0 = time.perf_counter()
+        sequential = [one(p) for p in files]
+        seq_wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            parallel = list(pool.map(one, files))
+        par_wall = time.perf_counter() - t0
+    return {"trials": len(files), "one_at_a_time_s": seq_wall, "two_at_a_time_s": par_wall,
+            "speedup": seq_wall / par_wall, "trial_s_alone": median_spread(sequential),
+            "trial_s_two_at_a_time": median_spread(parallel)}
+
+
+def bench_evaluation(size: dict) -> Dict[str, Any]:
+    from detectors.benchmarks import eval_backends
+
+    out: Dict[str, Any] = {}
+    for n, repeats in zip(size["eval_images"], size["eval_repeats"]):
+        r = eval_backends(n, repeats)
+        r["pycocotools_s"], r["faster_s"] = median_spread(r["pycocotools_s"]), median_spread(r["faster_s"])
+        r["speedup"] = r["pycocotools_s"]["median"] / r["faster_s"]["median"]
+        out[f"{n}_images"] = r
+    out["bootstrap"] = bench_bootstrap(size["bootstrap_resamples"])
+    return out
+
+
+def bench_bootstrap(resamples: int, images: int = 150) -> Dict[str, Any]:
+    """One detection set on ``images`` images: ms per resample with COCOeval's accumulate and with ours."""
+    import numpy as np
+
+    from dashboards import stats
+    from detectors.benchmarks import measured, synthetic_detections
+    from detectors.cocotools import coco_ground_truth
+
+    gt, dets = synthetic_detections(images, seed=1)
+    coco = coco_ground_truth(gt)
+    ids = sorted(coco.getImgIds())
+    ev = stats._evaluated(coco, dets, ids)
+    records = stats.ImageRecords(ev)
+    rng = np.random.default_rng(0)
+    old, new, same = [], [], True
+    for _ in range(resamples):
+        idx = rng.integers(0, len(ids), len(ids))
+        a, ta = measured(stats._accumulate_on, ev, idx)
+        b, tb = measured(records.ap, idx)
+        old.append(ta["cpu"] * 1000)
+        new.append(tb["cpu"] * 1000)
+        same = same and a == b
+    return {"images": images, "cocoeval_accumulate_ms": median_spread(old), "numpy_ms": median_spread(new),
+            "speedup": statistics.median(old) / statistics.median(new), "identical_ap": same}
+
+
+def bench_zoo(paths: dict, size: dict) -> List[Dict[str, Any]]:
+    from detectors.benchmarks import detector_zoo
+
+    return detector_zoo(paths, latency_images=size["zoo_images"], warmup=3, repeats=3)
+
+
+def bench_memory(paths: dict) -> Dict[str, Any]:
+    import ray
+
+    from detectors.benchmarks import worker_memory
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False, logging_level=logging.ERROR)
+    try:
+        return ray.get(ray.remote(worker_memory).options(num_cpus=1).remote(paths))
+    finally:
+        ray.shutdown()
+
+
+def bench_data(paths: dict, size: dict) -> Dict[str, Any]:
+    from detectors.benchmarks import data_path
+
+    return data_path(paths, steps=size["data_steps"])
+
+
+# ------------------------------------------------------------------ report
+
+def markdown(result: Dict[str, Any]) -> str:
+    """The tables of a result (what the README's performance section quotes)."""
+    hw, lines = result["machine"], []
+    lines.append(f"# platform.bench ({result['mode']}), {result['started']}\n")
+    lines.append(f"Machine: {hw.get('cpu')}, {hw.get('cpu_cores')} cores"
+                 + (f", {hw['gpu']}" if hw.get("gpu") else "") + f"; torch {hw.get('torch')}, Python "
+                 f"{hw.get('python')}; 1-minute load average {result['load_before']:.2f} before, "
+                 f"{result['load_after']:.2f} after (2.0 on 2 cores = fully busy). Median ± half the spread "
+                 f"(max - min) over n repeats.\n")
+    s = result["sections"]
+    if "retinanet" in s:
+        r = s["retinanet"]
+        lines += ["## Ours vs torchvision RetinaNet (training, tiny, 4 head convs, batch 8, 1 thread)\n",
+                  "| clock | ours img/s | torchvision img/s | ratio ours / torchvision (target >= 1.0) |",
+                  "|---|---|---|---|"]
+        for clock in ("cpu", "wall"):
+            c = r[clock]
+            lines.append(f"| {clock} | {fmt(c['ours_img_s'], 1)} | {fmt(c['torchvision_img_s'], 1)} | "
+                         f"{fmt(c['ratio'], 3)} |")
+        p = r["profile_ms"]
+        lines += ["\nStep parts, ms of CPU time (same head outputs):\n", "| part | ours | torchvision |",
+                  "|---|---|---|"]
+        for part in ("assign", "loss", "postprocess"):
+            lines.append(f"| {part} | {fmt(p[part + '_ours'])} | {fmt(p[part + '_torchvision'])} |")
+    if "orchestration" in s:
+        o = s["orchestration"]
+        m = o["ratio_if_trials_took_60s"]
+        lines += [f"\n## Orchestration overhead ({o['trials']} trials one at a time, ~{o['per_trial_s']:.0f} s each)\n",
+                  "| plain loop s | platform.run s | ratio (target <= 1.05 for minute-long trials) | overhead s | "
+                  "ratio at 60 s trials: 1 / 5 / 10 trials | cached re-run s (target <= 3) |",
+                  "|---|---|---|---|---|---|",
+                  f"| {o['plain_loop_s']:.1f} | {o['platform_run_s']:.1f} | {o['ratio']:.3f} | {o['overhead_s']:.1f} | "
+                  f"{m['1 trial']:.3f} / {m['5 trials']:.3f} / {m['10 trials']:.3f} | {o['cached_rerun_s']:.2f} |"]
+    if "concurrency" in s:
+        c = s["concurrency"]
+        lines += [f"\n## Concurrency ({c['trials']} one-CPU trials)\n",
+                  "| one at a time s | two at a time s | speedup (target >= 1.8) | a trial alone s "
+                  "| a trial beside another s |",
+                  "|---|---|---|---|---|",
+                  f"| {c['one_at_a_time_s']:.1f} | {c['two_at_a_time_s']:.1f} | {c['speedup']:.2f} | "
+                  f"{fmt(c['trial_s_alone'], 1)} | {fmt(c['trial_s_two_at_a_time'], 1)} |"]
+    if "evaluation" in s:
+        e = s["evaluation"]
+        lines += ["\n## Evaluation: pycocotools vs faster-coco-eval (bbox, generated detections)\n",
+                  "| images | detections | pycocotools s | faster-coco-eval s | speedup | same to 1e-6 "
+                  "| max abs difference |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in [e[k] for k in e if k.endswith("_images")]:
+            lines.append(f"| {r['images']} | {r['detections']} | {fmt(r['pycocotools_s'])} | {fmt(r['faster_s'])} | "
+                         f"{r['speedup']:.1f}x | {r['same_metrics']} | {r['max_abs_difference']:.1e} |")
+        b = e["bootstrap"]
+        lines.append(f"\nImage bootstrap, one resample of {b['images']} images: COCOeval accumulate "
+                     f"{fmt(b['cocoeval_accumulate_ms'])} ms, ours {fmt(b['numpy_ms'])} ms ({b['speedup']:.1f}x, "
+                     f"identical AP: {b['identical_ap']}).")
+    if "zoo" in s:
+        lines += ["\n## Every registered detector (tiny, untrained, 1 thread)\n",
+                  "| detector | params M | GFLOPs/img | latency p50 ms | p95 ms | throughput img/s (batch 8) |",
+                  "|---|---|---|---|---|---|"]
+        for r in s["zoo"]:
+            lines.append(f"| {r['detector']} | {r['params'] / 1e6:.3f} | {r['gflops']:.3f} | "
+                         f"{r['latency_ms_p50']:.1f} | "
+                         f"{r['latency_ms_p95']:.1f} | {r['throughput_img_s']:.1f} |")
+    if "memory" in s:
+        m = s["memory"]
+        lines += ["\n## Memory of a Ray worker running a tiny trial (target: peak <= 1.5 GB)\n",
+                  "| step | RSS MiB | of which shared-library pages MiB | peak MiB |", "|---|---|---|---|"]
+        for step, r in m["steps"].items():
+            lines.append(f"| {step} | {r.get('VmRSS', float('nan')):.0f} | {r.get('RssFile', float('nan')):.0f} | "
+                         f"{r['peak']:.0f} |")
+        lines.append(f"\ntorch._dynamo loaded (by torchvision.ops): {m['torch_dynamo']}.")
+    if "data" in s:
+        d = s["data"]
+        lines += ["\n## Data path\n", "| what | wall s |", "|---|---|"]
+        for k, v in d.items():
+            lines.append(f"| {k} | {v['wall']:.3f}" + (f" ({v['img_s']:.1f} img/s)" if "img_s" in v else "") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m platform.bench", description=__doc__.splitlines()[0],
+                                 epilog="\n".join(__doc__.splitlines()[11:]),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller trials and fewer repeats (5-10 minutes on 2 cores)")
+    ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests: tiny sizes
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help=f"some of: {', '.join(SECTIONS)}")
+    ap.add_argument("--out", default=os.path.join("runs", "bench"), help="where bench.json and bench.md go")
+    args = ap.parse_args(argv)
+
+    from detectors.data.synthetic import generate
+    from detectors.speed_phase import hardware
+
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    size = SIZES[mode]
+    result: Dict[str, Any] = {"mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": hardware(),
+                              "load_before": os.getloadavg()[0], "sections": {}, "seconds": {}}
+    cache = os.path.abspath(os.path.join("runs", "datasets"))
+    paths = generate({"num_train": 64, "num_val": 32}, cache)
+    jobs: Dict[str, Callable[[], Any]] = {
+        "retinanet": lambda: bench_retinanet(paths, size), "orchestration": lambda: bench_orchestration(size, cache),
+        "concurrency": lambda: bench_concurrency(size, cache), "evaluation": lambda: bench_evaluation(size),
+        "zoo": lambda: bench_zoo(paths, size), "memory": lambda: bench_memory(paths),
+        "data": lambda: bench_data(generate(size["data_set"], cache), size)}
+    for name in args.only or SECTIONS:
+        t0 = time.perf_counter()
+        print(f"bench: {name} ...", flush=True)
+        result["sections"][name] = jobs[name]()
+        result["seconds"][name] = round(time.perf_counter() - t0, 1)
+        print(f"bench: {name} done in {result['seconds'][name]:.0f}s", flush=True)
+    result["load_after"] = os.getloadavg()[0]
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    text = markdown(result)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(text)
+    print(text)
+    print(f"written: {os.path.join(args.out, 'bench.json')}, {os.path.join(args.out, 'bench.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
