@@ -26,6 +26,7 @@ every image inside :meth:`SelectiveSearch.uncached` (honest timing).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -39,7 +40,23 @@ from torch import Tensor
 __all__ = ["selective_search", "dataset_identity", "cache_key", "SelectiveSearch"]
 
 # Bump when the computation changes what given settings produce, so stale caches are not reused.
-SEGMENTATION_VERSION = 1
+# 2: the pseudo-random ranking is seeded per image (``_seed_ranking``).
+SEGMENTATION_VERSION = 2
+_LIBC = None
+
+
+def _seed_ranking(seed: int = 0) -> None:
+    """Selective search ranks its regions by hierarchy level times a pseudo-random number (the
+    paper's ranking); OpenCV draws it with the C library's ``rand()``, whose state is the whole
+    process's. Seeding it before each image makes an image's ranking (and so which proposals
+    ``max_proposals`` keeps, and the order a sampler sees) the same whatever the process
+    segmented before: a trial that computes the proposals and one that reads them agree."""
+    global _LIBC
+    try:
+        _LIBC = _LIBC or ctypes.CDLL(None)
+        _LIBC.srand(seed)
+    except (OSError, AttributeError):  # no C library handle (not POSIX): the order may vary by process
+        pass
 
 
 def selective_search(image: Tensor, *, mode: str = "fast", base_k: int = 150, inc_k: int = 150,
@@ -53,7 +70,8 @@ def selective_search(image: Tensor, *, mode: str = "fast", base_k: int = 150, in
         min_size: boxes with a side below this many pixels are dropped.
     Returns:
         float32 ``[N, 4]`` xyxy pixels (pixel-edge coordinates: a box covering
-        columns 3..7 spans x in [3, 8)), duplicates removed.
+        columns 3..7 spans x in [3, 8)), duplicates removed; the same boxes in the
+        same order on every call for the same image.
     """
     import cv2  # opencv-contrib-python(-headless); imported here so the rest of detectors never needs it
 
@@ -67,6 +85,7 @@ def selective_search(image: Tensor, *, mode: str = "fast", base_k: int = 150, in
         ss.switchToSelectiveSearchQuality(base_k, inc_k, sigma)
     else:
         raise ValueError(f"unknown selective search mode '{mode}' (known: fast, quality)")
+    _seed_ranking()
     rects = ss.process().reshape(-1, 4).astype(np.float32)  # x, y, w, h
     keep = (rects[:, 2] >= min_size) & (rects[:, 3] >= min_size)
     rects = rects[keep]

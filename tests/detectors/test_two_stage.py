@@ -76,6 +76,16 @@ def test_rcnn_fits_its_svms_in_a_phase_of_its_own(data, tmp_path):
     assert after_svm["svm.weight"].abs().sum() > 0
 
 
+def test_selective_search_ranks_an_image_the_same_whatever_ran_before(data):
+    ds = CocoDetection(data["val_images"], data["val_annotations"])
+    first, other = ds.load_image(ds.image_ids[0]), ds.load_image(ds.image_ids[1])
+    a = proposals_module.selective_search(first)
+    proposals_module.selective_search(other)  # advances the C library's rand() state, as another image would
+    b = proposals_module.selective_search(first)
+    assert len(a) > 0 and torch.equal(a, b)
+    assert (a[:, 2] > a[:, 0]).all() and (a[:, 3] > a[:, 1]).all() and a.max() <= 128
+
+
 def test_proposals_are_cached_and_a_second_trial_computes_none(tmp_path, monkeypatch):
     data = generate({"num_train": 6, "num_val": 2, "seed": 7}, str(tmp_path / "data"))
     calls = []
