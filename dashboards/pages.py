@@ -251,10 +251,9 @@ def build_speed(ctx: PageContext) -> str:
         note = ("<p class=note>Latency, throughput and <i>train img/s alone</i> are the isolated measurement of "
                 "each variant's speed configuration (next section), shared by every trial of that configuration, "
                 "so they carry no interval over seeds. <i>train img/s</i> is each trial's own training throughput "
-                "and <i>peak RSS</i> its worker's peak resident set size (a worker runs trial after trial, so it is "
-                "the peak up to that trial), both taken while trials ran side by side (compare with care). FLOPs "
-                "from torch.utils.flop_counter. Pareto: on the frontier of the variant means (lower latency p50, "
-                "higher AP)." + skipped_note + "</p>")
+                "and <i>peak RSS</i> its worker's peak resident set size, both taken while trials ran side by side "
+                "(compare with care). FLOPs from torch.utils.flop_counter. Pareto: on the frontier of the variant "
+                "means (lower latency p50, higher AP)." + skipped_note + "</p>")
     else:
         note = (f"<p class=note>Measured by each worker on its own CPU share "
                 f"({esc(', '.join(fmt_value(t) for t in threads) or '?')} thread(s)); latency is per image at "
