@@ -21,7 +21,9 @@ it exits, but ``kill -9`` leaves some of it (the dashboard and runtime-env
 agents, seen alive 15 s later). :func:`record_local_ray` writes down the
 processes of the local Ray a driver started; the next run of the study stops
 those still alive before it starts its own (:func:`stop_stale_local_ray`).
-Linux only (``/proc``); elsewhere both do nothing.
+Linux only (``/proc``); elsewhere both do nothing. Likewise :func:`claim_study`
+keeps a second driver of the same study off while the first one lives (it would
+take the first one's RUNNING parent run for a killed one's).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import json
 import math
 import os
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +39,7 @@ from typing import Dict, List, Optional, Tuple
 
 TRIAL_PROCESS_CPUS = 0.5
 LOCAL_RAY_FILE = "local_ray.json"
+DRIVER_FILE = "driver.json"
 
 
 # --------------------------------------------------------------------------- resources
@@ -122,6 +126,34 @@ def _descendants(pid: int) -> List[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def claim_study(run_dir: str) -> Optional[str]:
+    """Record this process as the study's driver; if a live driver on this machine already
+    holds it, leave it and return a line saying so. A record whose driver is gone (killed)
+    is taken over. (Drivers on other machines are not seen: one driver per study at a time.)"""
+    path = os.path.join(run_dir, DRIVER_FILE)
+    try:
+        with open(path) as f:
+            other = json.load(f)
+    except (OSError, ValueError):
+        other = None
+    if other and other.get("host") == socket.gethostname() and other.get("pid") != os.getpid() \
+            and _start_time(other["pid"]) == other.get("start") and os.path.isdir("/proc"):
+        return (f"another run of this study is in progress (pid {other['pid']}, started "
+                f"{time.strftime('%H:%M:%S', time.localtime(other.get('since', 0)))}); wait for it, or stop it")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()),
+                   "since": time.time()}, f)
+    os.replace(path + ".tmp", path)
+    return None
+
+
+def release_study(run_dir: str) -> None:
+    try:
+        os.remove(os.path.join(run_dir, DRIVER_FILE))
+    except OSError:
+        pass
 
 
 def record_local_ray(run_dir: str) -> None:

@@ -185,7 +185,23 @@ def _services(study) -> str | None:
 
 
 def run_study(study, trials: List[dict], args) -> int:
-    """Run what is not cached, then summarise and build the report. Returns the exit code."""
+    """Run what is not cached, then summarise and build the report. Returns the exit code.
+    One driver per study at a time (``platform.cluster.claim_study``)."""
+    from platform.cluster import claim_study, release_study
+
+    run_dir = os.path.join(study.output.runs_dir, study.name)
+    os.makedirs(run_dir, exist_ok=True)
+    busy = claim_study(run_dir)
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
+    try:
+        return _run_study(study, trials, args)
+    finally:
+        release_study(run_dir)
+
+
+def _run_study(study, trials: List[dict], args) -> int:
     from platform.reconcile import note_pending_parent, prune_checkpoints, reconcile
     from platform.store import Store
     from platform.summary import print_summary, write_report

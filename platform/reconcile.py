@@ -16,15 +16,19 @@ only). The next run of the study, before it starts anything:
   is missing, not FINISHED, or incomplete (no ``duration_s``, the last metric
   a finished trial logs): params and dataset for a new run, the epoch and final
   metrics MLflow lacks (by name and step, so nothing is doubled), artifacts
-  from the trial's ``final`` directory, the store's start and end times.
+  from the trial's ``final`` directory, the store's start and end times; and
+  logs, for any finished trial, final metrics whose latest value in MLflow is
+  missing or not the store's (speed figures measured after the trials by a run
+  whose MLflow was cut off).
 
 One driver per study at a time: a RUNNING parent is taken for a dead one.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 from platform.callbacks import ARTIFACTS
 from platform.tracking import HASH_TAG, PARENT_TAG, StudyTracker
@@ -75,13 +79,22 @@ def _read(path: str) -> Dict[str, str]:
         return {}
 
 
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
 def reconcile(tracker: StudyTracker, store, study_name: str, run_dir: str) -> Dict[str, int]:
     """Repair MLflow from the store (see the module docstring). Returns counts of what it did:
     ``parents`` ended, ``children`` marked KILLED, ``repaired`` trials' runs completed."""
     client, exp = tracker.client, tracker.experiment_id
     pending_path = os.path.join(run_dir, PENDING_FILE)
     pending = _read(pending_path)
-    finished = {t["config_hash"]: t for t in store.trials(study_name) if t["status"] == "finished"}
+    trials = store.trials(study_name)
+    finished = {t["config_hash"]: t for t in trials if t["status"] == "finished"}
+    hash_of = {t["trial_key"]: t["config_hash"] for t in trials}
+    final: Dict[str, Dict[str, float]] = {}  # config hash -> the store's final metrics
+    for row in store.final_metrics(study_name):
+        final.setdefault(hash_of[row["trial_key"]], {})[row["name"]] = row["value"]
     counts = {"parents": 0, "children": 0, "repaired": 0}
     latest = {}
     for run in client.search_runs([exp], max_results=50000, order_by=["attributes.start_time ASC"]):
@@ -100,29 +113,37 @@ def reconcile(tracker: StudyTracker, store, study_name: str, run_dir: str) -> Di
         os.remove(pending_path)
     for config_hash, trial in finished.items():
         run = latest.get(config_hash)
-        if run is not None and run.info.status == "FINISHED" and "duration_s" in run.data.metrics:
+        ended = run is not None and run.info.status == "FINISHED" and "duration_s" in run.data.metrics
+        # final metrics the store has and MLflow lacks or holds otherwise (speed figures measured
+        # after the trial, by a run whose MLflow was cut off, are one case)
+        stale = {k: v for k, v in final.get(config_hash, {}).items()
+                 if run is None or not _same(run.data.metrics.get(k.replace("@", "_"), math.nan), v)}
+        if ended and not stale:
             continue
-        _repair(tracker, store, study_name, trial, run.info.run_id if run is not None else None)
+        _repair(tracker, store, study_name, trial, run, stale, ended)
         counts["repaired"] += 1
     return counts
 
 
-def _repair(tracker: StudyTracker, store, study_name: str, trial: dict, run_id: Optional[str]) -> None:
+def _repair(tracker: StudyTracker, store, study_name: str, trial: dict, run, stale: Dict[str, float],
+            ended: bool) -> None:
+    """Complete one finished trial's MLflow run (``run``; None: make it) from the store:
+    ``stale`` final metrics; for a run that never ended, its epochs, artifacts and end too."""
     client, spec = tracker.client, trial["config"]
-    if run_id is None:
+    if run is None:
         # Under the parent of the invocation that ran it, as the run it would have had.
         tracker.parent_run_id = (next((s for s in store.studies() if s["name"] == study_name), {})
                                  .get("last_parent_run_id"))
         run_id = tracker.start_child(spec, reuse=False, start_time=trial["started_at"].timestamp())
         tracker.parent_run_id = None
         store.set_mlflow_run_id(study_name, trial["config_hash"], run_id)
-    run = client.get_run(run_id)
+    else:
+        run_id = run.info.run_id
+    if stale:
+        tracker.log_metrics(run_id, stale, int(stale.get("step", 0) or 0))
+    if ended:
+        return
     _log_missing(tracker, run_id, store.trial_epochs(study_name, trial["config_hash"]))
-    final = store.trial_final(study_name, trial["config_hash"])
-    last_step = int(final.get("step", 0))
-    missing = {k: v for k, v in final.items() if k.replace("@", "_") not in run.data.metrics}
-    if missing:
-        tracker.log_metrics(run_id, missing, last_step)
     if not client.list_artifacts(run_id):
         final_dir = os.path.join(spec["trial_dir"], "final")
         tracker.log_dict(run_id, spec, "resolved_config.json")

@@ -83,3 +83,20 @@ def test_checkpoints_the_store_never_recorded_are_pruned(tmp_path):
     os.makedirs(tmp_path / "t" / "final")
     prune_checkpoints(store, "s", [trial], force=True)  # --force: from scratch
     assert os.listdir(tmp_path / "t" / "checkpoints") == [] and not (tmp_path / "t" / "final").exists()
+
+
+def test_one_driver_per_study_at_a_time(tmp_path):
+    from platform.cluster import DRIVER_FILE, claim_study, release_study
+
+    assert claim_study(str(tmp_path)) is None  # this process holds it
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = json.loads((tmp_path / DRIVER_FILE).read_text())
+        (tmp_path / DRIVER_FILE).write_text(json.dumps(dict(record, pid=other.pid, start=_start_time(other.pid))))
+        assert "another run of this study is in progress (pid %d" % other.pid in claim_study(str(tmp_path))
+    finally:
+        other.kill()
+        other.wait()
+    assert claim_study(str(tmp_path)) is None  # its driver is gone (killed): taken over
+    release_study(str(tmp_path))
+    assert not (tmp_path / DRIVER_FILE).exists()
