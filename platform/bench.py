@@ -16,8 +16,9 @@ sections (targets from issue 11):
                  size, batch and 1 thread (target >= 1.0; from CPU time, see detectors.benchmarks), and the
                  step's parts: assignment, loss forward + backward, post-processing
   orchestration  the same trials through `platform.run` (Ray Tune, MLflow, store, speed phase, report)
-                 against a plain loop calling detectors.train.run_trial: wall-time ratio (target <= 1.05 for
-                 trials of a minute or more)
+                 against a plain loop calling detectors.train.run_trial, with 1 and with more trials: the
+                 overhead per study and per trial, and the wall-time ratio they give for minute-long trials
+                 (target <= 1.05 for trials of a minute or more)
   concurrency    4 one-CPU trials one at a time against two at a time (plain processes): speedup (target >= 1.8)
   evaluation     pycocotools against faster-coco-eval on 500 and 5000 images of detections (same numbers?
                  how much faster?), and the image bootstrap's resample: COCOeval's accumulate against ours
@@ -135,21 +136,40 @@ for path in sys.argv[1:]:
 
 
 def bench_orchestration(size: dict, cache: str) -> Dict[str, Any]:
-    seeds = list(range(size["trials"]))
-    with tempfile.TemporaryDirectory(prefix="detbench-orch-") as root:
-        study = _study_file(root, "bench_orchestration", size["train_images"], size["epochs"], seeds, cache)
-        # The plain loop measures each trial's speed itself, as trials did before the speed phase.
-        files = _trial_files(study, root)
-        plain = _run([sys.executable, "-c", PLAIN_LOOP, *files])
-        platform = _run([sys.executable, "-m", "platform.run", study, "--max-concurrent", "1"],
-                        env={"PYTHONUNBUFFERED": "1"})
-        cached = _run([sys.executable, "-m", "platform.run", study])
-    overhead = platform - plain
-    minute = [1.0 + overhead / (n * 60.0) for n in (1, 5, 10)]
-    return {"trials": len(seeds), "plain_loop_s": plain, "platform_run_s": platform, "ratio": platform / plain,
-            "overhead_s": overhead, "per_trial_s": plain / len(seeds),
-            "ratio_if_trials_took_60s": {"1 trial": minute[0], "5 trials": minute[1], "10 trials": minute[2]},
-            "cached_rerun_s": cached}
+    """The same trials through ``platform.run`` and through a plain loop over ``run_trial``, with 1 and with
+    ``trials + 1`` trials, so the overhead splits into a fixed part (Ray start, MLflow's parent run, the speed
+    phase, the report, shutdown) and a part per trial (a fresh Tune worker, its imports, its MLflow run)."""
+    counts = (1, size["trials"] + 1)
+    runs: Dict[int, Dict[str, float]] = {}
+    cached = float("nan")
+    for n in counts:
+        with tempfile.TemporaryDirectory(prefix="detbench-orch-") as root:
+            study = _study_file(root, "bench_orchestration", size["train_images"], size["epochs"], list(range(n)),
+                                cache)
+            # The plain loop measures each trial's speed itself, as trials did before the speed phase.
+            files = _trial_files(study, root)
+            plain = _run([sys.executable, "-c", PLAIN_LOOP, *files])
+            platform = _run([sys.executable, "-m", "platform.run", study, "--max-concurrent", "1"],
+                            env={"PYTHONUNBUFFERED": "1"})
+            if n == counts[-1]:
+                cached = _run([sys.executable, "-m", "platform.run", study])
+        runs[n] = {"plain_loop_s": plain, "platform_run_s": platform, "overhead_s": platform - plain}
+    return dict(split_overhead(runs), cached_rerun_s=cached)
+
+
+def split_overhead(runs: Dict[int, Dict[str, float]]) -> Dict[str, Any]:
+    """Overheads of two trial counts -> the fixed and per-trial parts, and the ratio they give for trials of
+    60 and 100 s (the headline study's) run one at a time."""
+    few, many = sorted(runs)
+    per_trial = max(0.0, (runs[many]["overhead_s"] - runs[few]["overhead_s"]) / (many - few))
+    fixed = runs[few]["overhead_s"] - few * per_trial
+    projected = {f"{secs} s x {n}": 1.0 + (fixed + n * per_trial) / (n * secs)
+                 for secs in (60, 100) for n in (1, 5, 10, 15)}
+    return {"trials": many, "runs": {str(n): runs[n] for n in sorted(runs)},
+            "plain_loop_s": runs[many]["plain_loop_s"], "platform_run_s": runs[many]["platform_run_s"],
+            "ratio": runs[many]["platform_run_s"] / runs[many]["plain_loop_s"],
+            "overhead_s": runs[many]["overhead_s"], "per_trial_s": runs[many]["plain_loop_s"] / many,
+            "fixed_overhead_s": fixed, "overhead_per_trial_s": per_trial, "projected_ratio": projected}
 
 
 def bench_concurrency(size: dict, cache: str) -> Dict[str, Any]:
@@ -267,13 +287,20 @@ def markdown(result: Dict[str, Any]) -> str:
             lines.append(f"| {part} | {fmt(p[part + '_ours'])} | {fmt(p[part + '_torchvision'])} |")
     if "orchestration" in s:
         o = s["orchestration"]
-        m = o["ratio_if_trials_took_60s"]
-        lines += [f"\n## Orchestration overhead ({o['trials']} trials one at a time, ~{o['per_trial_s']:.0f} s each)\n",
-                  "| plain loop s | platform.run s | ratio (target <= 1.05 for minute-long trials) | overhead s | "
-                  "ratio at 60 s trials: 1 / 5 / 10 trials | cached re-run s (target <= 3) |",
-                  "|---|---|---|---|---|---|",
-                  f"| {o['plain_loop_s']:.1f} | {o['platform_run_s']:.1f} | {o['ratio']:.3f} | {o['overhead_s']:.1f} | "
-                  f"{m['1 trial']:.3f} / {m['5 trials']:.3f} / {m['10 trials']:.3f} | {o['cached_rerun_s']:.2f} |"]
+        pr = o["projected_ratio"]
+        lines += [f"\n## Orchestration overhead (trials one at a time, ~{o['per_trial_s']:.0f} s each)\n",
+                  "| trials | plain loop s | platform.run s | ratio | overhead s |", "|---|---|---|---|---|"]
+        for n, r in o["runs"].items():
+            lines.append(f"| {n} | {r['plain_loop_s']:.1f} | {r['platform_run_s']:.1f} | "
+                         f"{r['platform_run_s'] / r['plain_loop_s']:.3f} | {r['overhead_s']:.1f} |")
+        lines += [f"\nOverhead: {o['fixed_overhead_s']:.1f} s per study (Ray start, MLflow's parent run, speed phase, "
+                  f"report, shutdown) + {o['overhead_per_trial_s']:.1f} s per trial (a fresh Tune worker and its "
+                  f"imports, the trial's MLflow run and store rows). Cached re-run: {o['cached_rerun_s']:.2f} s "
+                  f"(target <= 3).\n",
+                  "Ratio platform.run / plain loop it gives (target <= 1.05 for trials of a minute or more):\n",
+                  "| trial length | 1 trial | 5 trials | 10 trials | 15 trials |", "|---|---|---|---|---|"]
+        for secs in (60, 100):
+            lines.append(f"| {secs} s | " + " | ".join(f"{pr[f'{secs} s x {n}']:.3f}" for n in (1, 5, 10, 15)) + " |")
     if "concurrency" in s:
         c = s["concurrency"]
         lines += [f"\n## Concurrency ({c['trials']} one-CPU trials)\n",

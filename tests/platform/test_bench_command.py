@@ -24,3 +24,20 @@ def test_bench_writes_json_and_markdown_tables(tmp_path, monkeypatch, capsys):
                   "Data path"):
         assert title in md
     assert md in capsys.readouterr().out
+
+
+def test_orchestration_overhead_splits_into_fixed_and_per_trial_parts():
+    from platform.bench import markdown, split_overhead
+
+    # 1 trial: 10 s plain, 30 s platform -> overhead 20; 3 trials: 30 s plain, 56 s platform -> overhead 26.
+    # Per trial (26 - 20) / (3 - 1) = 3 s; fixed 20 - 1 * 3 = 17 s.
+    out = split_overhead({3: {"plain_loop_s": 30.0, "platform_run_s": 56.0, "overhead_s": 26.0},
+                          1: {"plain_loop_s": 10.0, "platform_run_s": 30.0, "overhead_s": 20.0}})
+    assert out["overhead_per_trial_s"] == 3.0 and out["fixed_overhead_s"] == 17.0
+    # 10 trials of 60 s: 1 + (17 + 10 * 3) / 600 = 1.078333...; 15 of 100 s: 1 + (17 + 45) / 1500 = 1.041333...
+    assert abs(out["projected_ratio"]["60 s x 10"] - 1.0783333) < 1e-6
+    assert abs(out["projected_ratio"]["100 s x 15"] - 1.0413333) < 1e-6
+    assert out["ratio"] == 56.0 / 30.0 and out["trials"] == 3
+    md = markdown({"mode": "quick", "started": "now", "machine": {"cpu": "x", "cpu_cores": 2}, "load_before": 0.1,
+                   "load_after": 0.2, "sections": {"orchestration": dict(out, cached_rerun_s=1.5)}})
+    assert "17.0 s per study" in md and "3.0 s per trial" in md and "| 100 s | 1.200 | 1.064 | 1.047 | 1.041 |" in md
