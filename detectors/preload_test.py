@@ -1,0 +1,3 @@
+def setup():
+    import torch, torchvision
+    import detectors.train
