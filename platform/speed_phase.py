@@ -12,7 +12,7 @@ A group whose figure exists only links trials that lack it, without Ray.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
 from detectors.speed_phase import key_digest, key_label, speed_key, uses_speed_phase
 from platform.store import SPEED_KEY
@@ -21,15 +21,18 @@ from platform.store import SPEED_KEY
 # to a minute): past it the figure is left for the next run rather than the study hanging.
 WAIT_S = float(os.environ.get("DETBENCH_SPEED_WAIT_S", 900))
 
-# Figures of the phase that become each trial's final metrics. The trial's own training
-# img/s (measured while it ran beside others) stays ``speed/train_img_s``.
+# Figures of the phase that become each trial's final metrics, with every per-stage time
+# (``stage_<name>_ms``, the two-stage family's). The trial's own training img/s (measured
+# while it ran beside others) stays ``speed/train_img_s``.
 TRIAL_METRICS = {"latency_ms_p50": "speed/latency_ms_p50", "latency_ms_p95": "speed/latency_ms_p95",
                  "throughput_img_s": "speed/throughput_img_s", "train_img_s": "speed/train_img_s_alone",
                  "peak_gpu_mb": "speed/peak_gpu_mb"}
 
 
 def trial_metrics(figures: Dict[str, float]) -> Dict[str, float]:
-    return {name: figures[k] for k, name in TRIAL_METRICS.items() if k in figures}
+    out = {name: figures[k] for k, name in TRIAL_METRICS.items() if k in figures}
+    out.update({f"speed/{k}": v for k, v in figures.items() if k.startswith("stage_") and k.endswith("_ms")})
+    return out
 
 
 def speed_groups(store, study_name: str, trials: List[dict], code_version: str,
@@ -53,10 +56,15 @@ def speed_groups(store, study_name: str, trials: List[dict], code_version: str,
         return []
     stored = store.speed_figures(set(groups))
     linked = store.trial_data(study_name, SPEED_KEY)
+    have: Dict[str, Set[str]] = {}  # final metric names per trial: a link that lacks a figure is made again
+    for row in store.final_metrics(study_name) if stored else ():
+        have.setdefault(row["trial_key"], set()).add(row["name"])
     out = []
     for digest, g in groups.items():
         measure = digest not in stored or (force and any(t["config_hash"] in ran for t in g["trials"]))
-        link = g["trials"] if measure else [t for t in g["trials"] if linked.get(t["trial_key"]) != digest]
+        wanted = set() if measure else set(trial_metrics(stored[digest]["figures"]))
+        link = g["trials"] if measure else [t for t in g["trials"] if linked.get(t["trial_key"]) != digest
+                                            or not wanted <= have.get(t["trial_key"], set())]
         out.append({"digest": digest, "key": g["key"], "trials": g["trials"], "measure": measure, "link": link})
     return out
 

@@ -100,3 +100,32 @@ def test_a_read_only_store_from_before_the_table_has_no_figures(tmp_path):
     old = Store(f"sqlite:///{path}", readonly=True)
     assert old.speed_figures() == {}
     old.close()
+
+
+def test_stage_times_become_trial_metrics_and_a_link_missing_them_is_made_again(store, monkeypatch):
+    def fake(groups, say):  # a two-stage detector's figures: per-image time split into stages
+        return {g["digest"]: {"figures": {"latency_ms_p50": 60.0, "latency_ms_p95": 64.0, "throughput_img_s": 17.0,
+                                          "train_img_s": 16.0, "stage_proposals_ms": 55.0,
+                                          "stage_detection_ms": 4.5},
+                              "hardware": {"cpu": "test", "cpu_cores": 2}, "method": {}, "key": g["key"],
+                              "trial_hash": g["trials"][0]["config_hash"]} for g in groups}
+
+    monkeypatch.setattr(speed_phase, "_measure", fake)
+    a, b = trial(0, 0), trial(0, 1)
+    for t in (a, b):
+        finish(store, t)
+    run_speed_phase(store, STUDY, speed_groups(store, STUDY, [a, b], "v1"), say=lambda s: None)
+    finals = {(r["trial_key"], r["name"]): r["value"] for r in store.final_metrics(STUDY)}
+    assert finals[(a["trial_key"], "speed/stage_proposals_ms")] == 55.0
+    assert finals[(b["trial_key"], "speed/stage_detection_ms")] == 4.5
+    assert not pending(speed_groups(store, STUDY, [a, b], "v1"))
+    # a store whose trials were linked before stage times were handed on: b lacks them -> linked again
+    (digest,) = store.speed_figures()
+    finish(store, b)
+    store.record_speed(STUDY, digest, None, [b["config_hash"]], {"speed/latency_ms_p50": 60.0})
+    groups = speed_groups(store, STUDY, [a, b], "v1")
+    assert not groups[0]["measure"] and groups[0]["link"] == [b]
+    run_speed_phase(store, STUDY, groups, say=lambda s: None)
+    finals = {(r["trial_key"], r["name"]): r["value"] for r in store.final_metrics(STUDY)}
+    assert finals[(b["trial_key"], "speed/stage_detection_ms")] == 4.5
+    assert not pending(speed_groups(store, STUDY, [a, b], "v1"))
