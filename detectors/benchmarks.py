@@ -92,7 +92,8 @@ def retinanet_pair(num_classes: int, head_convs: int = 4):
 
 def ours_vs_torchvision(paths: dict, steps: int = 5, repeats: int = 10, batch_size: int = 8, threads: int = 1,
                         num_classes: int = 5) -> Dict[str, List[float]]:
-    """Training images/s of each, ``repeats`` interleaved rounds of ``steps`` SGD steps after 3 warm-up steps."""
+    """Training images/s of each, ``repeats`` interleaved rounds of ``steps`` SGD steps after 3 warm-up
+    steps (each round, the other model goes first)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -116,8 +117,8 @@ def ours_vs_torchvision(paths: dict, steps: int = 5, repeats: int = 10, batch_si
         for _ in range(steps):
             step(name)
 
-    for _ in range(repeats):
-        for name in models:
+    for r in range(repeats):
+        for name in (list(models) if r % 2 == 0 else list(models)[::-1]):  # alternate who goes first
             t = timed(steps_of, name)
             for clock in ("wall", "cpu"):
                 out[f"{name}_{clock}"].append(steps * batch_size / t[clock])

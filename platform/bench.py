@@ -46,7 +46,7 @@ SECTIONS = ("retinanet", "orchestration", "concurrency", "evaluation", "zoo", "m
 
 # quick / full sizes of everything that costs time
 SIZES = {
-    "quick": dict(rounds=8, steps=4, profile_repeats=10, trials=2, train_images=200, epochs=2, conc_trials=4,
+    "quick": dict(rounds=12, steps=8, profile_repeats=10, trials=2, train_images=200, epochs=2, conc_trials=4,
                   conc_train_images=160, conc_epochs=2, eval_images=(500, 5000), eval_repeats=(3, 1), zoo_images=10,
                   data_steps=10, bootstrap_resamples=20, data_set={"num_train": 800, "num_val": 150}),
     "full": dict(rounds=20, steps=5, profile_repeats=30, trials=3, train_images=800, epochs=6, conc_trials=4,

@@ -80,6 +80,11 @@ def describe_footprint(res) -> str:
 
 # --------------------------------------------------------------------------- services
 
+def is_server(tracking_uri: str) -> bool:
+    """An MLflow tracking server (``http(s)://``) rather than a store the driver opens itself."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """Raise ConnectionError unless the MLflow server at ``uri`` (http/https) answers its health check."""
     url = uri.rstrip("/") + "/health"

@@ -162,9 +162,8 @@ def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
 
 def _services(study) -> str | None:
     """The results store, and the MLflow server if there is one, reachable? An error line, or None."""
-    from platform.cluster import check_tracking_server
+    from platform.cluster import check_tracking_server, is_server
     from platform.store import Store
-    from platform.tracking import is_server
 
     uri = study.tracking.mlflow_uri
     if is_server(uri):
@@ -202,10 +201,10 @@ def run_study(study, trials: List[dict], args) -> int:
 
 
 def _run_study(study, trials: List[dict], args) -> int:
-    from platform.reconcile import note_pending_parent, prune_checkpoints, reconcile
+    from platform.reconcile import in_sync, mark_synced, note_pending_parent, prune_checkpoints, reconcile
     from platform.store import Store
     from platform.summary import print_summary, write_report
-    from platform.tracking import is_server
+    from platform.cluster import is_server
 
     problem = _services(study)
     if problem:
@@ -219,17 +218,20 @@ def _run_study(study, trials: List[dict], args) -> int:
     os.makedirs(run_dir, exist_ok=True)
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)  # (also quiets MLflow's start-up notices)
-    try:
-        tracker = _study_tracker(study)
-        fixed = reconcile(tracker, store, study.name, run_dir)  # MLflow from the store, after a killed or cut-off run
-    except Exception as exc:  # MLflow failing before anything started: one line, not a traceback
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        print(f"error: MLflow at {study.tracking.mlflow_uri}: {type(exc).__name__}: {first}", file=sys.stderr)
-        return 2
-    if any(fixed.values()):
-        print(f"MLflow brought up to date from the results store: {fixed['parents']} earlier parent runs ended, "
-              f"{fixed['children']} unfinished trial runs marked KILLED, {fixed['repaired']} finished trials' runs "
-              f"completed")
+    uri = study.tracking.mlflow_uri
+    if todo or not in_sync(store, study.name, uri, run_dir):  # in step: a cached run needs no MLflow
+        try:
+            tracker = _study_tracker(study)
+            fixed = reconcile(tracker, store, study.name, run_dir)  # MLflow from the store, after a killed run
+        except Exception as exc:  # MLflow failing before anything started: one line, not a traceback
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            print(f"error: MLflow at {uri}: {type(exc).__name__}: {first}", file=sys.stderr)
+            return 2
+        if any(fixed.values()):
+            print(f"MLflow brought up to date from the results store: {fixed['parents']} earlier parent runs "
+                  f"ended, {fixed['children']} unfinished trial runs marked KILLED, {fixed['repaired']} finished "
+                  f"trials' runs completed")
+        mark_synced(store, study.name, uri, run_dir)
     if not todo:
         print("everything was cached: no trial ran (use --force to run them again)")
         _speed_phase_when_cached(study, store, trials, args)
@@ -305,6 +307,8 @@ def _run_study(study, trials: List[dict], args) -> int:
     status = "KILLED" if interrupted else ("FAILED" if recorder.failed else "FINISHED")
     if not tracker.end_parent(status):
         note_pending_parent(run_dir, parent, status)  # the next run tells MLflow (platform.reconcile)
+    elif not tracker.offline and not interrupted:
+        mark_synced(store, study.name, uri, run_dir)  # every trial's run and figure reached MLflow
 
     print_summary(store, study)
     for f in recorder.failed:

@@ -27,6 +27,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 from dashboards.data import flatten
+from platform.cluster import is_server
 from platform.timing import millis
 
 HASH_TAG = "detbench.config_hash"
@@ -40,11 +41,6 @@ DIGEST_LEN = 12  # MLflow keeps at most 36 characters of a dataset digest; 12 he
 MAX_LISTED = 20  # variants named in a parent run's description
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "pycocotools", "numpy")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
-
-
-def is_server(tracking_uri: str) -> bool:
-    """An MLflow tracking server (``http(s)://``) rather than a store the driver opens itself."""
-    return tracking_uri.startswith(("http://", "https://"))
 
 
 def git_commit(repo_root: str) -> str:

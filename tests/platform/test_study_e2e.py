@@ -125,6 +125,11 @@ def test_rerun_is_fully_cached(first_run):
     assert "everything was cached" in proc.stdout
     parents, children = mlflow_runs(root / "runs")
     assert len(parents) == 1 and len(children) == 2  # nothing new in MLflow
+    # the first run left MLflow in step with the store and said so: this run did not open MLflow
+    from platform.reconcile import in_sync
+
+    with Store(f"sqlite:///{root}/runs/results.db") as store:
+        assert in_sync(store, "smoke", f"sqlite:///{root}/runs/mlflow.db", str(root / "runs" / "smoke"))
 
 
 def test_changed_grid_value_runs_only_the_new_trial(first_run):

@@ -1,3 +1,0 @@
-def setup():
-    import torch, torchvision
-    import detectors.train
