@@ -8,7 +8,7 @@ from typing import Dict, Optional
 
 from dashboards.analysis import Analysis
 from dashboards.data import StudyData
-from dashboards.html import PLOTLY_JS, esc, nav
+from dashboards.html import PLOTLY_JS, esc, nav, write_page
 
 PAGES = (("Overview", "index.html"), ("Accuracy", "accuracy.html"), ("Speed", "speed.html"),
          ("Losses", "loss.html"))
@@ -43,6 +43,15 @@ class PageContext:
     @property
     def plotly_src(self) -> str:
         return f"../{PLOTLY_JS}"
+
+    def write(self, name: str, label: str, body: str, figs) -> str:
+        """Write one page of the study (``figs``: its ``dashboards.html.Figures``); returns its path."""
+        path = os.path.join(self.study_dir, name)
+        self.sizes[name] = write_page(path, f"{self.sd.name}: {label.lower()}", self.nav(label),
+                                      f"<h1>{esc(self.sd.name)}: {esc(label.lower())}</h1>{body}",
+                                      self.plotly_src, self.built, self.source())
+        self.plots[name] = figs.count
+        return path
 
     def nav(self, here: str) -> str:
         return nav((("All studies", "../index.html"),) + PAGES, here)
