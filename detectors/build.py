@@ -13,8 +13,9 @@ named in neither gets the role's default. Everything here raises
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from detectors.config import LossConfig, PhaseConfig, TrialConfig, parse
 from detectors.losses import build_loss
 from detectors.models import MODELS, LossRole
 from detectors.registry import Entry, ParamError, Registry, suggest
@@ -163,33 +164,38 @@ def check_loss_weights(detector: str, weights: Mapping[str, Any]) -> None:
                                  f"(its losses: {', '.join(names)})", unknown_key=True)
 
 
-def build_detector(trial: Mapping[str, Any], num_classes: int, class_counts) -> Any:
+def build_detector(trial: Union[Mapping[str, Any], TrialConfig], num_classes: int, class_counts) -> Any:
     """The trial's model: the detector's builder called with its params, the
     injected settings and one bound loss per role. The model never sees the config."""
-    det, ev = trial["detector"], trial["eval"]
+    cfg = TrialConfig.from_dict(trial)
+    det, ev = cfg.detector, cfg.eval
     context = {"class_counts": list(class_counts), "num_classes": num_classes}
     kwargs = {}
-    roles = loss_roles(det["name"])
-    for role, spec in resolve_losses(det["name"], trial.get("loss"), trial.get("losses") or {}).items():
+    roles = loss_roles(det.name)
+    for role, spec in resolve_losses(det.name, _plain(cfg.loss), {r: _plain(s) for r, s in cfg.losses.items()}).items():
         kwargs[f"{role}_loss"] = build_loss(roles[role].registry, spec["name"], spec["params"], context)
-    injected = dict(num_classes=num_classes, scale=det.get("scale", "tiny"), score_thresh=ev["score_thresh"],
-                    nms_iou=ev["nms_iou"], max_dets=ev["max_dets"])
-    return MODELS.build(det["name"], **injected, **kwargs, **det.get("params", {}))
+    injected = dict(num_classes=num_classes, scale=det.scale, score_thresh=ev.score_thresh,
+                    nms_iou=ev.nms_iou, max_dets=ev.max_dets)
+    return MODELS.build(det.name, **injected, **kwargs, **det.params)
 
 
-def trial_phases(trial: Mapping[str, Any]) -> list:
+def _plain(loss: Optional[LossConfig]) -> Optional[dict]:
+    return None if loss is None else {"name": loss.name, "params": dict(loss.params)}
+
+
+def trial_phases(trial: Union[Mapping[str, Any], TrialConfig]) -> List[PhaseConfig]:
     """The trial's phases: ``train.phases``, else the detector's declared scheme, else one phase."""
     from detectors.phases import resolve_phases
 
-    det = trial["detector"]
-    declare = MODELS.entry(det["name"]).meta.get("phases")
+    cfg = TrialConfig.from_dict(trial)
+    entry = MODELS.entry(cfg.detector.name)
+    declare = entry.meta.get("phases")
     declared = None
-    if declare is not None and not trial["train"].get("phases"):
-        entry = MODELS.entry(det["name"])
+    if declare is not None and not cfg.train.phases:
         params = {k: p.default for k, p in entry.params.items()}
-        params.update(det.get("params", {}))
-        declared = declare(params, trial["train"])
-    return resolve_phases(trial["train"], declared)
+        params.update(cfg.detector.params)
+        declared = declare(params, cfg.train)
+    return resolve_phases(cfg.train, declared)
 
 
 def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: int = 2) -> None:
@@ -205,13 +211,13 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
     with torch.device("meta"):
         model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),
                              score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
-    for i, phase in enumerate(phases):
-        if phase.get("kind") == "fit" and not hasattr(model, "fit_phase"):
+    for i, phase in enumerate(parse(PhaseConfig, p) for p in phases):
+        if phase.kind == "fit" and not hasattr(model, "fit_phase"):
             raise ComponentError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
                                  "itself (kind 'fit' needs its fit_phase); use kind: sgd")
         for key in ("trainable", "frozen"):
-            for j, prefix in enumerate(phase.get(key) or []):
+            for j, prefix in enumerate(getattr(phase, key) or ()):
                 try:
-                    apply_phase(model, {"name": phase.get("name", f"phase{i}"), key: [prefix]})
+                    apply_phase(model, PhaseConfig(name=phase.name, epochs=1, **{key: (prefix,)}))
                 except ValueError as e:
                     raise ComponentError(("train", "phases", i, key, j), str(e).split(": ", 1)[-1]) from None

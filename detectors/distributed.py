@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 import detectors.runtime as runtime_state
+from detectors.config import TrialConfig
 
 
 def global_batches(n: int, batch_size: int, generator: torch.Generator) -> List[List[int]]:
@@ -184,18 +185,18 @@ def run_workers(trial: Dict, report: Callable[[Dict[str, float], Optional[str]],
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
 
-    gpus = float(trial.get("gpus", 0))
-    per_worker = {"CPU": float(trial.get("cpus", trial.get("num_threads", 1)))}
-    if gpus > 0:
-        per_worker["GPU"] = gpus
+    cfg = TrialConfig.from_dict(trial)
+    per_worker = {"CPU": float(cfg.cpus)}
+    if cfg.gpus > 0:
+        per_worker["GPU"] = float(cfg.gpus)
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"trial": trial, "resume_from": resume_from, "queue": queue},
-        scaling_config=ScalingConfig(num_workers=int(trial["workers"]), use_gpu=gpus > 0,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus > 0,
                                      resources_per_worker=per_worker, placement_strategy="PACK"),
         run_config=RunConfig(name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-                             storage_path=os.path.join(trial["trial_dir"], "train"),
+                             storage_path=os.path.join(cfg.trial_dir, "train"),
                              failure_config=FailureConfig(max_failures=0)),
     )
     outcome: Dict[str, BaseException] = {}

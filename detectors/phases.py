@@ -1,7 +1,7 @@
-"""Phases as data: a trial's training is a list of phases, each a plain dict.
+"""Phases as data: a trial's training is a list of phases (``detectors.config.PhaseConfig``).
 
-    phases = resolve_phases(trial["train"], declared)   # [{"name": "train", "epochs": 12, ...}]
-    params = apply_phase(model, phase)                   # sets requires_grad, returns what trains
+    phases = resolve_phases(cfg.train, declared)   # [PhaseConfig(name="train", epochs=12, lr=..., ...)]
+    params = apply_phase(model, phase)              # sets requires_grad, returns what trains
 
 A phase names what trains and what is frozen (parameter-name prefixes, e.g.
 ``backbone`` or ``head.cls_subnet``), which losses count (names without the
@@ -26,37 +26,31 @@ say); a study's ``train.phases`` overrides them.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from detectors.config import OPTIMIZER_KEYS, PHASE_KINDS, PhaseConfig, TrainConfig, parse
 from detectors.registry import suggest
 
-OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_iters", "schedule", "milestones",
-                  "lr_decay")
-PHASE_KEYS = ("name", "epochs", "trainable", "frozen", "losses", "kind") + OPTIMIZER_KEYS
-# "sgd": minibatch steps of the loss; "fit": the model fits the phase's parameters itself, once per epoch,
-# by ``model.fit_phase(phase, train_ds, device)`` (R-CNN's SVMs with hard-negative mining).
-PHASE_KINDS = ("sgd", "fit")
 
-
-def resolve_phases(train: Mapping[str, Any], declared: Optional[Sequence[Mapping[str, Any]]] = None
-                   ) -> List[Dict[str, Any]]:
-    """Complete phase dicts: the study's ``train.phases``, else ``declared``, else one phase."""
-    given = train.get("phases") or declared or [{"name": "train", "epochs": train["epochs"]}]
+def resolve_phases(train: TrainConfig, declared: Optional[Sequence[Union[PhaseConfig, Mapping[str, Any]]]] = None
+                   ) -> List[PhaseConfig]:
+    """Complete phases: the study's ``train.phases``, else ``declared`` (a detector's scheme, as
+    configs or plain dicts), else one phase ``train`` over ``train.epochs``; every optimizer
+    setting a phase leaves unset (None) is ``train``'s."""
+    given = train.phases or declared or [PhaseConfig(name="train", epochs=train.epochs)]
     out = []
     for i, phase in enumerate(given):
-        unknown = set(phase) - set(PHASE_KEYS)
-        if unknown:
-            raise ValueError(f"phase {i}: unknown keys {sorted(unknown)} (known: {', '.join(PHASE_KEYS)})")
-        full = {k: train[k] for k in OPTIMIZER_KEYS if k in train}
-        full.update({"name": f"phase{i}", "trainable": None, "frozen": [], "losses": None, "kind": "sgd"})
-        full.update({k: v for k, v in phase.items() if v is not None})
-        if full["kind"] not in PHASE_KINDS:
-            raise ValueError(f"phase {i}: unknown kind '{full['kind']}' (known: {', '.join(PHASE_KINDS)})")
-        out.append(full)
+        if not isinstance(phase, PhaseConfig):
+            phase = parse(PhaseConfig, phase, where=f"phase {i}")
+        if phase.kind not in PHASE_KINDS:
+            raise ValueError(f"phase {i}: unknown kind '{phase.kind}' (known: {', '.join(PHASE_KINDS)})")
+        unset = {k: getattr(train, k) for k in OPTIMIZER_KEYS if getattr(phase, k) is None}
+        out.append(dataclasses.replace(phase, **unset))
     return out
 
 
@@ -72,15 +66,15 @@ def unknown_prefix(prefix: str, names: Sequence[str]) -> str:
     return f"'{prefix}' names no parameters of the model{suggest(prefix, level)} (at that depth: {shown})"
 
 
-def apply_phase(model: nn.Module, phase: Mapping[str, Any]) -> List[nn.Parameter]:
+def apply_phase(model: nn.Module, phase: PhaseConfig) -> List[nn.Parameter]:
     """Set ``requires_grad`` per the phase's ``trainable`` / ``frozen`` prefixes; returns the
     trainable parameters. A prefix that names no parameter is an error (a typo would
     otherwise silently train everything)."""
     names = [n for n, _ in model.named_parameters()]
-    trainable, frozen = phase.get("trainable"), phase.get("frozen") or []
+    trainable, frozen = phase.trainable, phase.frozen
     for prefix in list(trainable or []) + list(frozen):
         if not any(_matches(n, prefix) for n in names):
-            raise ValueError(f"phase '{phase['name']}': {unknown_prefix(prefix, names)}")
+            raise ValueError(f"phase '{phase.name}': {unknown_prefix(prefix, names)}")
     params = []
     for name, p in model.named_parameters():
         p.requires_grad_((trainable is None or any(_matches(name, t) for t in trainable))
@@ -100,42 +94,40 @@ def freeze_norm_statistics(model: nn.Module) -> None:
                 module.eval()
 
 
-def counts(loss_name: str, phase: Mapping[str, Any]) -> bool:
+def counts(loss_name: str, phase: PhaseConfig) -> bool:
     """Whether ``loss_name`` (``loss_*``) counts towards the phase's total loss."""
-    wanted = phase.get("losses")
-    return wanted is None or loss_name.removeprefix("loss_") in wanted
+    return phase.losses is None or loss_name.removeprefix("loss_") in phase.losses
 
 
-def build_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
-                               weight_decay=cfg.get("weight_decay", 1e-4))
-    if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 1e-4))
-    raise ValueError(f"unknown optimizer '{cfg['optimizer']}'")
+def build_optimizer(params, phase: PhaseConfig) -> torch.optim.Optimizer:
+    """The phase's optimizer over ``params`` (a resolved phase: every setting filled in)."""
+    if phase.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
+    if phase.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=phase.lr, weight_decay=phase.weight_decay)
+    raise ValueError(f"unknown optimizer '{phase.optimizer}'")
 
 
-def lr_factor(step: int, total: int, cfg: Mapping[str, Any]) -> float:
+def lr_factor(step: int, total: int, phase: PhaseConfig) -> float:
     """Linear warm-up from 0.1% to 100%, then cosine to 0, or (multistep) times ``lr_decay``
     at each of ``milestones`` (fractions of ``total``)."""
-    warmup = cfg.get("warmup_iters", 0)
+    warmup = phase.warmup_iters
     if step < warmup:
         return 0.001 + (1 - 0.001) * step / warmup
-    schedule = cfg.get("schedule", "cosine")
-    if schedule == "cosine":
+    if phase.schedule == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    if schedule == "multistep":
-        passed = sum(step >= m * total for m in cfg.get("milestones", [0.67, 0.89]))
-        return cfg.get("lr_decay", 0.1) ** passed
+    if phase.schedule == "multistep":
+        passed = sum(step >= m * total for m in phase.milestones)
+        return phase.lr_decay ** passed
     return 1.0
 
 
-def phase_steps(phase: Mapping[str, Any], steps_per_epoch: int, max_steps: Optional[int]) -> int:
+def phase_steps(phase: PhaseConfig, steps_per_epoch: int, max_steps: Optional[int]) -> int:
     """Optimiser steps the phase runs: its epochs, capped by ``train.max_steps`` (per phase)."""
-    total = phase["epochs"] * steps_per_epoch
+    total = phase.epochs * steps_per_epoch
     return min(total, max_steps) if max_steps else total
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg: Mapping[str, Any]):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg))
+def make_scheduler(optimizer: torch.optim.Optimizer, total: int, phase: PhaseConfig):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, phase))

@@ -26,6 +26,8 @@ from typing import Callable, Dict, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from detectors.config import TrialConfig
+
 # Set by a multi-worker runtime for the duration of one synchronised training forward:
 # a function averaging a float over the workers (a collective: every worker calls it).
 _worker_mean: Optional[Callable[[float], float]] = None
@@ -52,11 +54,11 @@ class LocalRuntime:
         self.loader_workers = int(loader_workers)
 
     @classmethod
-    def for_trial(cls, trial: dict) -> "LocalRuntime":
+    def for_trial(cls, cfg: TrialConfig) -> "LocalRuntime":
         """CUDA when the trial was given a GPU and one is visible, else CPU."""
-        wants_gpu = trial.get("gpus", 0) > 0
+        wants_gpu = cfg.device_type == "cuda"
         return cls(torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu"),
-                   loader_workers=int(trial.get("loader_workers", 0)))
+                   loader_workers=cfg.loader_workers)
 
     @property
     def non_blocking(self) -> bool:

@@ -24,15 +24,16 @@ module level, so the driver can compute keys cheaply.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Union
 
-__all__ = ["SPEED_SETTINGS", "speed_key", "key_digest", "key_label", "uses_speed_phase", "hardware",
+from detectors.config import SpeedConfig, TrialConfig
+
+__all__ = ["SPEED_SETTINGS", "speed_settings", "speed_key", "key_digest", "key_label", "uses_speed_phase", "hardware",
            "measure_alone", "TRAIN_WARMUP_STEPS"]
 
 # The eval.speed settings that define the measurement (all but ``enabled`` / ``isolated``).
@@ -40,24 +41,29 @@ SPEED_SETTINGS = ("latency_images", "warmup", "throughput_batch", "throughput_ba
 TRAIN_WARMUP_STEPS = 2
 
 
-def uses_speed_phase(trial: Dict[str, Any]) -> bool:
+def speed_settings(speed: SpeedConfig) -> Dict[str, int]:
+    """The measurement's settings (``SPEED_SETTINGS``) as keyword arguments."""
+    return {k: getattr(speed, k) for k in SPEED_SETTINGS}
+
+
+def uses_speed_phase(trial: Union[Mapping[str, Any], TrialConfig]) -> bool:
     """Whether the trial's speed figures come from the isolated phase (``eval.speed``
     ``enabled`` and ``isolated``, both true by default)."""
-    speed = (trial.get("eval") or {}).get("speed") or {}
-    return bool(speed.get("enabled", True) and speed.get("isolated", True))
+    speed = TrialConfig.from_dict(trial).eval.speed
+    return speed.enabled and speed.isolated
 
 
-def speed_key(trial: Dict[str, Any], code_version: str = "") -> Dict[str, Any]:
+def speed_key(trial: Union[Mapping[str, Any], TrialConfig], code_version: str = "") -> Dict[str, Any]:
     """What decides a trial's speed figures, as a plain dict (trials with equal keys share one)."""
-    det, train, ev, ds = trial["detector"], trial["train"], trial["eval"], trial["dataset"]
+    cfg = TrialConfig.from_dict(trial)
+    det, train, ev, ds = cfg.detector, cfg.train, cfg.eval, cfg.dataset
     return {
-        "detector": det["name"], "scale": det.get("scale"), "params": det.get("params", {}),
-        "dataset": ds.get("digest") or ds.get("val_annotations"),
-        "batch_size": train["batch_size"], "precision": train.get("precision", "fp32"),
-        "channels_last": bool(train.get("channels_last", False)),
-        "threads": int(trial.get("num_threads", 1)), "device": "cuda" if trial.get("gpus", 0) > 0 else "cpu",
-        "postprocess": {k: ev.get(k) for k in ("score_thresh", "nms_iou", "max_dets")},
-        "settings": {k: (ev.get("speed") or {}).get(k) for k in SPEED_SETTINGS},
+        "detector": det.name, "scale": det.scale, "params": dict(det.params),
+        "dataset": ds.digest or ds.val_annotations,
+        "batch_size": train.batch_size, "precision": train.precision, "channels_last": train.channels_last,
+        "threads": cfg.num_threads, "device": cfg.device_type,
+        "postprocess": {"score_thresh": ev.score_thresh, "nms_iou": ev.nms_iou, "max_dets": ev.max_dets},
+        "settings": speed_settings(ev.speed),
         "code": code_version,
     }
 
@@ -103,7 +109,7 @@ def hardware(device: str = "cpu") -> Dict[str, Any]:
     return out
 
 
-def _train_speed(model, train_ds, trial: dict, device, steps: int, repeats: int) -> Dict[str, float]:
+def _train_speed(model, train_ds, cfg: TrialConfig, device, steps: int, repeats: int) -> Dict[str, float]:
     """Images/s of the trial's training step (its first phase's optimiser, loss weights, precision)."""
     import torch
 
@@ -113,13 +119,12 @@ def _train_speed(model, train_ds, trial: dict, device, steps: int, repeats: int)
     from detectors.precision import autocast, grad_scaler
     from detectors.speed import median_and_spread, timed_ms
 
-    cfg = trial["train"]
-    phase = trial_phases(trial)[0]
-    precision = cfg.get("precision", "fp32")
+    phase = trial_phases(cfg)[0]
+    precision = cfg.train.precision
     optimizer = build_optimizer(apply_phase(model, phase), phase)
     scaler = grad_scaler(device, precision)
-    weights = cfg.get("loss_weights", {})
-    bs = cfg["batch_size"]
+    weights = cfg.train.loss_weights
+    bs = cfg.train.batch_size
     n = len(train_ds)
     batches = [collate([train_ds[(i * bs + j) % n] for j in range(bs)]) for i in range(max(1, steps))]
     batches = [([img.to(device) for img in imgs], [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
@@ -163,33 +168,30 @@ def measure_alone(trial: Dict[str, Any], weights: Optional[str] = None) -> Dict[
     from detectors.speed import measure_speed, peak_rss_mb
     from detectors.train import load_datasets, seed_everything
 
-    trial = copy.deepcopy(trial)
-    threads = max(1, int(trial.get("num_threads", 1)))
+    cfg = TrialConfig.from_dict(trial)
+    threads = max(1, cfg.num_threads)
     torch.set_num_threads(threads)
-    seed_everything(int(trial.get("seed", 0)))
-    device = LocalRuntime.for_trial(trial).device
+    seed_everything(cfg.seed)
+    device = LocalRuntime.for_trial(cfg).device
     load_before = os.getloadavg()[0]
     t0 = time.time()
-    train_ds, val_ds = load_datasets(trial)
-    model = build_detector(trial, len(train_ds.cat_ids), train_ds.class_counts)
+    train_ds, val_ds = load_datasets(cfg)
+    model = build_detector(cfg, len(train_ds.cat_ids), train_ds.class_counts)
     used_weights = bool(weights and os.path.isfile(weights))
     if used_weights:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model = prepare_memory_format(model.to(device), bool(trial["train"].get("channels_last", False)))
-    speed = dict(trial["eval"].get("speed") or {})
-    settings = {k: speed[k] for k in SPEED_SETTINGS if k in speed}
-    precision = trial["train"].get("precision", "fp32")
-    figures = measure_speed(model, val_ds, device, precision=precision, **settings)
-    figures.update(_train_speed(model, train_ds, trial, device, int(speed.get("train_steps", 5)),
-                                int(speed.get("repeats", 5))))
+    model = prepare_memory_format(model.to(device), cfg.train.channels_last)
+    speed, precision = cfg.eval.speed, cfg.train.precision
+    figures = measure_speed(model, val_ds, device, precision=precision, **speed_settings(speed))
+    figures.update(_train_speed(model, train_ds, cfg, device, speed.train_steps, speed.repeats))
     figures["peak_rss_mb"] = peak_rss_mb()  # after training too: the larger of the two
     method = {"timer": "CUDA events after synchronisation" if device.type == "cuda" else "time.perf_counter",
-              "warmup_images": settings.get("warmup"), "latency_images": settings.get("latency_images"),
-              "throughput": f"{settings.get('throughput_batches')} batches of {settings.get('throughput_batch')}",
-              "train": f"{TRAIN_WARMUP_STEPS} warm-up steps, then {speed.get('train_steps', 5)} steps of "
-                       f"batch {trial['train']['batch_size']}",
-              "repeats": int(speed.get("repeats", 5)), "threads": threads, "precision": precision,
-              "weights": "trained" if used_weights else "untrained", "trial_key": trial.get("trial_key"),
+              "warmup_images": speed.warmup, "latency_images": speed.latency_images,
+              "throughput": f"{speed.throughput_batches} batches of {speed.throughput_batch}",
+              "train": f"{TRAIN_WARMUP_STEPS} warm-up steps, then {speed.train_steps} steps of "
+                       f"batch {cfg.train.batch_size}",
+              "repeats": speed.repeats, "threads": threads, "precision": precision,
+              "weights": "trained" if used_weights else "untrained", "trial_key": cfg.trial_key,
               "seconds": round(time.time() - t0, 1), "load_avg_before": round(load_before, 2),
               "load_avg_after": round(os.getloadavg()[0], 2)}
     return {"figures": figures, "hardware": hardware(device.type), "method": method}

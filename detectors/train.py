@@ -2,8 +2,9 @@
 
     python -m detectors.train trial.json [--resume CHECKPOINT_DIR]
 
-``run_trial(trial, report)`` builds the detector described by a plain trial
-dict (see docs/architecture.md; ``detectors.build``), trains it through its
+``run_trial(trial, report)`` parses the plain trial dict (docs/architecture.md)
+into its typed config once (``detectors.config.TrialConfig``), builds the
+detector it describes (``detectors.build``), trains it through its
 phases (``detectors.loop``, ``detectors.phases``), evaluates it with
 pycocotools, measures its speed, and hands metrics and checkpoint directories
 to ``report(metrics, ckpt_dir)``. A checkpoint after every epoch
@@ -21,12 +22,13 @@ import json
 import os
 import random
 import sys
-from typing import List, Optional
+from typing import List, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
 from detectors.build import build_detector, trial_phases
+from detectors.config import TrialConfig
 from detectors.checkpoint import load_checkpoint
 from detectors.data.coco import CocoDetection
 from detectors.data.resolve import ensure_dataset
@@ -35,6 +37,7 @@ from detectors.loop import NonFiniteLossError, Report, fit
 from detectors.runtime import LocalRuntime
 from detectors.precision import prepare_memory_format
 from detectors.speed import measure_speed, size_figures
+from detectors.speed_phase import speed_settings
 
 __all__ = ["run_trial", "finish", "load_checkpoint", "NonFiniteLossError", "main"]
 
@@ -45,60 +48,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_datasets(trial: dict):
+def load_datasets(cfg: TrialConfig):
     """(train, val) ``CocoDetection`` sets of the trial (a synthetic set is generated if missing)."""
-    paths = ensure_dataset(trial["dataset"])
-    train_ds = CocoDetection(paths["train_images"], paths["train_annotations"],
-                             hflip_prob=trial["train"].get("hflip_prob", 0.0))
+    paths = ensure_dataset(cfg.dataset)
+    train_ds = CocoDetection(paths["train_images"], paths["train_annotations"], hflip_prob=cfg.train.hflip_prob)
     return train_ds, CocoDetection(paths["val_images"], paths["val_annotations"])
 
 
-def run_trial(trial: dict, report: Optional[Report] = None, resume_from: Optional[str] = None,
+def run_trial(trial: Union[Mapping, TrialConfig], report: Optional[Report] = None, resume_from: Optional[str] = None,
               runtime=None) -> dict:
     """Train, evaluate and time one trial. Returns the final metrics dict.
 
+    ``trial``: the plain trial dict (or its parsed :class:`TrialConfig`).
     ``report(metrics, checkpoint_dir)`` is called after every epoch (and once more
     at the end with the final metrics and ``final=1``; "done" is Tune's own key).
     ``resume_from`` is a checkpoint directory written by an earlier call.
     """
+    cfg = TrialConfig.from_dict(trial)
     report = report or (lambda metrics, ckpt: None)
-    torch.set_num_threads(max(1, int(trial.get("num_threads", 1))))
-    seed_everything(int(trial["seed"]))
-    runtime = runtime or LocalRuntime.for_trial(trial)
-    os.makedirs(trial["trial_dir"], exist_ok=True)
-    train_ds, val_ds = load_datasets(trial)
-    model = runtime.prepare_model(build_detector(trial, len(train_ds.cat_ids), train_ds.class_counts))
-    model = prepare_memory_format(model, bool(trial["train"].get("channels_last", False)))
+    torch.set_num_threads(max(1, cfg.num_threads))
+    seed_everything(cfg.seed)
+    runtime = runtime or LocalRuntime.for_trial(cfg)
+    os.makedirs(cfg.trial_dir, exist_ok=True)
+    train_ds, val_ds = load_datasets(cfg)
+    model = runtime.prepare_model(build_detector(cfg, len(train_ds.cat_ids), train_ds.class_counts))
+    model = prepare_memory_format(model, cfg.train.channels_last)
     if hasattr(model, "attach_datasets"):  # per-image inputs computed once and cached (selective search)
         model.attach_datasets([train_ds, val_ds])
     state = load_checkpoint(resume_from) if resume_from else None
-    result = fit(model, train_ds, val_ds, trial, trial_phases(trial), runtime, report, state)
+    result = fit(model, train_ds, val_ds, cfg, trial_phases(cfg), runtime, report, state)
     if not runtime.is_main:
         return {}
-    return finish(trial, model, val_ds, result, runtime.device, report)
+    return finish(cfg, model, val_ds, result, runtime.device, report)
 
 
-def finish(trial: dict, model, val_ds, result: dict, device, report: Report) -> dict:
+def finish(cfg: TrialConfig, model, val_ds, result: dict, device, report: Report) -> dict:
     """Speed figures, diagnostics, the final artifacts and the last report."""
     ev = result["last_eval"]
-    speed_cfg = trial["eval"].get("speed", {})
-    precision = trial["train"].get("precision", "fp32")
-    if not speed_cfg.get("enabled", True):
+    speed_cfg, precision = cfg.eval.speed, cfg.train.precision
+    if not speed_cfg.enabled:
         speed = {}
-    elif trial.get("speed_phase"):  # latency and throughput: measured alone by the driver's speed phase
+    elif cfg.speed_phase:  # latency and throughput: measured alone by the driver's speed phase
         speed = size_figures(model, val_ds, device, precision)
     else:
-        speed = measure_speed(model, val_ds, device, precision=precision, **speed_cfg)
+        speed = measure_speed(model, val_ds, device, precision=precision, **speed_settings(speed_cfg))
     speed["train_img_s"] = result["train_img_s"]
     diagnostics = None
+    batch = cfg.train.batch_size
     if hasattr(model, "classification_terms"):
-        diagnostics = classification_loss_diagnostics(model, val_ds, trial["train"]["batch_size"], device)
-        loss = trial.get("loss") or {}
-        diagnostics.update(loss=loss.get("name"), params=loss.get("params", {}))
+        diagnostics = classification_loss_diagnostics(model, val_ds, batch, device)
+        diagnostics.update(loss=cfg.loss.name if cfg.loss else None,
+                           params=dict(cfg.loss.params) if cfg.loss else {})
     if hasattr(model, "score_iou_pairs"):  # quality-aware heads: does the score track localisation?
-        diagnostics = dict(diagnostics or {}, score_iou=score_iou_diagnostics(
-            model, val_ds, trial["train"]["batch_size"], device))
-    final_dir = os.path.join(trial["trial_dir"], "final")
+        diagnostics = dict(diagnostics or {}, score_iou=score_iou_diagnostics(model, val_ds, batch, device))
+    final_dir = os.path.join(cfg.trial_dir, "final")
     os.makedirs(final_dir, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(final_dir, "model.pt"))
     _write_json(os.path.join(final_dir, "detections.json"), ev["detections"])
@@ -108,10 +111,10 @@ def finish(trial: dict, model, val_ds, result: dict, device, report: Report) -> 
         _write_json(os.path.join(final_dir, "diagnostics.json"), diagnostics)
     final = {k: v for k, v in ev["metrics"].items() if v is not None}
     final.update({f"speed/{k}": v for k, v in speed.items()})
-    phases = trial_phases(trial)
+    phases = trial_phases(cfg)
     final["train/time_s"] = sum(result["phase_times"])  # training wall time, evaluations excluded
     if len(phases) > 1:  # wall time of each phase's epochs (training only)
-        final.update({f"train/time_s/{p['name']}": t for p, t in zip(phases, result["phase_times"])})
+        final.update({f"train/time_s/{p.name}": t for p, t in zip(phases, result["phase_times"])})
     final.update(epoch=result["epoch"], step=result["step"], final=1)
     report(final, final_dir)
     return final

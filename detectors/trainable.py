@@ -24,6 +24,7 @@ import tempfile
 from typing import Dict, Optional
 
 from detectors.checkpoint import STATE_FILE
+from detectors.config import TrialConfig
 
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
@@ -73,7 +74,7 @@ def tune_trainable(config: Dict) -> None:
 
 
 def _run(trial: Dict, report, resume_from: Optional[str]) -> None:
-    if int(trial.get("workers", 1)) > 1:
+    if TrialConfig.from_dict(trial).workers > 1:
         from detectors.distributed import run_workers
 
         run_workers(trial, report, resume_from)

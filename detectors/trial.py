@@ -4,9 +4,9 @@
     run_trial(trial)
 
 The driver builds its trial dicts from study files (``platform.expand``); the
-defaults here are the study schema's (``platform.spec``: ``TrainSpec``,
-``EvalSpec``, ``SpeedSpec``), so a hand-made trial runs as the same trial from a
-study would. ``tests/platform/test_trial_defaults.py`` keeps the two equal.
+defaults here are the typed trial config's (``detectors.config``), which the
+study schema holds equal (``tests/platform/test_trial_defaults.py``), so a
+hand-made trial runs as the same trial from a study would.
 """
 from __future__ import annotations
 
@@ -15,19 +15,17 @@ import json
 import os
 from typing import Any, Dict, Mapping, Optional
 
+from detectors.config import DetectorConfig, EvalConfig, SpeedConfig, TrainConfig, to_dict
 from detectors.data.resolve import PATH_KEYS
 
 __all__ = ["DETECTOR", "LOSS", "TRAIN", "SPEED", "EVAL", "make_trial"]
 
-DETECTOR = {"name": "retinanet", "scale": "tiny", "params": {}}
-LOSS = {"name": "focal", "params": {"gamma": 2.0, "alpha": 0.25}}  # focal loss paper defaults (sec. 3.2)
-TRAIN = {"epochs": 6, "batch_size": 8, "optimizer": "adamw", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4,
-         "warmup_iters": 50, "schedule": "cosine", "milestones": [0.67, 0.89], "lr_decay": 0.1,
-         "grad_clip": 10.0, "loss_weights": {}, "max_steps": None, "hflip_prob": 0.5,
-         "eval_every_epoch": True, "phases": None, "precision": "fp32", "channels_last": False}
-SPEED = {"enabled": True, "isolated": True, "latency_images": 50, "warmup": 10, "throughput_batch": 8,
-         "throughput_batches": 5, "repeats": 5, "train_steps": 5}
-EVAL = {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100, "speed": SPEED}
+# The headline study's detector and loss: RetinaNet, focal loss with the paper's defaults (sec. 3.2).
+DETECTOR = to_dict(DetectorConfig(name="retinanet"))
+LOSS = {"name": "focal", "params": {"gamma": 2.0, "alpha": 0.25}}
+TRAIN = to_dict(TrainConfig())
+SPEED = to_dict(SpeedConfig())
+EVAL = to_dict(EvalConfig())
 
 
 def _component(default: Mapping[str, Any], given: Optional[Mapping[str, Any]]) -> Dict[str, Any]:

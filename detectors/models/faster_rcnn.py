@@ -72,14 +72,14 @@ class FasterRCNN(nn.Module):
         self.parts, self.rpn_shared = {"rpn", "roi"}, True
         self.stage_times: Dict[str, float] = {}
 
-    def begin_phase(self, phase: dict, resumed: bool = False) -> None:
+    def begin_phase(self, phase, resumed: bool = False) -> None:
         """Set up an alternating-training step (``STEPS``); nothing to do for the joint schemes."""
         if self.scheme != "alternating":
             return
-        if phase["name"] not in STEPS:
-            raise ValueError(f"alternating training has the steps {', '.join(STEPS)}; phase '{phase['name']}' "
+        if phase.name not in STEPS:
+            raise ValueError(f"alternating training has the steps {', '.join(STEPS)}; phase '{phase.name}' "
                              "is none of them")
-        self.parts, self.rpn_shared = STEPS[phase["name"]]
+        self.parts, self.rpn_shared = STEPS[phase.name]
 
     def _features(self, module: nn.Module, tensors: Tensor) -> List[Tensor]:
         with maybe_no_grad(module):
@@ -113,7 +113,7 @@ class FasterRCNN(nn.Module):
         return detections
 
 
-def faster_rcnn_phases(params: dict, train: dict) -> Optional[list]:
+def faster_rcnn_phases(params: dict, train) -> Optional[list]:
     """The 4 steps of alternating training as phases; the joint schemes train in one phase.
 
     Epochs per step: ``alternating_epochs``, else ``train.epochs`` for the RPN steps and half
@@ -121,8 +121,8 @@ def faster_rcnn_phases(params: dict, train: dict) -> Optional[list]:
     """
     if params["training"] != "alternating":
         return None
-    full = int(train["epochs"])
-    epochs = params.get("alternating_epochs") or [full, math.ceil(full / 2), full, math.ceil(full / 2)]
+    full = train.epochs
+    epochs = params["alternating_epochs"] or [full, math.ceil(full / 2), full, math.ceil(full / 2)]
     rpn, roi = ["rpn_cls", "rpn_box"], ["roi_cls", "roi_box"]
     return [
         {"name": "rpn", "epochs": epochs[0], "trainable": ["rpn_backbone", "rpn"], "losses": rpn},

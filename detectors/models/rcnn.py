@@ -142,7 +142,7 @@ class RCNN(ProposalModel):
         return torch.softmax(logits, dim=-1)[:, 1:]
 
     @torch.no_grad()
-    def fit_phase(self, phase: dict, dataset, device) -> Dict[str, float]:
+    def fit_phase(self, phase, dataset, device) -> Dict[str, float]:
         """R-CNN's SVM training: fc7 features of every training image's ground truths and proposals
         (the CNN frozen), then ``detectors.svm.mine_and_fit``. Returns figures for the epoch report."""
         was_training = self.training
@@ -180,11 +180,11 @@ class RCNN(ProposalModel):
         return {f"svm/{k}": v for k, v in stats.items()}
 
 
-def rcnn_phases(params: dict, train: dict) -> Optional[list]:
+def rcnn_phases(params: dict, train) -> Optional[list]:
     """Fine-tuning by SGD for ``train.epochs``, then (``classifier: svm``) the SVMs, fitted in one pass."""
     if params["classifier"] != "svm":
         return None
-    return [{"name": "finetune", "epochs": int(train["epochs"])},
+    return [{"name": "finetune", "epochs": train.epochs},
             {"name": "svm", "epochs": 1, "kind": "fit", "trainable": ["svm"]}]
 
 

@@ -10,12 +10,15 @@ from detectors.losses import l1_loss, smooth_l1_loss
 from detectors.models import MODELS
 from detectors.registry import Registry
 
-EVAL = {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100}
+from detectors.trial import make_trial
+
+PATHS = {k: f"/data/{k}" for k in ("train_images", "train_annotations", "val_images", "val_annotations")}
 
 
 def _trial(name, params=None, loss=None, losses=None):
-    return {"detector": {"name": name, "scale": "tiny", "params": params or {}}, "loss": loss,
-            "losses": losses or {}, "eval": EVAL}
+    trial = make_trial(PATHS, "/tmp/unused", detector={"name": name, "params": params or {}}, losses=losses)
+    trial["loss"] = loss  # None: the primary role's default
+    return trial
 
 
 def _batch():

@@ -7,7 +7,10 @@ import torch
 from PIL import Image
 
 from detectors.data.coco import CocoDetection
+from detectors.config import TrialConfig
+from detectors.data.resolve import PATH_KEYS
 from detectors.runtime import LocalRuntime
+from detectors.trial import make_trial
 
 
 def write_set(tmp_path, n=3, h=4, w=5):
@@ -50,4 +53,5 @@ def test_runtime_loader_workers_and_pinned_memory_only_on_cuda(tmp_path):
     assert loader.num_workers == 2 and not loader.pin_memory
     assert len(ds._cache) == 3  # preloaded before the workers fork
     assert not LocalRuntime(torch.device("cpu")).non_blocking
-    assert LocalRuntime.for_trial({"gpus": 0, "loader_workers": 1}).loader_workers == 1
+    trial = make_trial({k: "/x" for k in PATH_KEYS}, "/tmp/unused")
+    assert LocalRuntime.for_trial(TrialConfig.from_dict({**trial, "loader_workers": 1})).loader_workers == 1

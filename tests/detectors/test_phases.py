@@ -6,6 +6,9 @@ import torch
 
 from detectors.build import ComponentError, build_detector, check_phase_parts
 from detectors.checkpoint import load_checkpoint
+from detectors import trial as trial_defaults
+from detectors.config import PhaseConfig, TrainConfig, parse
+from detectors.data.resolve import PATH_KEYS
 from detectors.phases import apply_phase, counts, resolve_phases
 from detectors.train import run_trial, seed_everything
 from tests.detectors.test_train import SMALL, Interrupt, make_trial
@@ -19,34 +22,37 @@ TWO_PHASES = [
 
 
 def test_no_phases_is_one_phase_with_the_train_settings():
-    train = {"epochs": 7, "optimizer": "adamw", "lr": 1e-3, "warmup_iters": 5, "batch_size": 4}
+    train = TrainConfig(epochs=7, optimizer="adamw", lr=1e-3, warmup_iters=5, batch_size=4)
     (phase,) = resolve_phases(train)
-    assert phase == {"name": "train", "epochs": 7, "optimizer": "adamw", "lr": 1e-3, "warmup_iters": 5,
-                     "trainable": None, "frozen": [], "losses": None, "kind": "sgd"}
-    head, everything = resolve_phases({**train, "phases": TWO_PHASES})
-    assert (head["lr"], head["warmup_iters"], head["losses"]) == (5e-3, 5, ["cls"])
-    assert (everything["lr"], everything["trainable"], everything["losses"]) == (1e-3, None, None)
+    # every optimizer setting the phase leaves unset is train's (its defaults included)
+    assert phase == PhaseConfig(name="train", epochs=7, optimizer="adamw", lr=1e-3, warmup_iters=5, momentum=0.9,
+                                weight_decay=1e-4, schedule="cosine", milestones=(0.67, 0.89), lr_decay=0.1)
+    assert (phase.trainable, phase.frozen, phase.losses, phase.kind) == (None, (), None, "sgd")
+    with_phases = parse(TrainConfig, {"epochs": 7, "lr": 1e-3, "warmup_iters": 5, "phases": TWO_PHASES})
+    head, everything = resolve_phases(with_phases)
+    assert (head.lr, head.warmup_iters, head.losses) == (5e-3, 5, ("cls",))
+    assert (everything.lr, everything.trainable, everything.losses) == (1e-3, None, None)
     assert counts("loss_cls", head) and not counts("loss_box", head) and counts("loss_box", everything)
+    # a detector's declared scheme comes as plain dicts: parsed, unknown keys refused
     with pytest.raises(ValueError, match="unknown keys"):
-        resolve_phases({**train, "phases": [{"name": "x", "epochs": 1, "lr_decay_typo": 1}]})
+        resolve_phases(train, [{"name": "x", "epochs": 1, "lr_decay_typo": 1}])
     # a phase the model fits itself (R-CNN's SVMs); a kind the loop does not know is an error
-    (fit,) = resolve_phases({**train, "phases": [{"name": "svm", "epochs": 1, "kind": "fit"}]})
-    assert fit["kind"] == "fit" and phase["kind"] == "sgd"
+    (fit,) = resolve_phases(train, [{"name": "svm", "epochs": 1, "kind": "fit"}])
+    assert fit.kind == "fit" and phase.kind == "sgd"
     with pytest.raises(ValueError, match="unknown kind 'lbfgs'"):
-        resolve_phases({**train, "phases": [{"name": "x", "epochs": 1, "kind": "lbfgs"}]})
+        resolve_phases(train, [{"name": "x", "epochs": 1, "kind": "lbfgs"}])
 
 
 def test_apply_phase_sets_exactly_what_trains():
-    model = build_detector({"detector": {"name": "retinanet", "params": {}}, "loss": None, "eval": {
-        "score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100}}, 2, [1, 1])
-    params = apply_phase(model, {"name": "p", "trainable": ["head"], "frozen": ["head.box_subnet"]})
+    model = build_detector(trial_defaults.make_trial({k: "/x" for k in PATH_KEYS}, "/tmp/unused"), 2, [1, 1])
+    params = apply_phase(model, PhaseConfig(name="p", epochs=1, trainable=("head",), frozen=("head.box_subnet",)))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("head.") and not n.startswith("head.box_subnet.") for n in trainable)
     assert len(params) == len(trainable)
     assert any(n.startswith("head.box_out") for n in trainable)  # a prefix matches whole name parts only
     message = r"'hed' names no parameters of the model; did you mean 'head'\? \(at that depth: backbone, head\)"
     with pytest.raises(ValueError, match=message):
-        apply_phase(model, {"name": "p", "trainable": ["hed"]})
+        apply_phase(model, PhaseConfig(name="p", epochs=1, trainable=("hed",)))
     with pytest.raises(ComponentError, match="fits no phase itself") as info:  # RetinaNet has no fit_phase
         check_phase_parts({"name": "retinanet"}, [{"name": "p", "epochs": 1, "kind": "fit"}])
     assert info.value.loc == ("train", "phases", 0, "kind")

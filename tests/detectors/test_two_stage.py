@@ -10,7 +10,9 @@ from detectors import proposals as proposals_module
 from detectors import trial as trial_defaults
 from detectors.build import build_detector, trial_phases
 from detectors.checkpoint import load_checkpoint
+from detectors.config import PhaseConfig
 from detectors.data.coco import CocoDetection, collate
+from detectors.data.resolve import PATH_KEYS
 from detectors.data.synthetic import generate
 from detectors.speed import measure_speed
 from detectors.train import run_trial, seed_everything
@@ -51,17 +53,17 @@ def test_every_detector_and_scheme_trains_and_is_scored_by_pycocotools(data, tmp
     trial = make(data, tmp_path, name, params, max_steps=2)
     final = run_trial(trial)
     phases = trial_phases(trial)
-    assert final["step"] == sum(1 if p.get("kind") == "fit" else 2 for p in phases)
+    assert final["step"] == sum(1 if p.kind == "fit" else 2 for p in phases)
     assert {"AP", "AP50", "AR100"} <= set(final) and 0.0 <= final["AP"] <= 1.0
     assert final["train/time_s"] > 0
     if len(phases) > 1:
-        assert {f"train/time_s/{p['name']}" for p in phases} <= set(final)
+        assert {f"train/time_s/{p.name}" for p in phases} <= set(final)
     assert os.path.exists(os.path.join(trial["trial_dir"], "final", "detections.json"))
 
 
 def test_rcnn_fits_its_svms_in_a_phase_of_its_own(data, tmp_path):
     trial = make(data, tmp_path, "rcnn", {"classifier": "svm"}, max_steps=1)
-    assert [(p["name"], p["kind"]) for p in trial_phases(trial)] == [("finetune", "sgd"), ("svm", "fit")]
+    assert [(p.name, p.kind) for p in trial_phases(trial)] == [("finetune", "sgd"), ("svm", "fit")]
     reports = []
     run_trial(trial, lambda m, c: reports.append((m, c)))
     svm_epoch = reports[1][0]
@@ -163,7 +165,7 @@ def _changed(before, after):
 
 def test_alternating_training_freezes_exactly_what_each_step_says(alternating_run):
     trial, initial, reports, _ = alternating_run
-    assert [p["name"] for p in trial_phases(trial)] == ["rpn", "detector", "rpn_shared", "detector_shared"]
+    assert [p.name for p in trial_phases(trial)] == ["rpn", "detector", "rpn_shared", "detector_shared"]
     assert [m["phase"] for m, _ in reports[:-1]] == [0, 1, 2, 2, 3]
     states = [initial] + [load_checkpoint(c)["model"] for _, c in reports[:-1]]
     step_end = {0: states[1], 1: states[2], 2: states[4], 3: states[5]}
@@ -210,11 +212,10 @@ def test_alternating_steps_and_checks():
                          None, {})
     with pytest.raises(ComponentError, match="one number per step"):
         check_components({"name": "faster_rcnn", "params": {"alternating_epochs": [1, 2]}}, None, {})
-    trial = {"detector": {"name": "faster_rcnn", "params": {"training": "alternating"}},
-             "train": {"epochs": 5, "phases": None}}
+    trial = trial_defaults.make_trial({k: "/x" for k in PATH_KEYS}, "/tmp/unused", loss=SOFTMAX, train={"epochs": 5},
+                                      detector={"name": "faster_rcnn", "params": {"training": "alternating"}})
     # default: train.epochs for the RPN steps, half of it (rounded up) for the detector steps
-    assert [p["epochs"] for p in trial_phases(trial)] == [5, 3, 5, 3]
-    model = build_detector({"detector": {"name": "faster_rcnn", "params": {"training": "alternating"}},
-                            "loss": None, "eval": {"score_thresh": 0.05, "nms_iou": 0.5, "max_dets": 100}}, 2, [1, 1])
+    assert [p.epochs for p in trial_phases(trial)] == [5, 3, 5, 3]
+    model = build_detector(trial, 2, [1, 1])
     with pytest.raises(ValueError, match="phase 'warmup' is none of them"):
-        model.begin_phase({"name": "warmup"})
+        model.begin_phase(PhaseConfig(name="warmup", epochs=1))
