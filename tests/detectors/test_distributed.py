@@ -18,6 +18,7 @@ from detectors.data.coco import collate
 from detectors.data.synthetic import generate
 from detectors.distributed import DDPRuntime, global_batches, shard
 from detectors.runtime import LocalRuntime
+from detectors.config import TrialConfig
 from detectors.train import load_datasets, run_trial
 
 
@@ -33,7 +34,7 @@ def test_shards_split_each_global_batch_contiguously_and_pad_a_short_one():
 def test_global_batches_are_the_one_process_order(tmp_path):
     paths = generate({"num_train": 10, "num_val": 2, "seed": 1}, str(tmp_path / "data"))
     trial = trial_defaults.make_trial(paths, str(tmp_path / "t"))
-    train_ds, _ = load_datasets(trial)
+    train_ds, _ = load_datasets(TrialConfig.from_dict(trial))
     gen = torch.Generator().manual_seed(7)
     local = [[t["image_id"] for t in targets]
              for _, targets in LocalRuntime(torch.device("cpu")).train_loader(train_ds, 4, gen, collate)]
