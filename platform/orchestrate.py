@@ -78,6 +78,7 @@ def run_study(study, trials: List[dict], args) -> int:
 
 
 def _run_study(study, trials: List[dict], args) -> int:
+    """The stages of a run, in order (the module docstring); a stage that cannot go on raises _CannotRun."""
     try:
         run = _open_run(study, trials, args)
         _sync_mlflow(run)
