@@ -4,16 +4,306 @@ Only plain trial dicts cross into Ray; the trainable is
 ``detectors.trainable.tune_trainable``. Trials whose config hash already
 finished (results store) are skipped unless ``--force``. After the trials, the
 speed phase (``platform.speed_phase``) measures each speed configuration alone.
+
+A run, stage by stage (``_run_study``): check the services; open the store and
+split the trials into cached and to run; bring MLflow up to date; if nothing is
+left to run, the cached path; else start Ray and check a trial fits, run the
+trials and the speed phase, and finish (the parent run's status, the summary,
+the report, the exit code). Ray, MLflow and torch are imported only by the
+stages that need them: a cached run that is in step starts neither.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import sys
 import time
-from typing import List
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Optional
+
+from detectors.speed_phase import uses_speed_phase
+from platform.cluster import (check_tracking_server, claim_study, describe_footprint, fitting_trials,
+                              forget_local_ray, is_server, record_local_ray, release_study, stop_stale_local_ray,
+                              trial_request)
+from platform.expand import detectors_code_version, resolve_dataset_paths
+from platform.reconcile import in_sync, mark_synced, note_pending_parent, prune_checkpoints, reconcile
+from platform.speed_phase import pending, run_speed_phase, speed_groups
+from platform.store import Store
+from platform.summary import print_summary, write_report
+from platform.timing import TrialClock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _CannotRun(Exception):
+    """What stops a run before any trial starts; printed as ``error: <message>``, exit code 2."""
+
+
+@dataclass
+class _Run:
+    """What the stages of one run share."""
+
+    study: Any
+    trials: List[dict]  # every trial of the study
+    args: Any  # the command line (platform.run)
+    store: Store
+    todo: List[dict]  # the trials to run: not cached, or --force
+    run_dir: str
+    ray_log: str
+    tracker: Any = None  # platform.tracking.StudyTracker, once MLflow is needed
+    parent: Optional[str] = None  # the study's MLflow run
+    recorder: Any = None  # platform.callbacks.StudyCallback, once the trials start
+    interrupted: bool = False
+
+    @property
+    def local_ray(self) -> bool:
+        return not (self.args.address or os.environ.get("RAY_ADDRESS"))
+
+
+def run_study(study, trials: List[dict], args) -> int:
+    """Run what is not cached, then summarise and build the report. Returns the exit code.
+    One driver per study at a time (``platform.cluster.claim_study``)."""
+    run_dir = os.path.join(study.output.runs_dir, study.name)
+    os.makedirs(run_dir, exist_ok=True)
+    busy = claim_study(run_dir)
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
+    try:
+        return _run_study(study, trials, args)
+    finally:
+        release_study(run_dir)
+
+
+def _run_study(study, trials: List[dict], args) -> int:
+    """The stages of a run, in order (the module docstring); a stage that cannot go on raises _CannotRun."""
+    try:
+        run = _open_run(study, trials, args)
+        _sync_mlflow(run)
+        if not run.todo:
+            return _cached_run(run)
+        prune_checkpoints(run.store, study.name, run.todo, force=args.force)  # resume only from what the store saw
+        with _ray_session(run):
+            concurrency = _concurrency(run, _trials_that_fit(run))
+            try:
+                _run_trials_and_speed(run, concurrency)
+            except KeyboardInterrupt:
+                run.interrupted = True
+    except _CannotRun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _finish(run)
+
+
+# --------------------------------------------------------------------------- the stages, in order
+
+
+def _open_run(study, trials: List[dict], args) -> _Run:
+    """The services checked, the store open, the trials split into cached and to run."""
+    problem = _services(study)
+    if problem:
+        raise _CannotRun(problem)
+    store = Store(study.tracking.store_url)
+    finished = set() if args.force else store.finished_hashes(study.name)
+    todo = [t for t in trials if t["config_hash"] not in finished]
+    print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
+    run_dir = os.path.join(study.output.runs_dir, study.name)
+    os.makedirs(run_dir, exist_ok=True)
+    ray_log = os.path.join(run_dir, "ray.log")
+    _ray_logs_to_file(ray_log)  # (also quiets MLflow's start-up notices)
+    return _Run(study, trials, args, store, todo, run_dir, ray_log)
+
+
+def _services(study) -> str | None:
+    """The results store, and the MLflow server if there is one, reachable? An error line, or None."""
+    uri = study.tracking.mlflow_uri
+    if is_server(uri):
+        # a server that is down makes every call retry for minutes: a short, one-time check
+        try:
+            check_tracking_server(uri)
+        except ConnectionError as exc:
+            return f"cannot reach the MLflow tracking server at {uri}: {exc}"
+        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                           ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"), ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
+            os.environ.setdefault(var, value)  # an outage mid-study costs seconds, not minutes, per call
+    try:
+        Store(study.tracking.store_url).close()
+    except Exception as exc:  # SQLAlchemy wraps the driver's error
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        return f"cannot open the results store at {study.tracking.store_url}: {first}"
+    return None
+
+
+def _sync_mlflow(run: _Run) -> None:
+    """MLflow brought in step with the store after a killed run; skipped (and MLflow not even
+    imported) when nothing is to run and the store and MLflow are known to be in step."""
+    study, uri = run.study, run.study.tracking.mlflow_uri
+    if not run.todo and in_sync(run.store, study.name, uri, run.run_dir):
+        return
+    try:
+        run.tracker = _study_tracker(study)
+        fixed = reconcile(run.tracker, run.store, study.name, run.run_dir)
+    except Exception as exc:  # MLflow failing before anything started: one line, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise _CannotRun(f"MLflow at {uri}: {type(exc).__name__}: {first}") from None
+    if any(fixed.values()):
+        print(f"MLflow brought up to date from the results store: {fixed['parents']} earlier parent runs "
+              f"ended, {fixed['children']} unfinished trial runs marked KILLED, {fixed['repaired']} finished "
+              f"trials' runs completed")
+    mark_synced(run.store, study.name, uri, run.run_dir)
+
+
+def _cached_run(run: _Run) -> int:
+    """Nothing to run: speed figures an earlier run left unmeasured, the summary and the report."""
+    print("everything was cached: no trial ran (use --force to run them again)")
+    _speed_phase_when_cached(run.study, run.store, run.trials, run.args)
+    print_summary(run.store, run.study)
+    return 0 if write_report(run.store, run.study) else 1
+
+
+def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
+    """A cached run measures only speed figures an earlier run left unmeasured (interrupted,
+    failed); Ray and MLflow start only then."""
+    groups = speed_groups(store, study.name, trials, detectors_code_version())
+    if not pending(groups):
+        return
+    import ray
+
+    ray_log = os.path.join(study.output.runs_dir, study.name, "ray.log")
+    os.makedirs(os.path.dirname(ray_log), exist_ok=True)
+
+    def start() -> bool:
+        _ray_logs_to_file(ray_log)
+        try:
+            _start_ray(args.address, os.path.dirname(ray_log))
+        except ConnectionError as exc:
+            print(f"speed: cannot reach the Ray cluster ({str(exc).splitlines()[0]}); speed not measured",
+                  file=sys.stderr)
+            return False
+        _ray_logs_to_file(ray_log)
+        return True
+
+    tracker = _study_tracker(study)
+    try:
+        run_speed_phase(store, study.name, groups, tracker=tracker, start_ray=start)
+    except KeyboardInterrupt:
+        print("interrupted: speed figures not measured yet are measured by the next run")
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_session(run: _Run) -> Iterator[None]:
+    """Ray started (or connected to) for the trials; on leaving, a local Ray stopped and forgotten,
+    a cluster only disconnected from."""
+    import ray
+
+    try:
+        _start_ray(run.args.address, run.run_dir)
+    except ConnectionError as exc:
+        where = run.args.address or os.environ.get("RAY_ADDRESS")
+        raise _CannotRun(f"cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}") from None
+    _ray_logs_to_file(run.ray_log)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if run.local_ray:
+            forget_local_ray(run.run_dir)
+
+
+def _trials_that_fit(run: _Run) -> int:
+    """How many whole trials the Ray cluster holds at once; none is an error."""
+    import ray
+
+    res = run.study.resources
+    cluster = ray.cluster_resources()
+    fit = fitting_trials(res, cluster)
+    if fit < 1:
+        gpus = cluster.get("GPU", 0)
+        have = f"{cluster.get('CPU', 0):g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
+        raise _CannotRun(f"a trial of {run.study.name} needs {describe_footprint(res)} at once; the Ray cluster "
+                         f"has {have} (resources in {run.args.study})")
+    return fit
+
+
+def _concurrency(run: _Run, fit: int) -> int:
+    """Whole trials only: a multi-worker trial's workers are placed after its Tune trial starts,
+    so more concurrent trials than fit would leave every one waiting (platform.cluster)."""
+    res = run.study.resources
+    return min(len(run.todo), run.args.max_concurrent or res.max_concurrent or fit, fit)
+
+
+def _run_trials_and_speed(run: _Run, concurrency: int) -> None:
+    """The dataset, the study's MLflow run and store row, the trials on Tune, then the speed phase."""
+    from platform.callbacks import ProgressCallback, StudyCallback
+
+    study, args = run.study, run.args
+    run.todo = prepare_dataset(run.todo)
+    for t in run.todo:  # the worker leaves latency and throughput to the speed phase
+        t["speed_phase"] = uses_speed_phase(t)
+    _start_parent(run)
+    clock = TrialClock()  # one start and end per trial for the progress line, the store and MLflow
+    run.recorder = StudyCallback(study.name, run.tracker, run.store, force=args.force, clock=clock)
+    progress = ProgressCallback(len(run.todo), concurrency, clock=clock)
+    print(f"running {len(run.todo)} trials, up to {concurrency} at a time; Ray logs: {run.ray_log}")
+    run_trials(study, run.todo, [run.recorder, progress], concurrency)
+    ran = {f["trial"]["config_hash"] for f in run.recorder.finished}
+    groups = speed_groups(run.store, study.name, run.trials, detectors_code_version(), ran, args.force)
+    run_speed_phase(run.store, study.name, groups, tracker=run.tracker)
+
+
+def _start_parent(run: _Run) -> None:
+    """The study's MLflow parent run, and its row in the store pointing at it."""
+    from platform.tracking import study_description
+
+    study, args, tracker, trials = run.study, run.args, run.tracker, run.trials
+    report = os.path.join(study.output.reports_dir, study.name, "index.html")
+    counts = {"trials": len(trials), "cached": len(trials) - len(run.todo), "force": bool(args.force)}
+    run.parent = tracker.start_parent(args.study, REPO_ROOT, counts, detectors_code_version(),
+                                      description=study_description(study, trials, report), trials=run.todo)
+    tracker.tolerate = True  # from here on an MLflow outage does not stop the study
+    store_args = (study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study))
+    run.store.upsert_study(*store_args, mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=run.parent)
+
+
+def _finish(run: _Run) -> int:
+    """The parent run's status, the summary, failures, the report and where MLflow shows the study;
+    the exit code: 0 all finished, 1 a trial failed or no report, 130 interrupted."""
+    recorder = run.recorder
+    if recorder is None:  # interrupted before any trial started
+        print("interrupted before any trial started; nothing was run")
+        return 130
+    interrupted = run.interrupted or len(recorder.finished) + len(recorder.failed) < len(run.todo)
+    if interrupted:
+        recorder.close_unfinished()
+    _end_parent(run, "KILLED" if interrupted else ("FAILED" if recorder.failed else "FINISHED"))
+    print_summary(run.store, run.study)
+    for f in recorder.failed:
+        print(f"failed: {f['trial']['trial_key']}: {f['error']}")
+    report_ok = write_report(run.store, run.study) is not None
+    if is_server(run.study.tracking.mlflow_uri):
+        print(f"MLflow: {run.tracker.experiment_url()}")
+    else:
+        print(f"MLflow UI: {run.tracker.ui_command()}")
+        print(f"  then open {run.tracker.experiment_url()}")
+    if interrupted:
+        print(f"interrupted: {len(recorder.finished)} finished trials are kept; run the same command to resume")
+        return 130
+    return 1 if recorder.failed or not report_ok else 0
+
+
+def _end_parent(run: _Run, status: str) -> None:
+    """Tell MLflow how the study's run ended, or leave a note for the next run to tell it."""
+    if not run.tracker.end_parent(status):
+        note_pending_parent(run.run_dir, run.parent, status)  # the next run tells MLflow (platform.reconcile)
+    elif not run.tracker.offline and status != "KILLED":
+        mark_synced(run.store, run.study.name, run.study.tracking.mlflow_uri, run.run_dir)  # every run reached MLflow
+
+
+# --------------------------------------------------------------------------- Ray, Tune, the dataset, MLflow
 
 
 def _ray_logs_to_file(path: str) -> None:
@@ -36,8 +326,6 @@ def _ray_logs_to_file(path: str) -> None:
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail fast on an address nothing listens at: ray.init would retry for minutes."""
-    import socket
-
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1]
@@ -54,8 +342,6 @@ def _start_ray(address: str | None, run_dir: str) -> None:
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs
     (after stopping what a killed earlier driver of this study left of its own)."""
     import ray
-
-    from platform.cluster import record_local_ray, stop_stale_local_ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
@@ -77,7 +363,6 @@ def run_trials(study, trials: List[dict], callbacks, concurrency: int):
     from ray import tune
 
     from detectors.trainable import tune_trainable
-    from platform.cluster import trial_request
 
     res = study.resources
     resources = trial_request(res)  # a multi-worker trial's workers ask for themselves (platform.cluster)
@@ -108,7 +393,6 @@ def run_trials(study, trials: List[dict], callbacks, concurrency: int):
 def prepare_dataset(trials: List[dict]) -> List[dict]:
     """Generate (or find cached) each synthetic set once, before any worker starts."""
     from detectors.data.synthetic import generate
-    from platform.expand import resolve_dataset_paths
 
     def make(params: dict) -> dict:
         t0 = time.monotonic()
@@ -124,202 +408,3 @@ def _study_tracker(study):
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its import set INFO: no table-creation lines
     return StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))
-
-
-def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
-    """A cached run measures only speed figures an earlier run left unmeasured (interrupted,
-    failed); Ray and MLflow start only then."""
-    from platform.expand import detectors_code_version
-    from platform.speed_phase import pending, run_speed_phase, speed_groups
-
-    groups = speed_groups(store, study.name, trials, detectors_code_version())
-    if not pending(groups):
-        return
-    import ray
-
-    ray_log = os.path.join(study.output.runs_dir, study.name, "ray.log")
-    os.makedirs(os.path.dirname(ray_log), exist_ok=True)
-
-    def start() -> bool:
-        _ray_logs_to_file(ray_log)
-        try:
-            _start_ray(args.address, os.path.dirname(ray_log))
-        except ConnectionError as exc:
-            print(f"speed: cannot reach the Ray cluster ({str(exc).splitlines()[0]}); speed not measured",
-                  file=sys.stderr)
-            return False
-        _ray_logs_to_file(ray_log)
-        return True
-
-    tracker = _study_tracker(study)
-    try:
-        run_speed_phase(store, study.name, groups, tracker=tracker, start_ray=start)
-    except KeyboardInterrupt:
-        print("interrupted: speed figures not measured yet are measured by the next run")
-    finally:
-        ray.shutdown()
-
-
-def _services(study) -> str | None:
-    """The results store, and the MLflow server if there is one, reachable? An error line, or None."""
-    from platform.cluster import check_tracking_server, is_server
-    from platform.store import Store
-
-    uri = study.tracking.mlflow_uri
-    if is_server(uri):
-        # a server that is down makes every call retry for minutes: a short, one-time check
-        try:
-            check_tracking_server(uri)
-        except ConnectionError as exc:
-            return f"cannot reach the MLflow tracking server at {uri}: {exc}"
-        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                           ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"), ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
-            os.environ.setdefault(var, value)  # an outage mid-study costs seconds, not minutes, per call
-    try:
-        Store(study.tracking.store_url).close()
-    except Exception as exc:  # SQLAlchemy wraps the driver's error
-        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
-        return f"cannot open the results store at {study.tracking.store_url}: {first}"
-    return None
-
-
-def run_study(study, trials: List[dict], args) -> int:
-    """Run what is not cached, then summarise and build the report. Returns the exit code.
-    One driver per study at a time (``platform.cluster.claim_study``)."""
-    from platform.cluster import claim_study, release_study
-
-    run_dir = os.path.join(study.output.runs_dir, study.name)
-    os.makedirs(run_dir, exist_ok=True)
-    busy = claim_study(run_dir)
-    if busy:
-        print(f"error: {busy}", file=sys.stderr)
-        return 2
-    try:
-        return _run_study(study, trials, args)
-    finally:
-        release_study(run_dir)
-
-
-def _run_study(study, trials: List[dict], args) -> int:
-    from platform.reconcile import in_sync, mark_synced, note_pending_parent, prune_checkpoints, reconcile
-    from platform.store import Store
-    from platform.summary import print_summary, write_report
-    from platform.cluster import is_server
-
-    problem = _services(study)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    store = Store(study.tracking.store_url)
-    finished = set() if args.force else store.finished_hashes(study.name)
-    todo = [t for t in trials if t["config_hash"] not in finished]
-    print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
-    run_dir = os.path.join(study.output.runs_dir, study.name)
-    os.makedirs(run_dir, exist_ok=True)
-    ray_log = os.path.join(run_dir, "ray.log")
-    _ray_logs_to_file(ray_log)  # (also quiets MLflow's start-up notices)
-    uri = study.tracking.mlflow_uri
-    if todo or not in_sync(store, study.name, uri, run_dir):  # in step: a cached run needs no MLflow
-        try:
-            tracker = _study_tracker(study)
-            fixed = reconcile(tracker, store, study.name, run_dir)  # MLflow from the store, after a killed run
-        except Exception as exc:  # MLflow failing before anything started: one line, not a traceback
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            print(f"error: MLflow at {uri}: {type(exc).__name__}: {first}", file=sys.stderr)
-            return 2
-        if any(fixed.values()):
-            print(f"MLflow brought up to date from the results store: {fixed['parents']} earlier parent runs "
-                  f"ended, {fixed['children']} unfinished trial runs marked KILLED, {fixed['repaired']} finished "
-                  f"trials' runs completed")
-        mark_synced(store, study.name, uri, run_dir)
-    if not todo:
-        print("everything was cached: no trial ran (use --force to run them again)")
-        _speed_phase_when_cached(study, store, trials, args)
-        print_summary(store, study)
-        return 0 if write_report(store, study) else 1
-    prune_checkpoints(store, study.name, todo, force=args.force)  # resume only from what the store saw
-
-    import ray
-
-    from platform.callbacks import ProgressCallback, StudyCallback
-    from detectors.speed_phase import uses_speed_phase
-    from platform.cluster import describe_footprint, fitting_trials, forget_local_ray
-    from platform.expand import detectors_code_version
-    from platform.speed_phase import run_speed_phase, speed_groups
-    from platform.timing import TrialClock
-    from platform.tracking import study_description
-
-    try:
-        _start_ray(args.address, run_dir)
-    except ConnectionError as exc:
-        where = args.address or os.environ.get("RAY_ADDRESS")
-        print(f"error: cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    _ray_logs_to_file(ray_log)
-    local_ray = not (args.address or os.environ.get("RAY_ADDRESS"))
-    res = study.resources
-    cluster = ray.cluster_resources()
-    fit = fitting_trials(res, cluster)
-    if fit < 1:
-        ray.shutdown()
-        if local_ray:
-            forget_local_ray(run_dir)
-        gpus = cluster.get("GPU", 0)
-        have = f"{cluster.get('CPU', 0):g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
-        print(f"error: a trial of {study.name} needs {describe_footprint(res)} at once; the Ray cluster has {have} "
-              f"(resources in {args.study})", file=sys.stderr)
-        return 2
-    interrupted, recorder = False, None
-    try:
-        todo = prepare_dataset(todo)
-        for t in todo:  # the worker leaves latency and throughput to the speed phase
-            t["speed_phase"] = uses_speed_phase(t)
-        report = os.path.join(study.output.reports_dir, study.name, "index.html")
-        parent = tracker.start_parent(args.study, REPO_ROOT, {"trials": len(trials), "cached": len(trials) - len(todo),
-                                                               "force": bool(args.force)}, detectors_code_version(),
-                                      description=study_description(study, trials, report), trials=todo)
-        tracker.tolerate = True  # from here on an MLflow outage does not stop the study
-        store.upsert_study(study.name, study.description, study.model_dump(mode="json"), os.path.abspath(args.study),
-                           mlflow_experiment_id=tracker.experiment_id, last_parent_run_id=parent)
-        # Whole trials only: a multi-worker trial's workers are placed after its Tune trial starts,
-        # so more concurrent trials than fit would leave every one waiting (platform.cluster).
-        concurrency = min(len(todo), args.max_concurrent or res.max_concurrent or fit, fit)
-        clock = TrialClock()  # one start and end per trial for the progress line, the store and MLflow
-        recorder = StudyCallback(study.name, tracker, store, force=args.force, clock=clock)
-        progress = ProgressCallback(len(todo), concurrency, clock=clock)
-        print(f"running {len(todo)} trials, up to {concurrency} at a time; Ray logs: {ray_log}")
-        run_trials(study, todo, [recorder, progress], concurrency)
-        ran = {f["trial"]["config_hash"] for f in recorder.finished}
-        run_speed_phase(store, study.name, speed_groups(store, study.name, trials, detectors_code_version(), ran,
-                                                        args.force), tracker=tracker)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        ray.shutdown()  # stops a local Ray; only disconnects from a cluster
-        if local_ray:
-            forget_local_ray(run_dir)
-    if recorder is None:  # interrupted before any trial started
-        print("interrupted before any trial started; nothing was run")
-        return 130
-    interrupted = interrupted or len(recorder.finished) + len(recorder.failed) < len(todo)
-    if interrupted:
-        recorder.close_unfinished()
-    status = "KILLED" if interrupted else ("FAILED" if recorder.failed else "FINISHED")
-    if not tracker.end_parent(status):
-        note_pending_parent(run_dir, parent, status)  # the next run tells MLflow (platform.reconcile)
-    elif not tracker.offline and not interrupted:
-        mark_synced(store, study.name, uri, run_dir)  # every trial's run and figure reached MLflow
-
-    print_summary(store, study)
-    for f in recorder.failed:
-        print(f"failed: {f['trial']['trial_key']}: {f['error']}")
-    report_ok = write_report(store, study) is not None
-    if is_server(study.tracking.mlflow_uri):
-        print(f"MLflow: {tracker.experiment_url()}")
-    else:
-        print(f"MLflow UI: {tracker.ui_command()}")
-        print(f"  then open {tracker.experiment_url()}")
-    if interrupted:
-        print(f"interrupted: {len(recorder.finished)} finished trials are kept; run the same command to resume")
-        return 130
-    return 1 if recorder.failed or not report_ok else 0

@@ -44,13 +44,13 @@ from detectors.assigners import atss_assign, fcos_assign, fcos_size_ranges, max_
 from detectors.boxes import aligned_box_iou, box_centres, box_to_distance, clip_boxes, distance_to_box
 from detectors.losses import CLS_LOSSES, balanced_ce_loss, focal_loss
 from detectors.losses.gfl import giou_loss
-from detectors.models import MODELS, LossRole, register_detector
 from detectors.models.backbones import pyramid_backbone, pyramid_transform, scale_config
+from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, InStrides, NumConvs, TopK, Width
+from detectors.models.contract import MODELS, LossRole, register_detector
 from detectors.models.box_repr import make_box_representation
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.models.dense_heads import DenseHead, centerness_target
-from detectors.models.retinanet import (IMAGENET_MEAN, IMAGENET_STD, SCALES, ImageSide, InStrides, NumConvs, TopK,
-                                        Width, check_common)
+from detectors.models.retinanet import SCALES, check_common  # RetinaNet's presets and combination checks
 from detectors.registry import Interval, OpenUnit
 from detectors.runtime import worker_mean
 

@@ -20,11 +20,12 @@ from typing import Callable, Dict, List, Literal, Optional
 from torch import Tensor, nn
 
 from detectors.losses import BOX_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
-from detectors.models import LossRole, register_detector
+from detectors.models.common import Count, ImageSide, RoISize, RoIsPerImage, UnitLow, Width
+from detectors.models.contract import LossRole, register_detector
 from detectors.models.roi_features import RoIFeatures
 from detectors.models.roi_heads import BoxHead, RoIHeads
-from detectors.models.two_stage import (Count, ImageSide, RoISize, RoIsPerImage, StageClock, UnitLow, Width,
-                                        make_transform, resize_boxes_to, scale_preset, single_level_backbone)
+from detectors.models.two_stage import (StageClock, make_transform, resize_boxes_to, scale_preset,
+                                        single_level_backbone)
 from detectors.proposals import SelectiveSearch
 from detectors.registry import OpenUnit
 

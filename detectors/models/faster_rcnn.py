@@ -34,12 +34,12 @@ from typing import Callable, Dict, List, Literal, Optional
 from torch import Tensor, nn
 
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
-from detectors.models import LossRole, register_detector
+from detectors.models.common import Count, Epochs, ImageSide, RoISize, RoIsPerImage, UnitLow, Width
+from detectors.models.contract import LossRole, register_detector
 from detectors.models.fast_rcnn import ROI_ROLES, roi_head_for
 from detectors.models.roi_heads import RoIHeads
 from detectors.models.rpn import RPN
-from detectors.models.two_stage import (Count, Epochs, ImageSide, RoISize, RoIsPerImage, StageClock, UnitLow, Width,
-                                        fpn_backbone, make_transform, maybe_no_grad, scale_preset,
+from detectors.models.two_stage import (StageClock, fpn_backbone, make_transform, maybe_no_grad, scale_preset,
                                         single_level_backbone)
 from detectors.registry import OpenUnit
 

@@ -36,11 +36,12 @@ from torchvision.ops import box_iou, roi_align
 
 from detectors.boxes import BoxCoder
 from detectors.losses import SOFTMAX_LOSSES, smooth_l1_loss
-from detectors.models import register_detector
+from detectors.models.common import Count, CropSide, ImageSide, RoIsPerImage, Width
+from detectors.models.contract import register_detector
 from detectors.models.fast_rcnn import ROI_ROLES, ProposalModel
 from detectors.models.roi_heads import ROI_BOX_WEIGHTS, BoxHead, detect, roi_losses, sample_rois
-from detectors.models.two_stage import (Count, CropSide, ImageSide, RoIsPerImage, StageClock, Width, make_transform,
-                                        resize_boxes_to, scale_preset, single_level_backbone)
+from detectors.models.two_stage import (StageClock, make_transform, resize_boxes_to, scale_preset,
+                                        single_level_backbone)
 from detectors.proposals import SelectiveSearch
 from detectors.registry import Interval, OpenUnit
 from detectors.svm import mine_and_fit

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Annotated, Callable, Dict, List, Literal, Optional, Tuple
+from typing import Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -27,24 +27,13 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
-from detectors.models import LossRole, register_detector
 from detectors.models.backbones import (PYRAMID_STRIDES, pyramid_backbone, pyramid_transform, scale_config,
                                         single_level_backbone)
+from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, InStrides, NumConvs, TopK, Width
+from detectors.models.contract import LossRole, register_detector
 from detectors.models.postprocess import level_candidates, merge_levels
-from detectors.registry import Interval, OpenUnit
+from detectors.registry import OpenUnit
 from detectors.runtime import worker_mean
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-# Study-facing ranges, shared with the dense detectors. The upper ends are generous:
-# they turn a typo into a validation error instead of an allocation in a worker (a
-# 10^5-channel head) or a transform that upsamples every image to 10^5 px.
-Width = Annotated[int, Interval(ge=1, le=4096)]
-NumConvs = Annotated[int, Interval(ge=0, le=16)]
-ImageSide = Annotated[int, Interval(ge=32, le=4096)]
-InStrides = Annotated[float, Interval(gt=0, le=64)]  # a length in units of the level's stride
-TopK = Annotated[int, Interval(ge=1, le=100_000)]
 
 
 def gn_groups(width: int) -> int:

@@ -45,10 +45,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
-from detectors.models import LossRole, register_detector
 from detectors.models.backbones import TinyBody
+from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK
+from detectors.models.contract import LossRole, register_detector
 from detectors.models.postprocess import level_candidates, merge_levels
-from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK
 from detectors.registry import Interval, OpenUnit
 from detectors.runtime import worker_mean
 

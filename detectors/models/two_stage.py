@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from typing import Annotated, Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,21 +33,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectors.models.backbones import TinyBody
-from detectors.registry import Interval
-
-# Study-facing ranges of the two-stage detectors' parameters (every number has both ends;
-# the upper ends only turn a typo into a validation error).
-Count = Annotated[int, Interval(ge=1, le=100_000)]          # proposals, anchors per image, top-N
-RoIsPerImage = Annotated[int, Interval(ge=1, le=4096)]
-RoISize = Annotated[int, Interval(ge=1, le=32)]             # bins per side of a pooled region
-Width = Annotated[int, Interval(ge=1, le=4096)]
-ImageSide = Annotated[int, Interval(ge=32, le=4096)]
-CropSide = Annotated[int, Interval(ge=8, le=1024)]
-Epochs = Annotated[int, Interval(ge=1, le=10_000)]
-UnitLow = Annotated[float, Interval(ge=0, lt=1)]            # a lower IoU bound that may be 0
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD
 
 # ``anchor_sizes``: the single-level RPN's 3 scales (the paper's 128, 256, 512 at 600 px;
 # tiny images hold 10-56 px objects, so 12, 24, 48). ``anchor_base``: with FPN, each

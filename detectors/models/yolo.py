@@ -43,10 +43,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectors.boxes import aligned_box_iou, clip_boxes
 from detectors.losses import PROB_LOSSES, squared_error_loss
-from detectors.models import LossRole, register_detector
 from detectors.models.backbones import TinyBody
+from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK, Width
+from detectors.models.contract import LossRole, register_detector
 from detectors.models.postprocess import level_candidates, merge_levels
-from detectors.models.retinanet import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK, Width
 from detectors.registry import Interval, Probability
 
 GridSize = Annotated[int, Interval(ge=1, le=64)]

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from detectors.benchmarks import synthetic_detections
 from detectors.cocotools import coco_ground_truth, eval_backend
 from detectors.evaluate import evaluate_coco
+from platform.bench.measurements import synthetic_detections
 
 
 @pytest.mark.parametrize("num_images,seed", [(20, 0), (120, 1)])

@@ -1,8 +1,11 @@
 """Sweep expansion: order, trial dicts, content hashes and what does (not) change them."""
 import json
 import os
+import shutil
 
 import pytest
+
+import detectors
 
 from platform.expand import (
     describe, detectors_code_version, expand, format_value, resolve_dataset_paths, short_names,
@@ -184,6 +187,39 @@ def test_detectors_code_version_covers_py_files_only(tmp_path):
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
     assert detectors_code_version(str(tmp_path)) != v1
     assert len(detectors_code_version()) == 64  # the real detectors/ package
+
+
+def test_trial_hashes_follow_detectors_code_and_not_the_benchmarks(tmp_path, monkeypatch):
+    """Benchmarks are driver code (platform/bench/): editing one re-runs no cached trial;
+    editing a loss changes every trial's hash (the whole detectors/ tree is hashed)."""
+    import platform.bench
+    import platform.expand
+    from platform.bench import measurements, threads
+
+    real_root = os.path.dirname(os.path.abspath(detectors.__file__))
+    for module in (platform.bench, measurements, threads):
+        assert os.path.commonpath([real_root, os.path.abspath(module.__file__)]) != real_root, module.__name__
+    # a copy of the repository's two trees: detectors/ (hashed) and platform/bench/ beside it
+    skip = shutil.ignore_patterns("__pycache__")
+    root = tmp_path / "repo"
+    shutil.copytree(real_root, root / "detectors", ignore=skip)
+    shutil.copytree(os.path.dirname(measurements.__file__), root / "platform" / "bench", ignore=skip)
+    hashed = str(root / "detectors")
+    assert detectors_code_version(hashed) == detectors_code_version()  # the copy hashes as the package
+    monkeypatch.setattr(platform.expand, "detectors_code_version", lambda: detectors_code_version(hashed))
+
+    def hashes():  # 2 variants x 6 grid points x 2 seeds = 24 trials
+        return {t["trial_key"]: t["config_hash"] for t in expand(study_from(tmp_path, HEAD + SWEEP))}
+
+    before = hashes()
+    assert len(before) == 24
+    with open(root / "platform" / "bench" / "measurements.py", "a") as f:
+        f.write("\nREPEATS = 99  # a benchmark edited\n")
+    assert hashes() == before
+    with open(root / "detectors" / "losses" / "classification.py", "a") as f:
+        f.write("\nFOCAL_EPS = 1e-9  # a loss edited\n")
+    after = hashes()
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)
 
 
 def test_resolve_dataset_paths_fills_synthetic_trials(trials):

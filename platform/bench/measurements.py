@@ -1,4 +1,4 @@
-"""Model-level measurements behind ``python -m platform.bench`` (worker side: no platform imports).
+"""Model-level measurements behind ``python -m platform.bench``.
 
 Each function returns plain dicts of repeated measurements; the command takes
 medians and spreads and writes the tables. Timings record both the wall clock
@@ -18,6 +18,12 @@ so side-by-side ratios are read from it (on an idle machine the two agree).
   cache, with 0 and 2 DataLoader workers, and training steps with 0 and 2 workers;
 - :func:`eval_backends`: pycocotools against faster-coco-eval on generated detections;
 - :func:`worker_memory`: what a Ray worker's resident memory is made of (run it in a Ray task).
+
+Benchmark code, not code that decides a trial's result, so it lives on the driver
+side, outside the ``detectors/`` tree hashed into every trial's config hash
+(``platform.expand.detectors_code_version``): editing it re-runs no cached trial.
+It imports nothing of ``platform`` (only ``detectors``), so ``worker_memory`` can
+be pickled by value into a Ray worker.
 """
 from __future__ import annotations
 

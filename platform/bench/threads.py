@@ -1,6 +1,6 @@
 """Benchmark command: dataset generation time, train img/s and eval latency per thread count.
 
-    python -m detectors.bench [--threads 1 2] [--scale tiny] [--steps 30] [--train-epochs 0]
+    python -m platform.bench.threads [--threads 1 2] [--scale tiny] [--steps 30] [--train-epochs 0]
 
 Prints one line per figure. Each thread count runs one short trial through the
 training loop (``detectors.train.run_trial`` on a ``detectors.trial.make_trial``
@@ -26,7 +26,7 @@ TRAIN = {"lr": 2e-3, "warmup_iters": 50, "eval_every_epoch": False}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m detectors.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m platform.bench.threads", description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--scale", default="tiny", choices=["tiny", "paper"])
     ap.add_argument("--steps", type=int, default=30, help="timed training steps per thread count")

@@ -13,7 +13,7 @@ the load average before and after) is written with the figures. Output:
 
 sections (targets from issue 11):
   retinanet      training img/s of our RetinaNet / torchvision's on the same backbone, anchors, head, image
-                 size, batch and 1 thread (target >= 1.0; from CPU time, see detectors.benchmarks), and the
+                 size, batch and 1 thread (target >= 1.0; from CPU time, see platform.bench.measurements), and the
                  step's parts: assignment, loss forward + backward, post-processing
   orchestration  the same trials through `platform.run` (Ray Tune, MLflow, store, speed phase, report)
                  against a plain loop calling detectors.train.run_trial, with 1 and with more trials: the
@@ -27,6 +27,10 @@ sections (targets from issue 11):
                  (target <= 1.5 GB)
   data           on the headline study's set (800 training images): an epoch of batches with / without the
                  decoded-image cache and with 0 / 2 DataLoader workers; training steps with 0 / 2 workers
+
+the measurements themselves are platform.bench.measurements; python -m platform.bench.threads times one
+short trial per thread count (train img/s, latency). Benchmarks live here, not in detectors/, whose every
+file is hashed into each trial's config hash.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SECTIONS = ("retinanet", "orchestration", "concurrency", "evaluation", "zoo", "memory", "data")
 
 # quick / full sizes of everything that costs time
@@ -80,7 +84,7 @@ def _run(cmd: List[str], cwd: str = REPO_ROOT, env: Optional[dict] = None) -> fl
 # ------------------------------------------------------------------ sections
 
 def bench_retinanet(paths: dict, size: dict) -> Dict[str, Any]:
-    from detectors.benchmarks import ours_vs_torchvision, step_profile
+    from platform.bench.measurements import ours_vs_torchvision, step_profile
 
     raw = ours_vs_torchvision(paths, steps=size["steps"], repeats=size["rounds"])
     out: Dict[str, Any] = {"raw": raw}
@@ -196,7 +200,7 @@ def bench_concurrency(size: dict, cache: str) -> Dict[str, Any]:
 
 
 def bench_evaluation(size: dict) -> Dict[str, Any]:
-    from detectors.benchmarks import eval_backends
+    from platform.bench.measurements import eval_backends
 
     out: Dict[str, Any] = {}
     for n, repeats in zip(size["eval_images"], size["eval_repeats"]):
@@ -213,8 +217,8 @@ def bench_bootstrap(resamples: int, images: int = 150) -> Dict[str, Any]:
     import numpy as np
 
     from dashboards import stats
-    from detectors.benchmarks import measured, synthetic_detections
     from detectors.cocotools import coco_ground_truth
+    from platform.bench.measurements import measured, synthetic_detections
 
     gt, dets = synthetic_detections(images, seed=1)
     coco = coco_ground_truth(gt)
@@ -235,26 +239,30 @@ def bench_bootstrap(resamples: int, images: int = 150) -> Dict[str, Any]:
 
 
 def bench_zoo(paths: dict, size: dict) -> List[Dict[str, Any]]:
-    from detectors.benchmarks import detector_zoo
+    from platform.bench.measurements import detector_zoo
 
     return detector_zoo(paths, latency_images=size["zoo_images"], warmup=3, repeats=3)
 
 
 def bench_memory(paths: dict) -> Dict[str, Any]:
     import ray
+    import ray.cloudpickle
 
-    from detectors.benchmarks import worker_memory
+    from platform.bench import measurements
 
+    # By value: a Ray worker holds the stdlib's ``platform`` module, so it cannot import this
+    # package's modules by name; worker_memory imports only detectors (and ray, torch) itself.
+    ray.cloudpickle.register_pickle_by_value(measurements)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              configure_logging=False, logging_level=logging.ERROR)
     try:
-        return ray.get(ray.remote(worker_memory).options(num_cpus=1).remote(paths))
+        return ray.get(ray.remote(measurements.worker_memory).options(num_cpus=1).remote(paths))
     finally:
         ray.shutdown()
 
 
 def bench_data(paths: dict, size: dict) -> Dict[str, Any]:
-    from detectors.benchmarks import data_path
+    from platform.bench.measurements import data_path
 
     return data_path(paths, steps=size["data_steps"])
 
@@ -386,7 +394,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(text)
     print(f"written: {os.path.join(args.out, 'bench.json')}, {os.path.join(args.out, 'bench.md')}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

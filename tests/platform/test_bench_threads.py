@@ -8,7 +8,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_bench_prints_generation_train_and_latency_figures():
-    proc = subprocess.run([sys.executable, "-m", "detectors.bench", "--threads", "1", "--steps", "2"],
+    proc = subprocess.run([sys.executable, "-m", "platform.bench.threads", "--threads", "1", "--steps", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"dataset generation .*: \d+\.\d s", proc.stdout)
