@@ -210,6 +210,7 @@ def data_path(paths: dict, batch_size: int = 8, steps: int = 20) -> Dict[str, Di
     from torch.utils.data import DataLoader
 
     from detectors.build import build_detector, trial_phases
+    from detectors.config import TrialConfig
     from detectors.data.coco import CocoDetection, collate
     from detectors.loop import fit
     from detectors.runtime import LocalRuntime
@@ -227,8 +228,8 @@ def data_path(paths: dict, batch_size: int = 8, steps: int = 20) -> Dict[str, Di
     for workers in (0, 2):
         train = CocoDetection(paths["train_images"], paths["train_annotations"])
         val = CocoDetection(paths["val_images"], paths["val_annotations"])
-        trial = make_trial(paths, f"/tmp/detbench-bench-data-{workers}", train={
-            "epochs": 1, "max_steps": steps, "batch_size": batch_size, "eval_every_epoch": False})
+        trial = TrialConfig.from_dict(make_trial(paths, f"/tmp/detbench-bench-data-{workers}", train={
+            "epochs": 1, "max_steps": steps, "batch_size": batch_size, "eval_every_epoch": False}))
         torch.manual_seed(0)
         model = build_detector(trial, len(train.cat_ids), train.class_counts)
         runtime = LocalRuntime(torch.device("cpu"), loader_workers=workers)
