@@ -8,7 +8,7 @@ registers (``detectors.models.register_detector``). A trial names its losses
 in two ways: ``loss`` sets the detector's primary role (``cls`` for the
 one-stage detectors) and ``losses`` maps any role to ``{name, params}``; a role
 named in neither gets the role's default. Everything here raises
-:class:`ComponentError` with the config key path, which the driver words as
+:class:`ConfigError` with the config key path, which the driver words as
 ``<file>: <key.path>: <message>``.
 """
 from __future__ import annotations
@@ -17,20 +17,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from detectors.losses import build_loss
 from detectors.models import MODELS, LossRole
-from detectors.registry import Entry, ParamError, Registry, suggest
-
-
-class ComponentError(ValueError):
-    """A component problem at key path ``loc`` (a tuple); ``expected`` names the value kind."""
-
-    def __init__(self, loc: Tuple, msg: str, unknown_key: bool = False, expected: str = "") -> None:
-        super().__init__(msg)
-        self.loc, self.msg, self.unknown_key, self.expected = tuple(loc), msg, unknown_key, expected
+from detectors.registry import ConfigError, Entry, ParamError, Registry, suggest
 
 
 def entry_of(registry: Registry, name: Any, loc: Tuple) -> Entry:
     if not isinstance(name, str) or name not in registry:
-        raise ComponentError(loc, f"unknown {registry.kind} {name!r}{suggest(name, registry.names())} "
+        raise ConfigError(loc, f"unknown {registry.kind} {name!r}{suggest(name, registry.names())} "
                              f"(known: {', '.join(registry.names())})")
     return registry.entry(name)
 
@@ -71,18 +63,18 @@ def default_loss_weights(detector: str) -> Dict[str, float]:
 
 def _check_params(entry: Entry, what: str, params: Any, loc: Tuple) -> Dict[str, Any]:
     if not isinstance(params, Mapping):
-        raise ComponentError(loc, f"expected a mapping (key: value), got {type(params).__name__}", expected="mapping")
+        raise ConfigError(loc, f"expected a mapping (key: value), got {type(params).__name__}", expected="mapping")
     try:
         return entry.check_params(params)
     except KeyError as e:
         key = e.args[0]
         known = ", ".join(sorted(entry.params)) or "none"
-        raise ComponentError(loc + (key,), f"unknown parameter of {what} '{entry.name}'{suggest(key, entry.params)} "
+        raise ConfigError(loc + (key,), f"unknown parameter of {what} '{entry.name}'{suggest(key, entry.params)} "
                              f"(known: {known})", unknown_key=True) from None
     except ParamError as e:
         key = getattr(e, "key", None)
         return_loc = loc + (key,) if key else loc
-        raise ComponentError(return_loc, e.msg, expected=e.expected) from None
+        raise ConfigError(return_loc, e.msg, expected=e.expected) from None
 
 
 def resolve_losses(detector: str, loss: Optional[Mapping], losses: Mapping[str, Mapping]) -> Dict[str, dict]:
@@ -104,7 +96,7 @@ def _check_per_class(entry: Entry, params: Mapping[str, Any], num_classes: Optio
     for key in entry.meta.get("per_class", ()):
         value = params.get(key)
         if isinstance(value, list) and len(value) != num_classes:
-            raise ComponentError(loc + (key,), f"one value per class: the dataset has {num_classes} classes, "
+            raise ConfigError(loc + (key,), f"one value per class: the dataset has {num_classes} classes, "
                                  f"got {len(value)} values")
 
 
@@ -116,7 +108,7 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
     ``num_classes``: the dataset's, where known before it is loaded (per-class
     loss params are checked against it). Returns the normalised detector params,
     primary loss params (or None) and ``losses`` (role -> normalised params);
-    raises :class:`ComponentError`.
+    raises :class:`ConfigError`.
     """
     entry = entry_of(MODELS, detector["name"], ("detector", "name"))
     det_params = _check_params(entry, "detector", detector.get("params") or {}, ("detector", "params"))
@@ -130,11 +122,11 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
         _check_per_class(loss_entry, loss_params, num_classes, ("loss", "params"))
     for role_name, spec in losses.items():
         if role_name not in roles:
-            raise ComponentError(("losses", role_name), f"detector '{entry.name}' takes no '{role_name}' loss"
+            raise ConfigError(("losses", role_name), f"detector '{entry.name}' takes no '{role_name}' loss"
                                  f"{suggest(role_name, roles)} (its loss roles: {', '.join(roles)})",
                                  unknown_key=True)
         if role_name == primary and loss is not None:
-            raise ComponentError(("losses", role_name), f"the '{primary}' loss is already set by the 'loss' "
+            raise ConfigError(("losses", role_name), f"the '{primary}' loss is already set by the 'loss' "
                                  "section; set it in one place")
         role = roles[role_name]
         role_entry = entry_of(role.registry, spec.get("name"), ("losses", role_name, "name"))
@@ -149,7 +141,7 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
         try:
             check(merged, names)
         except ValueError as e:
-            raise ComponentError(("loss", "name") if loss is not None else ("losses",), str(e)) from None
+            raise ConfigError(("loss", "name") if loss is not None else ("losses",), str(e)) from None
     return det_params, loss_params, checked
 
 
@@ -158,7 +150,7 @@ def check_loss_weights(detector: str, weights: Mapping[str, Any]) -> None:
     names = weight_names(detector)
     for key in weights:
         if key not in names:
-            raise ComponentError(("train", "loss_weights", key),
+            raise ConfigError(("train", "loss_weights", key),
                                  f"detector '{detector}' returns no loss '{key}'{suggest(key, names)} "
                                  f"(its losses: {', '.join(names)})", unknown_key=True)
 
@@ -207,11 +199,11 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
                              score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
     for i, phase in enumerate(phases):
         if phase.get("kind") == "fit" and not hasattr(model, "fit_phase"):
-            raise ComponentError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
+            raise ConfigError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
                                  "itself (kind 'fit' needs its fit_phase); use kind: sgd")
         for key in ("trainable", "frozen"):
             for j, prefix in enumerate(phase.get(key) or []):
                 try:
                     apply_phase(model, {"name": phase.get("name", f"phase{i}"), key: [prefix]})
                 except ValueError as e:
-                    raise ComponentError(("train", "phases", i, key, j), str(e).split(": ", 1)[-1]) from None
+                    raise ConfigError(("train", "phases", i, key, j), str(e).split(": ", 1)[-1]) from None

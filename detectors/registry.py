@@ -69,6 +69,21 @@ PositiveInt = typing.Annotated[int, Interval(ge=1)]
 NonNegativeInt = typing.Annotated[int, Interval(ge=0)]
 
 
+class ConfigError(ValueError):
+    """A problem at key path ``loc`` of a study or trial config (a tuple; ints index lists).
+
+    The one error of config checks in both packages: ``detectors.build`` raises it
+    for the components, the driver (``platform``) for everything else, and words
+    it for the user as ``<file>: <dotted.key.path>: <message>``. ``unknown_key``:
+    the key itself does not exist (a sweep then tries the next base config);
+    ``expected``: the kind of value that was wanted, where that was the problem.
+    """
+
+    def __init__(self, loc: Tuple, msg: str, unknown_key: bool = False, expected: str = "") -> None:
+        super().__init__(msg)
+        self.loc, self.msg, self.unknown_key, self.expected = tuple(loc), msg, unknown_key, expected
+
+
 class ParamError(ValueError):
     """A parameter value does not fit its declaration; ``expected`` names the kind (for list hints)."""
 

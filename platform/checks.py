@@ -1,15 +1,15 @@
 """Checks of what a study names outside itself, before anything starts: the dataset
 (the generator's settings, or the COCO files), the output directories and the store URL.
 
-Each failure is a :class:`platform.messages.ConfigInvalid` naming the key.
+Each failure is a :class:`platform.messages.ConfigError` naming the key.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Dict, List
 
-from detectors.registry import ParamError, check_value
-from platform.messages import ConfigInvalid, show, suggest
+from detectors.registry import ConfigError, ParamError, check_value
+from platform.messages import show, suggest
 
 COCO_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations")
 
@@ -25,9 +25,9 @@ def check_output(study) -> None:
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
             what = "is" if existing == path else f"cannot be created: {existing} is"
-            raise ConfigInvalid(loc, f"{path} {what} a file, not a directory")
+            raise ConfigError(loc, f"{path} {what} a file, not a directory")
         if existing != path and not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigInvalid(loc, f"{path} cannot be created: no write permission in {existing}")
+            raise ConfigError(loc, f"{path} cannot be created: no write permission in {existing}")
     url = study.tracking.store_url
     if url and not url.startswith("sqlite:///"):
         from sqlalchemy.engine import make_url
@@ -37,10 +37,10 @@ def check_output(study) -> None:
         try:
             make_url(url).get_dialect()
         except (ArgumentError, NoSuchModuleError):
-            raise ConfigInvalid(loc, f"not a database URL SQLAlchemy knows (e.g. sqlite:////abs/path/results.db "
+            raise ConfigError(loc, f"not a database URL SQLAlchemy knows (e.g. sqlite:////abs/path/results.db "
                                 f"or postgresql://user@host/db), got {show(url)}") from None
         except ImportError as e:
-            raise ConfigInvalid(loc, f"the database driver is not installed ({e.name or e})") from None
+            raise ConfigError(loc, f"the database driver is not installed ({e.name or e})") from None
 
 
 def synthetic_defaults() -> Dict[str, Any]:
@@ -62,30 +62,30 @@ def check_dataset(ds) -> None:
     if ds.kind == "synthetic":
         for key in COCO_KEYS:
             if getattr(ds, key) is not None:
-                raise ConfigInvalid(("dataset", key), "only used with kind 'coco'")
+                raise ConfigError(("dataset", key), "only used with kind 'coco'")
         defaults = synthetic_defaults()
         out = {}
         for key, value in ds.synthetic.items():
             loc = ("dataset", "synthetic", key)
             if key not in defaults:
-                raise ConfigInvalid(loc, f"unknown generator setting{suggest(key, defaults)} "
+                raise ConfigError(loc, f"unknown generator setting{suggest(key, defaults)} "
                                     f"(known: {', '.join(sorted(defaults))})", unknown_key=True)
             try:
                 out[key] = check_value(_hint_of(defaults[key]), value)
             except ParamError as e:
-                raise ConfigInvalid(loc, e.msg, expected=e.expected) from None
+                raise ConfigError(loc, e.msg, expected=e.expected) from None
         ds.synthetic = out
         _check_generator_values(out)
         return
     if ds.synthetic:
-        raise ConfigInvalid(("dataset", "synthetic"), "only used with kind 'synthetic'")
+        raise ConfigError(("dataset", "synthetic"), "only used with kind 'synthetic'")
     for key in COCO_KEYS:
         path = getattr(ds, key)
         if path is None:
-            raise ConfigInvalid(("dataset", key), "required for kind 'coco'")
+            raise ConfigError(("dataset", key), "required for kind 'coco'")
         want_dir = key.endswith("images")
         if not (os.path.isdir(path) if want_dir else os.path.isfile(path)):
-            raise ConfigInvalid(("dataset", key), f"no such {'directory' if want_dir else 'file'}: {path}")
+            raise ConfigError(("dataset", key), f"no such {'directory' if want_dir else 'file'}: {path}")
 
 
 def _check_generator_values(params: Dict[str, Any]) -> None:
@@ -99,4 +99,4 @@ def _check_generator_values(params: Dict[str, Any]) -> None:
     except ValueError as e:
         msg = str(e).removeprefix("synthetic: ")
         named = [k for k in params if f"'{k}'" in msg]
-        raise ConfigInvalid(("dataset", "synthetic") + tuple(named[:1]), msg) from None
+        raise ConfigError(("dataset", "synthetic") + tuple(named[:1]), msg) from None

@@ -20,7 +20,7 @@ import json
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from platform.messages import ConfigInvalid
+from detectors.registry import ConfigError
 from platform.spec import COCO_KEYS, SWEEPABLE, Study, StudyError, apply_overrides, dotted, show, synthetic_defaults
 from platform.sweep import LABEL, overrides_of
 
@@ -133,7 +133,7 @@ def expand(study: Study) -> List[dict]:
                 label = ",".join([variant[LABEL]] + [f"{names[k]}={format_value(v)}" for k, v in grid_part.items()])
             try:
                 cfg = apply_overrides(study, overrides)
-            except ConfigInvalid as e:
+            except ConfigError as e:
                 raise StudyError(study.source, "sweep", f"trial '{label}': {dotted(e.loc)}: {e.msg}") from None
             for seed in study.sweep.seeds:
                 trial = _trial(study, cfg, label, seed, version, cache)

@@ -6,15 +6,7 @@ from typing import Any, List, Optional, Tuple, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from detectors.registry import show, suggest  # noqa: F401 (one wording of values and hints for both packages)
-
-
-class ConfigInvalid(Exception):
-    """Internal form of a problem: ``loc`` is the key path as a tuple (ints index lists)."""
-
-    def __init__(self, loc: Tuple, msg: str, unknown_key: bool = False, expected: str = "") -> None:
-        super().__init__(msg)
-        self.loc, self.msg, self.unknown_key, self.expected = tuple(loc), msg, unknown_key, expected
+from detectors.registry import ConfigError, show, suggest  # noqa: F401 (one wording of values and hints for both packages)
 
 
 _EXPECTED = {"int_type": "integer", "int_from_float": "integer", "float_type": "number", "finite_number": "number",
@@ -43,29 +35,29 @@ def _unwrap(ann: Any) -> Any:
     return ann
 
 
-def translate(err: ValidationError, root: Any) -> ConfigInvalid:
-    """The first pydantic error as a ConfigInvalid with a user-facing message; ``root``
+def translate(err: ValidationError, root: Any) -> ConfigError:
+    """The first pydantic error as a ConfigError with a user-facing message; ``root``
     is the top-level model, for listing the keys known where an unknown one was found."""
     e = err.errors(include_url=False)[0]
     loc, typ, ctx, got = tuple(e["loc"]), e["type"], e.get("ctx") or {}, show(e.get("input"))
     if typ == "extra_forbidden":
         known = _fields_at(root, loc[:-1]) or []
-        return ConfigInvalid(loc, f"unknown key{suggest(loc[-1], known)} (known: {', '.join(known)})",
+        return ConfigError(loc, f"unknown key{suggest(loc[-1], known)} (known: {', '.join(known)})",
                              unknown_key=True)
     if typ == "missing":
-        return ConfigInvalid(loc, "required key is missing")
+        return ConfigError(loc, "required key is missing")
     if typ in _EXPECTED:
         kind = _EXPECTED[typ]
-        return ConfigInvalid(loc, f"expected {SINGULAR[kind]}, got {got}", expected=kind)
+        return ConfigError(loc, f"expected {SINGULAR[kind]}, got {got}", expected=kind)
     if typ == "literal_error":
-        return ConfigInvalid(loc, f"expected {ctx['expected']}, got {got}", expected=ctx["expected"])
+        return ConfigError(loc, f"expected {ctx['expected']}, got {got}", expected=ctx["expected"])
     if typ in _BOUNDS:
         bound = ctx[_CTX_KEY[typ]]  # pydantic gives a float field's bound as a float: "> 0", not "> 0.0"
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        return ConfigInvalid(loc, f"must be {_BOUNDS[typ]} {bound}, got {got}")
+        return ConfigError(loc, f"must be {_BOUNDS[typ]} {bound}, got {got}")
     if typ == "too_short":
-        return ConfigInvalid(loc, "must not be empty")
+        return ConfigError(loc, "must not be empty")
     if typ == "string_pattern_mismatch":
-        return ConfigInvalid(loc, f"must match {ctx['pattern']} (lower-case letters, digits, _ and -), got {got}")
+        return ConfigError(loc, f"must match {ctx['pattern']} (lower-case letters, digits, _ and -), got {got}")
     msg = e["msg"].removeprefix("Value error, ")
-    return ConfigInvalid(loc, msg if typ == "value_error" else f"{msg}, got {got}")
+    return ConfigError(loc, msg if typ == "value_error" else f"{msg}, got {got}")

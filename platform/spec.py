@@ -23,8 +23,9 @@ from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from detectors.registry import ConfigError
 from platform.checks import COCO_KEYS, check_dataset, check_output, synthetic_defaults  # noqa: F401 (re-exported)
-from platform.messages import ConfigInvalid, show, suggest, translate
+from platform.messages import show, suggest, translate
 from platform.studyfile import StudyError, read_yaml  # noqa: F401 (re-exported: the study's errors)
 
 SWEEPABLE = ("dataset", "detector", "loss", "losses", "train", "eval")
@@ -250,7 +251,7 @@ class Study(_Strict):
 # --------------------------------------------------------------------------- loading
 
 def validate(raw: Mapping[str, Any]) -> Study:
-    """Validate a plain dict as a study (without the sweep checks); raises ConfigInvalid."""
+    """Validate a plain dict as a study (without the sweep checks); raises ConfigError."""
     try:
         study = Study.model_validate(raw)
     except ValidationError as e:
@@ -264,17 +265,17 @@ def _check_workers(study: Study) -> None:
     """A multi-worker trial splits each global batch evenly, and gives each worker whole GPUs."""
     res, batch = study.resources, study.train.batch_size
     if res.workers_per_trial > 1 and batch % res.workers_per_trial:
-        raise ConfigInvalid(("resources", "workers_per_trial"),
+        raise ConfigError(("resources", "workers_per_trial"),
                             f"{res.workers_per_trial} workers cannot split train.batch_size {batch} evenly "
                             f"(each worker takes batch_size / workers_per_trial images per step)")
     if res.workers_per_trial > 1 and not float(res.gpus_per_trial).is_integer():
-        raise ConfigInvalid(("resources", "gpus_per_trial"),
+        raise ConfigError(("resources", "gpus_per_trial"),
                             f"must be a whole number with workers_per_trial > 1 (one NCCL rank per GPU), "
                             f"got {show(res.gpus_per_trial)}")
 
 
 def apply_overrides(study: Study, overrides: Mapping[str, Any]) -> Study:
-    """A new, re-validated Study with ``{"dotted.key": value}`` applied; raises ConfigInvalid."""
+    """A new, re-validated Study with ``{"dotted.key": value}`` applied; raises ConfigError."""
     raw = study.model_dump()
     # A component whose name changes starts from empty params: the old component's
     # params (focal's gamma, say) mean nothing to the new one (ce). Names go first.
@@ -287,14 +288,14 @@ def apply_overrides(study: Study, overrides: Mapping[str, Any]) -> Study:
     for key, value in sorted(overrides.items(), key=lambda kv: not kv[0].endswith(".name")):
         parts = key.split(".")
         if parts[0] not in SWEEPABLE or len(parts) < 2:
-            raise ConfigInvalid((parts[0],), f"cannot sweep '{key}': only keys under {', '.join(SWEEPABLE)}",
+            raise ConfigError((parts[0],), f"cannot sweep '{key}': only keys under {', '.join(SWEEPABLE)}",
                                 unknown_key=True)
         node = raw
         for i, part in enumerate(parts[:-1]):
             if parts[0] == "losses" and i == 1 and node.get(part) is None:
                 node[part] = _role_default(raw, part)  # a role the base config leaves to its default
             if not isinstance(node.get(part), dict):
-                raise ConfigInvalid(tuple(parts[: i + 1]), "no such section", unknown_key=True)
+                raise ConfigError(tuple(parts[: i + 1]), "no such section", unknown_key=True)
             node = node[part]
         node[parts[-1]] = copy.deepcopy(value)
     new = validate(raw)
@@ -340,44 +341,31 @@ def is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
 
-def _invalid(e) -> ConfigInvalid:
-    """A ``detectors.build.ComponentError`` in the platform's wording."""
-    return ConfigInvalid(e.loc, e.msg, unknown_key=e.unknown_key, expected=e.expected)
-
-
 def _check_components(study: Study) -> None:
     """What pydantic cannot know: the components' declared parameters, loss roles and loss
     names, the generator's settings and files on disk. Normalises param values in place."""
     check_dataset(study.dataset)  # first: needs no torch, so a bad path is reported quickly
     check_output(study)
-    from detectors.build import (ComponentError, check_components, check_loss_weights, check_phase_parts,
-                                 weight_names)
+    from detectors.build import check_components, check_loss_weights, check_phase_parts, weight_names
 
     loss = study.loss.model_dump() if study.loss else None
     num_classes = _num_classes(study.dataset)
-    try:
-        det, loss_params, roles = check_components(study.detector.model_dump(), loss,
-                                                   {r: s.model_dump() for r, s in study.losses.items()},
-                                                   num_classes)
-        check_loss_weights(study.detector.name, study.train.loss_weights)
-    except ComponentError as e:
-        raise _invalid(e) from None
+    det, loss_params, roles = check_components(study.detector.model_dump(), loss,
+                                               {r: s.model_dump() for r, s in study.losses.items()}, num_classes)
+    check_loss_weights(study.detector.name, study.train.loss_weights)
     study.detector.params = det
     if study.loss is not None:
         study.loss.params = loss_params
     for role, params in roles.items():
         study.losses[role].params = params
     if study.train.phases:
-        try:
-            check_phase_parts(study.detector.model_dump(), [p.model_dump() for p in study.train.phases],
-                              num_classes or 1)
-        except ComponentError as e:
-            raise _invalid(e) from None
+        check_phase_parts(study.detector.model_dump(), [p.model_dump() for p in study.train.phases],
+                          num_classes or 1)
     for i, phase in enumerate(study.train.phases or []):
         names = weight_names(study.detector.name)
         for j, name in enumerate(phase.losses or []):
             if name not in names:
-                raise ConfigInvalid(("train", "phases", i, "losses", j),
+                raise ConfigError(("train", "phases", i, "losses", j),
                                     f"detector '{study.detector.name}' returns no loss '{name}'"
                                     f"{suggest(name, names)} (its losses: {', '.join(names)})")
 

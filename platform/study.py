@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from platform.messages import ConfigInvalid
+from detectors.registry import ConfigError
 from platform.spec import Study, StudyError, dotted, validate
 from platform.studyfile import read_yaml
 from platform.sweep import check_sweep
@@ -31,7 +31,7 @@ def load_study(path: Union[str, os.PathLike]) -> Study:
     try:
         study = validate(raw)
         check_sweep(study)
-    except ConfigInvalid as e:
+    except ConfigError as e:
         raise StudyError(source, dotted(e.loc), e.msg) from None
     study._source = source
     return study

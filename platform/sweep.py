@@ -1,6 +1,6 @@
 """The sweep's rules: which keys may vary, and that every swept value validates.
 
-    check_sweep(study)      # called by platform.study.load_study; raises ConfigInvalid
+    check_sweep(study)      # called by platform.study.load_study; raises ConfigError
 
 Whether a dotted key exists, and what values it takes, is read from the
 study's pydantic models and from the components' declarations
@@ -17,7 +17,8 @@ from typing import Any, Dict, Iterable, List, Literal, Mapping, Tuple, Union
 
 from pydantic import BaseModel
 
-from platform.messages import PLURAL, ConfigInvalid, show, suggest
+from detectors.registry import ConfigError
+from platform.messages import PLURAL, show, suggest
 from platform.spec import (SWEEPABLE, Study, apply_overrides, dotted, is_component_name, is_scalar,
                            synthetic_defaults)
 
@@ -45,8 +46,8 @@ def _plural_of_hint(hint: Any) -> str:
     return PLURAL.get(kind, "values")
 
 
-def _unknown(key: str) -> ConfigInvalid:
-    return ConfigInvalid(tuple(key.split(".")), "no such key", unknown_key=True)
+def _unknown(key: str) -> ConfigError:
+    return ConfigError(tuple(key.split(".")), "no such key", unknown_key=True)
 
 
 def _component_param(study: Study, parts: List[str], key: str) -> str:
@@ -71,7 +72,7 @@ def _component_param(study: Study, parts: List[str], key: str) -> str:
 
 
 def lookup(study: Study, key: str) -> str:
-    """What a list of ``key``'s values is called ("numbers"...); raises ConfigInvalid
+    """What a list of ``key``'s values is called ("numbers"...); raises ConfigError
     (``unknown_key``) if the study config has no such key."""
     parts = key.split(".")
     if parts[0] == "losses":
@@ -108,7 +109,7 @@ def lookup(study: Study, key: str) -> str:
         model = inner[0] if len(inner) == 1 else hint
         if i == len(parts) - 1:
             if isinstance(model, type) and issubclass(model, BaseModel) or typing.get_origin(model) in (dict, list):
-                raise ConfigInvalid(tuple(parts), "a section, not a single value: name a key inside it")
+                raise ConfigError(tuple(parts), "a section, not a single value: name a key inside it")
             return _plural_of_hint(hint)
     raise _unknown(key)
 
@@ -143,27 +144,27 @@ def _check_key(bases: List[Study], key: str, loc: Tuple) -> str:
     """What ``key``'s values are called; raises unless it exists in at least one base config."""
     parts = key.split(".")
     if parts[0] not in SWEEPABLE or len(parts) < 2:
-        raise ConfigInvalid(loc, f"cannot sweep '{key}': only keys under {', '.join(SWEEPABLE)} can vary")
+        raise ConfigError(loc, f"cannot sweep '{key}': only keys under {', '.join(SWEEPABLE)} can vary")
     for base in bases:
         try:
             return lookup(base, key)
-        except ConfigInvalid as e:
+        except ConfigError as e:
             if not e.unknown_key:
-                raise ConfigInvalid(loc, e.msg) from None
-    raise ConfigInvalid(loc, f"no such key in the study config{suggest(key, leaf_keys(bases[0]))}")
+                raise ConfigError(loc, e.msg) from None
+    raise ConfigError(loc, f"no such key in the study config{suggest(key, leaf_keys(bases[0]))}")
 
 
-def _attribute(e: ConfigInvalid, loc_of: Mapping[str, Tuple], where: Tuple) -> ConfigInvalid:
+def _attribute(e: ConfigError, loc_of: Mapping[str, Tuple], where: Tuple) -> ConfigError:
     """Pin a validation error of substituted values on the swept key that caused it."""
     for key, loc in loc_of.items():
         if tuple(key.split(".")) == e.loc:
-            return ConfigInvalid(loc, e.msg)
-    return ConfigInvalid(where, f"{dotted(e.loc)}: {e.msg}")
+            return ConfigError(loc, e.msg)
+    return ConfigError(where, f"{dotted(e.loc)}: {e.msg}")
 
 
 def _check_scalar(value: Any, loc: Tuple) -> None:
     if not is_scalar(value):
-        raise ConfigInvalid(loc, f"expected a single value (number, string, true/false or null), got {show(value)}")
+        raise ConfigError(loc, f"expected a single value (number, string, true/false or null), got {show(value)}")
 
 
 def _switched(study: Study, variant: Mapping[str, Any], loc: Tuple) -> Study:
@@ -174,17 +175,17 @@ def _switched(study: Study, variant: Mapping[str, Any], loc: Tuple) -> Study:
         return study
     try:
         return apply_overrides(study, names)
-    except ConfigInvalid:  # a switch valid only with the variant's other keys (quality + its loss)
+    except ConfigError:  # a switch valid only with the variant's other keys (quality + its loss)
         pass
     try:
         return apply_overrides(study, variant)
-    except ConfigInvalid as e:
+    except ConfigError as e:
         raise _attribute(e, {k: loc + (k,) for k in variant}, loc) from None
 
 
 def check_sweep(study: Study) -> None:
     """Every swept key exists and every swept value validates: each variant on the base
-    config, each grid value under every variant. Raises ConfigInvalid. Combinations of
+    config, each grid value under every variant. Raises ConfigError. Combinations of
     several grid keys are validated by ``platform.expand.expand``."""
     grid, variants = study.sweep.grid, study.sweep.variants
     bases = []
@@ -192,36 +193,36 @@ def check_sweep(study: Study) -> None:
         loc = ("sweep", "variants", j)
         label = variant.get(LABEL)
         if LABEL in variant and not (isinstance(label, str) and label.strip()):
-            raise ConfigInvalid(loc + (LABEL,), f"expected a non-empty string, got {show(label)}")
+            raise ConfigError(loc + (LABEL,), f"expected a non-empty string, got {show(label)}")
         variant = overrides_of(variant)
         if not variant:
-            raise ConfigInvalid(loc, "empty variant: give at least one dotted key")
+            raise ConfigError(loc, "empty variant: give at least one dotted key")
         switched = _switched(study, variant, loc)
         for key, value in variant.items():
             if key in grid:
-                raise ConfigInvalid(loc + (key,), "also swept in sweep.grid; put a key in one of them")
+                raise ConfigError(loc + (key,), "also swept in sweep.grid; put a key in one of them")
             _check_key([switched], key, loc + (key,))
             _check_scalar(value, loc + (key,))
         try:
             bases.append(apply_overrides(study, variant))
-        except ConfigInvalid as e:
+        except ConfigError as e:
             raise _attribute(e, {k: loc + (k,) for k in variant}, loc) from None
     for key, values in grid.items():
         loc = ("sweep", "grid", key)
         plural = _check_key(bases or [study], key, loc)
         if not isinstance(values, list):
-            raise ConfigInvalid(loc, f"expected a list of {plural}, got {show(values)}")
+            raise ConfigError(loc, f"expected a list of {plural}, got {show(values)}")
         if not values:
-            raise ConfigInvalid(loc, "empty list: give at least one value")
+            raise ConfigError(loc, "empty list: give at least one value")
         seen = set()
         for i, value in enumerate(values):
             _check_scalar(value, loc + (i,))
             if json.dumps(value) in seen:
-                raise ConfigInvalid(loc + (i,), f"value {show(value)} is listed twice")
+                raise ConfigError(loc + (i,), f"value {show(value)} is listed twice")
             seen.add(json.dumps(value))
             for j, base in enumerate(bases or [study]):
                 try:
                     apply_overrides(base, {key: value})
-                except ConfigInvalid as e:
+                except ConfigError as e:
                     err = _attribute(e, {key: loc + (i,)}, loc + (i,))
-                    raise ConfigInvalid(err.loc, err.msg + (f" (with sweep.variants[{j}])" if bases else "")) from None
+                    raise ConfigError(err.loc, err.msg + (f" (with sweep.variants[{j}])" if bases else "")) from None

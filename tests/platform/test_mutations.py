@@ -47,8 +47,7 @@ from detectors.data.synthetic import DEFAULTS as GENERATOR_DEFAULTS
 from detectors.data.synthetic import RANGES as GENERATOR_RANGES
 from detectors.losses import BOX_LOSSES, CLS_LOSSES
 from detectors.models import MODELS
-from detectors.registry import Interval
-from platform.messages import ConfigInvalid
+from detectors.registry import ConfigError, Interval
 from platform.spec import Study, StudyError, apply_overrides, dotted, is_component_name, read_yaml
 from platform.study import load_study
 
@@ -213,7 +212,7 @@ def _context(study: Study, loc: Tuple) -> Tuple[Study, List[str], bool]:
         names = {k: v for k, v in variant.items() if is_component_name(k)}
         try:
             base = apply_overrides(study, names) if names else study
-        except ConfigInvalid:  # a switch valid only with the variant's other keys
+        except ConfigError:  # a switch valid only with the variant's other keys
             base = apply_overrides(study, {k: v for k, v in variant.items() if k != "label"})
         return base, loc[3].split("."), False
     if loc[:2] == ("sweep", "grid") and len(loc) == 4:
