@@ -8,16 +8,18 @@ registers (``detectors.models.register_detector``). A trial names its losses
 in two ways: ``loss`` sets the detector's primary role (``cls`` for the
 one-stage detectors) and ``losses`` maps any role to ``{name, params}``; a role
 named in neither gets the role's default. Everything here raises
-:class:`ConfigError` with the config key path, which the driver words as
-``<file>: <key.path>: <message>``.
+``detectors.registry.ConfigError`` with the config key path, which the driver
+words as ``<file>: <key.path>: <message>``. ``component_keys`` gives the
+driver's study key space (``platform.keys``) its share: the keys only the
+declarations know.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
 from detectors.losses import build_loss
 from detectors.models import MODELS, LossRole
-from detectors.registry import ConfigError, Entry, ParamError, Registry, suggest
+from detectors.registry import ConfigError, Entry, Param, ParamError, Registry, suggest
 
 
 def entry_of(registry: Registry, name: Any, loc: Tuple) -> Entry:
@@ -87,6 +89,32 @@ def resolve_losses(detector: str, loss: Optional[Mapping], losses: Mapping[str, 
         elif spec.default:
             out[role] = {"name": spec.default, "params": dict(spec.params)}
     return out
+
+
+def component_keys(detector: str, loss: Optional[Mapping], losses: Mapping[str, Mapping]) -> Dict[str, Param]:
+    """Dotted key -> what it takes, for every key a config's components let it set.
+
+    ``detector.name`` (any registered detector) and ``detector.params.*`` (this
+    one's); ``losses.<role>.name`` for every role and ``loss.name`` for the
+    primary one (the role's registry); the params of the loss each role resolves
+    to (``resolve_losses``) under ``losses.<role>.params.*``, and the primary
+    role's under ``loss.params.*`` too. Component names are ``Literal`` choices.
+    """
+    entry = MODELS.entry(detector)
+    roles, primary = entry.meta["roles"], entry.meta["primary"]
+    keys = {"detector.name": Param("name", detector, Literal[tuple(MODELS.names())])}
+    keys.update({f"detector.params.{k}": p for k, p in entry.params.items()})
+    for role, spec in roles.items():
+        name = Param("name", spec.default, Literal[tuple(spec.registry.names())])
+        keys[f"losses.{role}.name"] = name
+        if role == primary:
+            keys["loss.name"] = name
+    for role, given in resolve_losses(detector, loss, losses).items():
+        for k, p in roles[role].registry.parameters(given["name"]).items():
+            keys[f"losses.{role}.params.{k}"] = p
+            if role == primary:
+                keys[f"loss.params.{k}"] = p
+    return keys
 
 
 def _check_per_class(entry: Entry, params: Mapping[str, Any], num_classes: Optional[int], loc: Tuple) -> None:

@@ -128,6 +128,14 @@ class Param:
         """The plain kind of a single value: integer | number | boolean | string | choice | list | json."""
         return _kind(self.hint)
 
+    @property
+    def choices(self) -> Tuple[Any, ...]:
+        """The values of a ``choice`` (its ``Literal``), else ()."""
+        base, _ = _strip(self.hint)
+        arms = [a for a in _arms(base) if a is not NoneType]
+        base = _strip(arms[0])[0] if len(arms) == 1 else None
+        return typing.get_args(base) if typing.get_origin(base) is Literal else ()
+
     def check(self, value: Any) -> Any:
         """The value normalised (ints become floats where a number is expected); raises ParamError."""
         return check_value(self.hint, value)

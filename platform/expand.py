@@ -20,9 +20,11 @@ import json
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from detectors.registry import ConfigError
-from platform.spec import COCO_KEYS, SWEEPABLE, Study, StudyError, apply_overrides, dotted, show, synthetic_defaults
-from platform.sweep import LABEL, overrides_of
+from detectors.registry import ConfigError, show
+from platform.keys import SWEEPABLE, dotted, synthetic_defaults
+from platform.spec import COCO_KEYS, Study
+from platform.study import StudyError
+from platform.sweep import LABEL, apply_overrides, overrides_of
 
 # --------------------------------------------------------------------------- expansion
 
