@@ -29,7 +29,9 @@ def validate(raw: Mapping[str, Any]) -> Study:
         study = Study.model_validate(raw)
     except ValidationError as e:
         raise translate(e) from None
-    _check_components(study)
+    _check_dataset(study.dataset)  # first: needs no torch, so a bad path is reported quickly
+    _check_output(study)
+    _check_components(study)  # imports torch (the registries)
     _check_workers(study)
     return study
 
@@ -73,7 +75,7 @@ def translate(err: ValidationError) -> ConfigError:
 
 # --------------------------------------------------------------------------- what pydantic cannot know
 
-def check_output(study) -> None:
+def _check_output(study: Study) -> None:
     """The output and cache directories can be created (or are directories), and the store
     URL parses: otherwise the run would fail after Ray started, with a traceback."""
     dirs = [(("output", "runs_dir"), study.output.runs_dir), (("output", "reports_dir"), study.output.reports_dir),
@@ -102,7 +104,7 @@ def check_output(study) -> None:
             raise ConfigError(loc, f"the database driver is not installed ({e.name or e})") from None
 
 
-def check_dataset(ds) -> None:
+def _check_dataset(ds: DatasetSpec) -> None:
     """The dataset section: synthetic generator settings known, typed and in range; COCO paths exist."""
     if ds.kind == "synthetic":
         for key in COCO_KEYS:
@@ -148,10 +150,8 @@ def _check_generator_values(params: Dict[str, Any]) -> None:
 
 
 def _check_components(study: Study) -> None:
-    """What pydantic cannot know: the components' declared parameters, loss roles and loss
-    names, the generator's settings and files on disk. Normalises param values in place."""
-    check_dataset(study.dataset)  # first: needs no torch, so a bad path is reported quickly
-    check_output(study)
+    """The components' declared parameters, loss roles and loss names, and the parts of the
+    detector its phases name. Normalises param values in place."""
     from detectors.build import check_components, check_loss_weights, check_phase_parts, weight_names
 
     loss = study.loss.model_dump() if study.loss else None

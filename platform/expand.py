@@ -8,8 +8,9 @@ sorted keys) in the middle, seeds inner. Every combination is substituted into
 the config and validated again. ``config_hash`` covers what decides a trial's
 results (dataset, detector, losses, train, eval, seed, the dataset's content
 and the detectors/ source) and nothing else: resources, tracking, output, name
-and description can change without invalidating finished trials. The sweep's
-rules (which keys may vary) are ``platform.sweep``'s.
+and description can change without invalidating finished trials. Which keys
+may vary, and how one is set, is the key space's (``platform.keys``); each
+combination is applied by ``platform.sweep.apply_overrides``.
 """
 from __future__ import annotations
 

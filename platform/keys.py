@@ -87,13 +87,13 @@ def _hint(annotation: Any, metadata: Iterable[Any] = ()) -> Any:
 
 def _inside(annotation: Any) -> Tuple[Any, str]:
     """(what a field holds, "" | "list" | "dict"), under Optional: ``Optional[List[X]]`` -> (X, "list")."""
-    arms = [a for a in typing.get_args(annotation) if a is not NoneType] \
-        if typing.get_origin(annotation) is Union else [annotation]
-    inner = arms[0] if len(arms) == 1 else annotation
-    origin = typing.get_origin(inner)
+    if typing.get_origin(annotation) is Union:
+        arms = [a for a in typing.get_args(annotation) if a is not NoneType]
+        annotation = arms[0] if len(arms) == 1 else annotation
+    origin = typing.get_origin(annotation)
     if origin in (list, dict):
-        return typing.get_args(inner)[-1], origin.__name__
-    return inner, ""
+        return typing.get_args(annotation)[-1], origin.__name__
+    return annotation, ""
 
 
 def _is_model(x: Any) -> bool:
