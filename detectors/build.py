@@ -25,7 +25,7 @@ from detectors.registry import ConfigError, Entry, Param, ParamError, Registry, 
 def entry_of(registry: Registry, name: Any, loc: Tuple) -> Entry:
     if not isinstance(name, str) or name not in registry:
         raise ConfigError(loc, f"unknown {registry.kind} {name!r}{suggest(name, registry.names())} "
-                             f"(known: {', '.join(registry.names())})")
+                          f"(known: {', '.join(registry.names())})")
     return registry.entry(name)
 
 
@@ -72,7 +72,7 @@ def _check_params(entry: Entry, what: str, params: Any, loc: Tuple) -> Dict[str,
         key = e.args[0]
         known = ", ".join(sorted(entry.params)) or "none"
         raise ConfigError(loc + (key,), f"unknown parameter of {what} '{entry.name}'{suggest(key, entry.params)} "
-                             f"(known: {known})", unknown_key=True) from None
+                          f"(known: {known})", unknown_key=True) from None
     except ParamError as e:
         key = getattr(e, "key", None)
         return_loc = loc + (key,) if key else loc
@@ -125,7 +125,7 @@ def _check_per_class(entry: Entry, params: Mapping[str, Any], num_classes: Optio
         value = params.get(key)
         if isinstance(value, list) and len(value) != num_classes:
             raise ConfigError(loc + (key,), f"one value per class: the dataset has {num_classes} classes, "
-                                 f"got {len(value)} values")
+                              f"got {len(value)} values")
 
 
 def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping[str, Mapping],
@@ -151,11 +151,11 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
     for role_name, spec in losses.items():
         if role_name not in roles:
             raise ConfigError(("losses", role_name), f"detector '{entry.name}' takes no '{role_name}' loss"
-                                 f"{suggest(role_name, roles)} (its loss roles: {', '.join(roles)})",
-                                 unknown_key=True)
+                              f"{suggest(role_name, roles)} (its loss roles: {', '.join(roles)})",
+                              unknown_key=True)
         if role_name == primary and loss is not None:
             raise ConfigError(("losses", role_name), f"the '{primary}' loss is already set by the 'loss' "
-                                 "section; set it in one place")
+                              "section; set it in one place")
         role = roles[role_name]
         role_entry = entry_of(role.registry, spec.get("name"), ("losses", role_name, "name"))
         checked[role_name] = _check_params(role_entry, role.registry.kind, spec.get("params") or {},
@@ -179,8 +179,8 @@ def check_loss_weights(detector: str, weights: Mapping[str, Any]) -> None:
     for key in weights:
         if key not in names:
             raise ConfigError(("train", "loss_weights", key),
-                                 f"detector '{detector}' returns no loss '{key}'{suggest(key, names)} "
-                                 f"(its losses: {', '.join(names)})", unknown_key=True)
+                              f"detector '{detector}' returns no loss '{key}'{suggest(key, names)} "
+                              f"(its losses: {', '.join(names)})", unknown_key=True)
 
 
 def build_detector(trial: Mapping[str, Any], num_classes: int, class_counts) -> Any:
@@ -228,7 +228,7 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
     for i, phase in enumerate(phases):
         if phase.get("kind") == "fit" and not hasattr(model, "fit_phase"):
             raise ConfigError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
-                                 "itself (kind 'fit' needs its fit_phase); use kind: sgd")
+                              "itself (kind 'fit' needs its fit_phase); use kind: sgd")
         for key in ("trainable", "frozen"):
             for j, prefix in enumerate(phase.get(key) or []):
                 try:
