@@ -8,31 +8,25 @@ registers (``detectors.models.register_detector``). A trial names its losses
 in two ways: ``loss`` sets the detector's primary role (``cls`` for the
 one-stage detectors) and ``losses`` maps any role to ``{name, params}``; a role
 named in neither gets the role's default. Everything here raises
-:class:`ComponentError` with the config key path, which the driver words as
-``<file>: <key.path>: <message>``.
+``detectors.registry.ConfigError`` with the config key path, which the driver
+words as ``<file>: <key.path>: <message>``. ``component_keys`` gives the
+driver's study key space (``platform.keys``) its share: the keys only the
+declarations know.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 from detectors.config import LossConfig, PhaseConfig, TrialConfig, parse
 from detectors.losses import build_loss
 from detectors.models import MODELS, LossRole
-from detectors.registry import Entry, ParamError, Registry, suggest
-
-
-class ComponentError(ValueError):
-    """A component problem at key path ``loc`` (a tuple); ``expected`` names the value kind."""
-
-    def __init__(self, loc: Tuple, msg: str, unknown_key: bool = False, expected: str = "") -> None:
-        super().__init__(msg)
-        self.loc, self.msg, self.unknown_key, self.expected = tuple(loc), msg, unknown_key, expected
+from detectors.registry import ConfigError, Entry, Param, ParamError, Registry, suggest
 
 
 def entry_of(registry: Registry, name: Any, loc: Tuple) -> Entry:
     if not isinstance(name, str) or name not in registry:
-        raise ComponentError(loc, f"unknown {registry.kind} {name!r}{suggest(name, registry.names())} "
-                             f"(known: {', '.join(registry.names())})")
+        raise ConfigError(loc, f"unknown {registry.kind} {name!r}{suggest(name, registry.names())} "
+                          f"(known: {', '.join(registry.names())})")
     return registry.entry(name)
 
 
@@ -72,18 +66,18 @@ def default_loss_weights(detector: str) -> Dict[str, float]:
 
 def _check_params(entry: Entry, what: str, params: Any, loc: Tuple) -> Dict[str, Any]:
     if not isinstance(params, Mapping):
-        raise ComponentError(loc, f"expected a mapping (key: value), got {type(params).__name__}", expected="mapping")
+        raise ConfigError(loc, f"expected a mapping (key: value), got {type(params).__name__}", expected="mapping")
     try:
         return entry.check_params(params)
     except KeyError as e:
         key = e.args[0]
         known = ", ".join(sorted(entry.params)) or "none"
-        raise ComponentError(loc + (key,), f"unknown parameter of {what} '{entry.name}'{suggest(key, entry.params)} "
-                             f"(known: {known})", unknown_key=True) from None
+        raise ConfigError(loc + (key,), f"unknown parameter of {what} '{entry.name}'{suggest(key, entry.params)} "
+                          f"(known: {known})", unknown_key=True) from None
     except ParamError as e:
         key = getattr(e, "key", None)
         return_loc = loc + (key,) if key else loc
-        raise ComponentError(return_loc, e.msg, expected=e.expected) from None
+        raise ConfigError(return_loc, e.msg, expected=e.expected) from None
 
 
 def resolve_losses(detector: str, loss: Optional[Mapping], losses: Mapping[str, Mapping]) -> Dict[str, dict]:
@@ -98,6 +92,32 @@ def resolve_losses(detector: str, loss: Optional[Mapping], losses: Mapping[str, 
     return out
 
 
+def component_keys(detector: str, loss: Optional[Mapping], losses: Mapping[str, Mapping]) -> Dict[str, Param]:
+    """Dotted key -> what it takes, for every key a config's components let it set.
+
+    ``detector.name`` (any registered detector) and ``detector.params.*`` (this
+    one's); ``losses.<role>.name`` for every role and ``loss.name`` for the
+    primary one (the role's registry); the params of the loss each role resolves
+    to (``resolve_losses``) under ``losses.<role>.params.*``, and the primary
+    role's under ``loss.params.*`` too. Component names are ``Literal`` choices.
+    """
+    entry = MODELS.entry(detector)
+    roles, primary = entry.meta["roles"], entry.meta["primary"]
+    keys = {"detector.name": Param("name", detector, Literal[tuple(MODELS.names())])}
+    keys.update({f"detector.params.{k}": p for k, p in entry.params.items()})
+    for role, spec in roles.items():
+        name = Param("name", spec.default, Literal[tuple(spec.registry.names())])
+        keys[f"losses.{role}.name"] = name
+        if role == primary:
+            keys["loss.name"] = name
+    for role, given in resolve_losses(detector, loss, losses).items():
+        for k, p in roles[role].registry.parameters(given["name"]).items():
+            keys[f"losses.{role}.params.{k}"] = p
+            if role == primary:
+                keys[f"loss.params.{k}"] = p
+    return keys
+
+
 def _check_per_class(entry: Entry, params: Mapping[str, Any], num_classes: Optional[int], loc: Tuple) -> None:
     """A loss's per-class list params (its ``per_class`` meta) have one value per class of the dataset."""
     if num_classes is None:
@@ -105,8 +125,8 @@ def _check_per_class(entry: Entry, params: Mapping[str, Any], num_classes: Optio
     for key in entry.meta.get("per_class", ()):
         value = params.get(key)
         if isinstance(value, list) and len(value) != num_classes:
-            raise ComponentError(loc + (key,), f"one value per class: the dataset has {num_classes} classes, "
-                                 f"got {len(value)} values")
+            raise ConfigError(loc + (key,), f"one value per class: the dataset has {num_classes} classes, "
+                              f"got {len(value)} values")
 
 
 def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping[str, Mapping],
@@ -117,7 +137,7 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
     ``num_classes``: the dataset's, where known before it is loaded (per-class
     loss params are checked against it). Returns the normalised detector params,
     primary loss params (or None) and ``losses`` (role -> normalised params);
-    raises :class:`ComponentError`.
+    raises :class:`ConfigError`.
     """
     entry = entry_of(MODELS, detector["name"], ("detector", "name"))
     det_params = _check_params(entry, "detector", detector.get("params") or {}, ("detector", "params"))
@@ -131,12 +151,12 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
         _check_per_class(loss_entry, loss_params, num_classes, ("loss", "params"))
     for role_name, spec in losses.items():
         if role_name not in roles:
-            raise ComponentError(("losses", role_name), f"detector '{entry.name}' takes no '{role_name}' loss"
-                                 f"{suggest(role_name, roles)} (its loss roles: {', '.join(roles)})",
-                                 unknown_key=True)
+            raise ConfigError(("losses", role_name), f"detector '{entry.name}' takes no '{role_name}' loss"
+                              f"{suggest(role_name, roles)} (its loss roles: {', '.join(roles)})",
+                              unknown_key=True)
         if role_name == primary and loss is not None:
-            raise ComponentError(("losses", role_name), f"the '{primary}' loss is already set by the 'loss' "
-                                 "section; set it in one place")
+            raise ConfigError(("losses", role_name), f"the '{primary}' loss is already set by the 'loss' "
+                              "section; set it in one place")
         role = roles[role_name]
         role_entry = entry_of(role.registry, spec.get("name"), ("losses", role_name, "name"))
         checked[role_name] = _check_params(role_entry, role.registry.kind, spec.get("params") or {},
@@ -150,7 +170,7 @@ def check_components(detector: Mapping, loss: Optional[Mapping], losses: Mapping
         try:
             check(merged, names)
         except ValueError as e:
-            raise ComponentError(("loss", "name") if loss is not None else ("losses",), str(e)) from None
+            raise ConfigError(("loss", "name") if loss is not None else ("losses",), str(e)) from None
     return det_params, loss_params, checked
 
 
@@ -159,9 +179,9 @@ def check_loss_weights(detector: str, weights: Mapping[str, Any]) -> None:
     names = weight_names(detector)
     for key in weights:
         if key not in names:
-            raise ComponentError(("train", "loss_weights", key),
-                                 f"detector '{detector}' returns no loss '{key}'{suggest(key, names)} "
-                                 f"(its losses: {', '.join(names)})", unknown_key=True)
+            raise ConfigError(("train", "loss_weights", key),
+                              f"detector '{detector}' returns no loss '{key}'{suggest(key, names)} "
+                              f"(its losses: {', '.join(names)})", unknown_key=True)
 
 
 def build_detector(trial: Union[Mapping[str, Any], TrialConfig], num_classes: int, class_counts) -> Any:
@@ -213,11 +233,11 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
                              score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
     for i, phase in enumerate(parse(PhaseConfig, p) for p in phases):
         if phase.kind == "fit" and not hasattr(model, "fit_phase"):
-            raise ComponentError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
-                                 "itself (kind 'fit' needs its fit_phase); use kind: sgd")
+            raise ConfigError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
+                              "itself (kind 'fit' needs its fit_phase); use kind: sgd")
         for key in ("trainable", "frozen"):
             for j, prefix in enumerate(getattr(phase, key) or ()):
                 try:
                     apply_phase(model, PhaseConfig(name=phase.name, epochs=1, **{key: (prefix,)}))
                 except ValueError as e:
-                    raise ComponentError(("train", "phases", i, key, j), str(e).split(": ", 1)[-1]) from None
+                    raise ConfigError(("train", "phases", i, key, j), str(e).split(": ", 1)[-1]) from None

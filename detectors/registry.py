@@ -69,6 +69,21 @@ PositiveInt = typing.Annotated[int, Interval(ge=1)]
 NonNegativeInt = typing.Annotated[int, Interval(ge=0)]
 
 
+class ConfigError(ValueError):
+    """A problem at key path ``loc`` of a study or trial config (a tuple; ints index lists).
+
+    The one error of config checks in both packages: ``detectors.build`` raises it
+    for the components, the driver (``platform``) for everything else, and words
+    it for the user as ``<file>: <dotted.key.path>: <message>``. ``unknown_key``:
+    the key itself does not exist (a sweep then tries the next base config);
+    ``expected``: the kind of value that was wanted, where that was the problem.
+    """
+
+    def __init__(self, loc: Tuple, msg: str, unknown_key: bool = False, expected: str = "") -> None:
+        super().__init__(msg)
+        self.loc, self.msg, self.unknown_key, self.expected = tuple(loc), msg, unknown_key, expected
+
+
 class ParamError(ValueError):
     """A parameter value does not fit its declaration; ``expected`` names the kind (for list hints)."""
 
@@ -112,6 +127,14 @@ class Param:
     def kind(self) -> str:
         """The plain kind of a single value: integer | number | boolean | string | choice | list | json."""
         return _kind(self.hint)
+
+    @property
+    def choices(self) -> Tuple[Any, ...]:
+        """The values of a ``choice`` (its ``Literal``), else ()."""
+        base, _ = _strip(self.hint)
+        arms = [a for a in _arms(base) if a is not NoneType]
+        base = _strip(arms[0])[0] if len(arms) == 1 else None
+        return typing.get_args(base) if typing.get_origin(base) is Literal else ()
 
     def check(self, value: Any) -> Any:
         """The value normalised (ints become floats where a number is expected); raises ParamError."""

@@ -8,8 +8,9 @@ sorted keys) in the middle, seeds inner. Every combination is substituted into
 the config and validated again. ``config_hash`` covers what decides a trial's
 results (dataset, detector, losses, train, eval, seed, the dataset's content
 and the detectors/ source) and nothing else: resources, tracking, output, name
-and description can change without invalidating finished trials. The sweep's
-rules (which keys may vary) are ``platform.sweep``'s.
+and description can change without invalidating finished trials. Which keys
+may vary, and how one is set, is the key space's (``platform.keys``); each
+combination is applied by ``platform.sweep.apply_overrides``.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ import json
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from platform.messages import ConfigInvalid
-from platform.spec import COCO_KEYS, SWEEPABLE, Study, StudyError, apply_overrides, dotted, show, synthetic_defaults
-from platform.sweep import LABEL, overrides_of
+from detectors.registry import ConfigError, show
+from platform.keys import SWEEPABLE, dotted, synthetic_defaults
+from platform.spec import COCO_KEYS, Study
+from platform.study import StudyError
+from platform.sweep import LABEL, apply_overrides, overrides_of
 
 # --------------------------------------------------------------------------- expansion
 
@@ -133,7 +136,7 @@ def expand(study: Study) -> List[dict]:
                 label = ",".join([variant[LABEL]] + [f"{names[k]}={format_value(v)}" for k, v in grid_part.items()])
             try:
                 cfg = apply_overrides(study, overrides)
-            except ConfigInvalid as e:
+            except ConfigError as e:
                 raise StudyError(study.source, "sweep", f"trial '{label}': {dotted(e.loc)}: {e.msg}") from None
             for seed in study.sweep.seeds:
                 trial = _trial(study, cfg, label, seed, version, cache)

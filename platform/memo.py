@@ -58,7 +58,8 @@ def _memo_path(study) -> str:
 
 def recall(source: str):
     """(study, trials) from the memo when it matches the file, else None."""
-    from platform.spec import Study, read_yaml
+    from platform.spec import Study
+    from platform.study import read_yaml
 
     try:
         raw = read_yaml(source)

@@ -1,33 +1,23 @@
-"""Study files: YAML (read by ``platform.studyfile``) parsed into typed pydantic models;
-every problem is one line.
+"""The study schema: what a study file may say, as typed pydantic models.
 
-    study = platform.study.load_study("studies/focal_gamma_sweep.yaml")
+    study = platform.study.load_study("studies/focal_gamma_sweep.yaml")   # a Study
 
-Pydantic checks structure, types and ranges (``extra="forbid"`` and strict
-types everywhere: a typo or a quoted number is an error, not a silent default).
-A second pass asks the worker package what only it knows: the detector's and
-losses' declared parameters (``detectors.build.check_components``), the loss
-names ``train.loss_weights`` and phases may use, the synthetic generator's
-settings, COCO files on disk. ``platform.sweep.check_sweep`` then substitutes
-every swept value and validates again. Failures are :class:`StudyError`, whose
-``str`` is ``<file>: <dotted.key.path>: <message>``. Torch is imported (with
-the registries) only once the structure is valid, so most typos are reported fast.
-Every number has a range with both ends, here and in the components' and the
-generator's declarations: an absurd value is an error, not a worker's failure.
+``extra="forbid"`` and strict types everywhere: a typo or a quoted number is an
+error, not a silent default. Every number has a range with both ends, here and
+in the components' and the generator's declarations: an absurd value is an
+error, not a worker's failure. The rest of loading is elsewhere, in the order
+it runs: the file (``platform.study``), what only the worker package knows
+(``platform.checks``), the sweep (``platform.sweep``); the dotted keys of this
+schema and of the components are ``platform.keys``.
 """
 from __future__ import annotations
 
-import copy
 import os
-from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from platform.checks import COCO_KEYS, check_dataset, check_output, synthetic_defaults  # noqa: F401 (re-exported)
-from platform.messages import ConfigInvalid, show, suggest, translate
-from platform.studyfile import StudyError, read_yaml  # noqa: F401 (re-exported: the study's errors)
-
-SWEEPABLE = ("dataset", "detector", "loss", "losses", "train", "eval")
+COCO_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations")
 
 
 # --------------------------------------------------------------------------- schema
@@ -245,143 +235,3 @@ class Study(_Strict):
     def source(self) -> str:
         """The study file as the user named it (used in error messages)."""
         return self._source
-
-
-# --------------------------------------------------------------------------- loading
-
-def validate(raw: Mapping[str, Any]) -> Study:
-    """Validate a plain dict as a study (without the sweep checks); raises ConfigInvalid."""
-    try:
-        study = Study.model_validate(raw)
-    except ValidationError as e:
-        raise translate(e, Study) from None
-    _check_components(study)
-    _check_workers(study)
-    return study
-
-
-def _check_workers(study: Study) -> None:
-    """A multi-worker trial splits each global batch evenly, and gives each worker whole GPUs."""
-    res, batch = study.resources, study.train.batch_size
-    if res.workers_per_trial > 1 and batch % res.workers_per_trial:
-        raise ConfigInvalid(("resources", "workers_per_trial"),
-                            f"{res.workers_per_trial} workers cannot split train.batch_size {batch} evenly "
-                            f"(each worker takes batch_size / workers_per_trial images per step)")
-    if res.workers_per_trial > 1 and not float(res.gpus_per_trial).is_integer():
-        raise ConfigInvalid(("resources", "gpus_per_trial"),
-                            f"must be a whole number with workers_per_trial > 1 (one NCCL rank per GPU), "
-                            f"got {show(res.gpus_per_trial)}")
-
-
-def apply_overrides(study: Study, overrides: Mapping[str, Any]) -> Study:
-    """A new, re-validated Study with ``{"dotted.key": value}`` applied; raises ConfigInvalid."""
-    raw = study.model_dump()
-    # A component whose name changes starts from empty params: the old component's
-    # params (focal's gamma, say) mean nothing to the new one (ce). Names go first.
-    for key, name in overrides.items():
-        if not is_component_name(key):
-            continue
-        node = _node(raw, key.split(".")[:-1])
-        if isinstance(name, str) and isinstance(node, dict) and name != node.get("name"):
-            node["params"] = {}
-    for key, value in sorted(overrides.items(), key=lambda kv: not kv[0].endswith(".name")):
-        parts = key.split(".")
-        if parts[0] not in SWEEPABLE or len(parts) < 2:
-            raise ConfigInvalid((parts[0],), f"cannot sweep '{key}': only keys under {', '.join(SWEEPABLE)}",
-                                unknown_key=True)
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            if parts[0] == "losses" and i == 1 and node.get(part) is None:
-                node[part] = _role_default(raw, part)  # a role the base config leaves to its default
-            if not isinstance(node.get(part), dict):
-                raise ConfigInvalid(tuple(parts[: i + 1]), "no such section", unknown_key=True)
-            node = node[part]
-        node[parts[-1]] = copy.deepcopy(value)
-    new = validate(raw)
-    new._source = study._source
-    return new
-
-
-def dotted(loc: Tuple) -> str:
-    """('sweep', 'seeds', 0) -> 'sweep.seeds[0]'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def is_component_name(key: str) -> bool:
-    """Whether a dotted key names a component: ``detector.name``, ``loss.name``, ``losses.<role>.name``."""
-    parts = key.split(".")
-    return parts[-1] == "name" and (parts[:-1] in (["detector"], ["loss"])
-                                    or (len(parts) == 3 and parts[0] == "losses"))
-
-
-def _node(raw: Mapping[str, Any], path) -> Any:
-    for part in path:
-        raw = raw.get(part) if isinstance(raw, Mapping) else None
-    return raw
-
-
-def _role_default(raw: Mapping[str, Any], role: str) -> dict:
-    """The loss a role gets when the study names none (for sweeping ``losses.<role>.params.*``)."""
-    from detectors.build import resolve_losses
-
-    try:
-        spec = resolve_losses(raw["detector"]["name"], None, {}).get(role)
-    except KeyError:  # an unknown detector or role: validation words it
-        spec = None
-    return {"name": spec["name"], "params": dict(spec["params"])} if spec else {"params": {}}
-
-
-# --------------------------------------------------------------------------- components
-
-def is_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
-def _invalid(e) -> ConfigInvalid:
-    """A ``detectors.build.ComponentError`` in the platform's wording."""
-    return ConfigInvalid(e.loc, e.msg, unknown_key=e.unknown_key, expected=e.expected)
-
-
-def _check_components(study: Study) -> None:
-    """What pydantic cannot know: the components' declared parameters, loss roles and loss
-    names, the generator's settings and files on disk. Normalises param values in place."""
-    check_dataset(study.dataset)  # first: needs no torch, so a bad path is reported quickly
-    check_output(study)
-    from detectors.build import (ComponentError, check_components, check_loss_weights, check_phase_parts,
-                                 weight_names)
-
-    loss = study.loss.model_dump() if study.loss else None
-    num_classes = _num_classes(study.dataset)
-    try:
-        det, loss_params, roles = check_components(study.detector.model_dump(), loss,
-                                                   {r: s.model_dump() for r, s in study.losses.items()},
-                                                   num_classes)
-        check_loss_weights(study.detector.name, study.train.loss_weights)
-    except ComponentError as e:
-        raise _invalid(e) from None
-    study.detector.params = det
-    if study.loss is not None:
-        study.loss.params = loss_params
-    for role, params in roles.items():
-        study.losses[role].params = params
-    if study.train.phases:
-        try:
-            check_phase_parts(study.detector.model_dump(), [p.model_dump() for p in study.train.phases],
-                              num_classes or 1)
-        except ComponentError as e:
-            raise _invalid(e) from None
-    for i, phase in enumerate(study.train.phases or []):
-        names = weight_names(study.detector.name)
-        for j, name in enumerate(phase.losses or []):
-            if name not in names:
-                raise ConfigInvalid(("train", "phases", i, "losses", j),
-                                    f"detector '{study.detector.name}' returns no loss '{name}'"
-                                    f"{suggest(name, names)} (its losses: {', '.join(names)})")
-
-
-def _num_classes(ds: DatasetSpec) -> Optional[int]:
-    """The dataset's number of classes where it is known without reading the data (synthetic)."""
-    return {**synthetic_defaults(), **ds.synthetic}["num_classes"] if ds.kind == "synthetic" else None

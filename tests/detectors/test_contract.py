@@ -4,11 +4,11 @@ import itertools
 import pytest
 import torch
 
-from detectors.build import (ComponentError, active_loss_names, build_detector, check_components,
-                             check_loss_weights, loss_names, loss_roles, primary_role, resolve_losses)
+from detectors.build import (active_loss_names, build_detector, check_components, check_loss_weights,
+                             loss_names, loss_roles, primary_role, resolve_losses)
 from detectors.losses import l1_loss, smooth_l1_loss
 from detectors.models import MODELS
-from detectors.registry import Registry
+from detectors.registry import ConfigError, Registry
 
 from detectors.trial import make_trial
 
@@ -92,20 +92,20 @@ def test_roles_default_and_can_be_set():
 
 
 def test_component_errors_name_the_key():
-    with pytest.raises(ComponentError) as info:
+    with pytest.raises(ConfigError) as info:
         check_components({"name": "retinanet"}, None, {"rpn_box": {"name": "l1"}})
     assert info.value.loc == ("losses", "rpn_box") and "its loss roles: cls, box" in info.value.msg
-    with pytest.raises(ComponentError, match="already set by the 'loss' section"):
+    with pytest.raises(ConfigError, match="already set by the 'loss' section"):
         check_components({"name": "retinanet"}, {"name": "focal"}, {"cls": {"name": "ce"}})
-    with pytest.raises(ComponentError) as info:
+    with pytest.raises(ConfigError) as info:
         check_components({"name": "retinanet"}, None, {"box": {"name": "focal"}})
     assert info.value.loc == ("losses", "box", "name") and "unknown box loss 'focal'" in info.value.msg
-    with pytest.raises(ComponentError) as info:
+    with pytest.raises(ConfigError) as info:
         check_components({"name": "retinanet", "params": {"pos_iou": 0.3, "neg_iou": 0.4}}, None, {})
     assert "must not exceed" in info.value.msg
-    with pytest.raises(ComponentError, match="use the 'qfl'"):
+    with pytest.raises(ConfigError, match="use the 'qfl'"):
         check_components({"name": "gfl"}, {"name": "focal"}, {})
-    with pytest.raises(ComponentError) as info:
+    with pytest.raises(ConfigError) as info:
         check_loss_weights("retinanet", {"cls": 1.0, "dfl": 0.25})
     assert info.value.loc == ("train", "loss_weights", "dfl") and "its losses: cls, box" in info.value.msg
     check_loss_weights("gfl", {"cls": 1.0, "box": 2.0, "dfl": 0.25})

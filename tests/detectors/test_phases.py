@@ -4,12 +4,13 @@ import os
 import pytest
 import torch
 
-from detectors.build import ComponentError, build_detector, check_phase_parts
+from detectors.build import build_detector, check_phase_parts
 from detectors.checkpoint import load_checkpoint
 from detectors import trial as trial_defaults
 from detectors.config import PhaseConfig, TrainConfig, parse
 from detectors.data.resolve import PATH_KEYS
 from detectors.phases import apply_phase, counts, resolve_phases
+from detectors.registry import ConfigError
 from detectors.train import run_trial, seed_everything
 from tests.detectors.test_train import SMALL, Interrupt, make_trial
 
@@ -53,7 +54,7 @@ def test_apply_phase_sets_exactly_what_trains():
     message = r"'hed' names no parameters of the model; did you mean 'head'\? \(at that depth: backbone, head\)"
     with pytest.raises(ValueError, match=message):
         apply_phase(model, PhaseConfig(name="p", epochs=1, trainable=("hed",)))
-    with pytest.raises(ComponentError, match="fits no phase itself") as info:  # RetinaNet has no fit_phase
+    with pytest.raises(ConfigError, match="fits no phase itself") as info:  # RetinaNet has no fit_phase
         check_phase_parts({"name": "retinanet"}, [{"name": "p", "epochs": 1, "kind": "fit"}])
     assert info.value.loc == ("train", "phases", 0, "kind")
 

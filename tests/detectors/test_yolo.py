@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from detectors.build import ComponentError, check_components, default_loss_weights
+from detectors.build import check_components, default_loss_weights
 from detectors.models import MODELS
 from detectors.models.yolo import decode_boxes, encode_targets, responsible_predictor
+from detectors.registry import ConfigError
 from one_stage_helpers import check_detections, drawn_set, train_steps
 
 
@@ -95,7 +96,7 @@ def test_train_step_eval_and_losses_it_accepts():
     check_detections(out[1:], 1, 3, 96, 160)
     assert out[0]["boxes"].shape[0] > 0
     # the sigmoid / softmax losses are not YOLOv1's: one line before anything starts
-    with pytest.raises(ComponentError) as info:
+    with pytest.raises(ConfigError) as info:
         check_components({"name": "yolov1"}, {"name": "focal"}, {})
     assert info.value.loc == ("loss", "name") and "unknown class-probability loss 'focal'" in info.value.msg
     assert "(known: sse)" in info.value.msg

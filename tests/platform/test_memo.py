@@ -24,12 +24,12 @@ def test_remembered_expansion_equals_a_fresh_one_and_skips_validation(tmp_path, 
     assert not hit and len(trials) == 2
     remember(path, study, trials)
     # a hit must not validate again: the component checks (torch, the registries) are not called
-    import platform.spec
+    import platform.checks
 
     def boom(*a, **k):
         raise AssertionError("validated again")
 
-    monkeypatch.setattr(platform.spec, "_check_components", boom)
+    monkeypatch.setattr(platform.checks, "_check_components", boom)
     again, again_trials, hit = load_expanded(path)
     assert hit and again_trials == trials
     assert again.model_dump(mode="json") == study.model_dump(mode="json")  # params normalised as validated

@@ -41,16 +41,17 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-import platform.studyfile as studyfile
+import platform.study as study_module
 from detectors.build import loss_roles, primary_role
 from detectors.data.synthetic import DEFAULTS as GENERATOR_DEFAULTS
 from detectors.data.synthetic import RANGES as GENERATOR_RANGES
 from detectors.losses import BOX_LOSSES, CLS_LOSSES
 from detectors.models import MODELS
-from detectors.registry import Interval
-from platform.messages import ConfigInvalid
-from platform.spec import Study, StudyError, apply_overrides, dotted, is_component_name, read_yaml
-from platform.study import load_study
+from detectors.registry import ConfigError, Interval
+from platform.keys import dotted, is_component_name
+from platform.spec import Study
+from platform.study import StudyError, load_study, read_yaml
+from platform.sweep import apply_overrides
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDIES = sorted(glob.glob(os.path.join(REPO_ROOT, "studies", "*.yaml")))
@@ -213,7 +214,7 @@ def _context(study: Study, loc: Tuple) -> Tuple[Study, List[str], bool]:
         names = {k: v for k, v in variant.items() if is_component_name(k)}
         try:
             base = apply_overrides(study, names) if names else study
-        except ConfigInvalid:  # a switch valid only with the variant's other keys
+        except ConfigError:  # a switch valid only with the variant's other keys
             base = apply_overrides(study, {k: v for k, v in variant.items() if k != "label"})
         return base, loc[3].split("."), False
     if loc[:2] == ("sweep", "grid") and len(loc) == 4:
@@ -462,7 +463,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         def denied(file, *args, **kwargs):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
 
-        monkeypatch.setattr(studyfile, "open", denied, raising=False)
+        monkeypatch.setattr(study_module, "open", denied, raising=False)
     with pytest.raises(StudyError) as info:
         load_study(str(source))
     assert str(info.value) == f"{source}: permission denied"
