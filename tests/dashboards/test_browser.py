@@ -15,6 +15,9 @@ import pytest
 import fakes
 from fakes import EXPECTED_PLOTS
 
+# headless Chromium
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.environ.get("DETBENCH_TEST_ARTIFACTS", os.path.join(REPO, "reports", "_test_artifacts", "dashboards"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
