@@ -2,7 +2,7 @@
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``bash scripts/setup_test_browser.sh``)
 and the ``selenium`` package; the driver is the system one, so nothing is downloaded.
-Missing, they fail: `bash scripts/setup_test_browser.sh` installs them (README, .ci/run).
+Missing, they fail: `bash scripts/setup_test_browser.sh` installs them (scripts/test.sh runs it).
 Screenshots go to ``$DETBENCH_TEST_ARTIFACTS`` (default ``reports/_test_artifacts/dashboards``,
 ignored by git), one per page.
 """
