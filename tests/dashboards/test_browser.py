@@ -2,7 +2,7 @@
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``bash scripts/setup_test_browser.sh``)
 and the ``selenium`` package; the driver is the system one, so nothing is downloaded.
-Missing, they fail: `bash scripts/setup_test_browser.sh` installs them (README, .ci/run).
+Missing, they fail: `bash scripts/setup_test_browser.sh` installs them (scripts/test.sh runs it).
 Screenshots go to ``$DETBENCH_TEST_ARTIFACTS`` (default ``reports/_test_artifacts/dashboards``,
 ignored by git), one per page.
 """
@@ -14,6 +14,9 @@ import pytest
 
 import fakes
 from fakes import EXPECTED_PLOTS
+
+# headless Chromium
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.environ.get("DETBENCH_TEST_ARTIFACTS", os.path.join(REPO, "reports", "_test_artifacts", "dashboards"))

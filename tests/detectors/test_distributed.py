@@ -103,6 +103,7 @@ def _curve(reports):
     return [r["train/loss"] for r in reports if not r.get("final")]
 
 
+@pytest.mark.slow  # a DDP group of 2 spawned processes (the `runs` fixture)
 def test_two_workers_follow_one_worker_when_batch_norm_is_frozen(runs):
     one, r1, two, r2 = runs["frozen"]
     # Same global batches, gradients averaged, positives normalised by their mean over the
@@ -116,6 +117,7 @@ def test_two_workers_follow_one_worker_when_batch_norm_is_frozen(runs):
     assert r2[-2]["step"] == r1[-2]["step"] == 3 and r2[-1]["speed/train_img_s"] > 0
 
 
+@pytest.mark.slow  # a DDP group of 2 spawned processes (the `runs` fixture)
 def test_two_workers_match_one_worker_within_batch_norm_tolerance(runs):
     # Batch norm in training mode normalises each worker's 2 images by their own statistics
     # (SyncBatchNorm, which would use all 4, needs GPUs), so the curves part a little from the

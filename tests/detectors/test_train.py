@@ -93,6 +93,7 @@ def test_cli_runs_a_trial_file(tmp_path):
     assert lines[-1]["final"] == 1 and lines[-1]["step"] == 1
 
 
+@pytest.mark.slow  # a whole trial end to end: 600 steps, then COCO evaluation
 def test_tiny_retinanet_learns_to_an_ap50_floor(tmp_path):
     # Measured (2026-11-22, 1 thread): 600 steps (200 images x 12 epochs, batch 4) reach
     # AP50 0.199 (seed 0) and 0.190 (seed 1) on this generated set in about 22 s; an

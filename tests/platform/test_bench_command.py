@@ -2,9 +2,12 @@
 The sections that start Ray (orchestration, concurrency, memory) run in the lead's full benchmark."""
 import json
 
+import pytest
+
 from platform.bench import main
 
 
+@pytest.mark.slow  # the benchmark command end to end: four sections, every registered detector
 def test_bench_writes_json_and_markdown_tables(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # its dataset cache goes under ./runs
     assert main(["--smoke", "--only", "retinanet", "evaluation", "zoo", "data", "--out", str(tmp_path / "b")]) == 0

@@ -22,6 +22,9 @@ from platform.expand import expand, resolve_dataset_paths
 from platform.study import load_study
 from platform.tracking import StudyTracker, dataset_name, study_description
 
+# `mlflow ui` and headless Chromium
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.environ.get("DETBENCH_TEST_ARTIFACTS", os.path.join(REPO, "reports", "_test_artifacts", "mlflow"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -2,10 +2,14 @@
 drill: kill -9 one of its training workers mid-epoch; the trial resumes from its last epoch
 checkpoint, finishes once, and the store counts the attempt.
 (Loss equivalence of 2 workers and 1: tests/detectors/test_distributed.py.)"""
+import pytest
 from mlflow.tracking import MlflowClient
 
 from drills import Driver, continued, epochs_of, ray_processes, write_study
 from platform.store import Store
+
+# a study on a local Ray with a Ray Train (DDP) trial
+pytestmark = pytest.mark.slow
 
 KEY = "gamma=2/seed=0"
 

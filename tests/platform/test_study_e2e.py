@@ -19,6 +19,9 @@ from mlflow.tracking import MlflowClient
 from detectors.data.synthetic import generate
 from platform.store import Store
 
+# every test runs `python -m platform.run` on a local Ray (or a `ray start` head)
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -18,6 +18,9 @@ from drills import Driver, epochs_of, free_port, write_study
 from platform.store import Store
 from scripts import tracking_server
 
+# PostgreSQL, `mlflow server` and studies on a local Ray
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):

@@ -7,10 +7,14 @@ import os
 import secrets
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from drills import Driver, RayNode, continued, epochs_of, write_study
 from platform.store import Store
+
+# two `ray start` nodes and a study on them
+pytestmark = pytest.mark.slow
 
 
 def test_trials_run_on_both_nodes_and_a_stopped_node_s_trial_finishes_on_the_other(tmp_path):
