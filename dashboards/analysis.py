@@ -26,7 +26,7 @@ import pandas as pd
 
 from dashboards import stats
 from dashboards.data import StudyData
-from detectors.cocotools import coco_ground_truth
+from detectors.evaluation.cocotools import coco_ground_truth
 
 BOOTSTRAP_RESAMPLES = 200
 BOOTSTRAP_SEED = 0

@@ -21,7 +21,7 @@ SPEED_METRICS = (("speed/train_img_s", "train img/s"), ("speed/train_img_s_alone
                  ("speed/latency_ms_p95", "latency p95 ms"), ("speed/throughput_img_s", "throughput img/s"),
                  ("speed/params", "params M"), ("speed/gflops", "GFLOPs/img"),
                  ("speed/peak_rss_mb", "peak RSS MB"), ("train/time_s", "train time s"))
-# Stages of a two-stage detector's per-image time (``detectors.speed``: stage_<name>_ms), in the order
+# Stages of a two-stage detector's per-image time (``detectors.evaluation.speed``: stage_<name>_ms), in the order
 # the Faster R-CNN paper's Table 5 lists them.
 STAGES = (("speed/stage_proposals_ms", "proposals"), ("speed/stage_features_ms", "shared features"),
           ("speed/stage_regions_ms", "per-region"))

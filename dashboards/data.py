@@ -30,7 +30,7 @@ def flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
     """Nested dicts -> {"a.b.c": value}; lists are kept whole (as tuples, so they compare and hash).
 
     The one flattening of a trial config: swept keys here, MLflow params in
-    ``platform.tracking`` (a tuple is JSON-dumped as the list it was).
+    ``platform.track.tracking`` (a tuple is JSON-dumped as the list it was).
     """
     out: Dict[str, Any] = {}
     if isinstance(obj, dict):

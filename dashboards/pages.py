@@ -170,7 +170,7 @@ def _diagnostics_section(ctx: PageContext, figs: Figures) -> str:
     if any("negative" in d and "positive" in d for d in diag.values()):
         out += _figure4_section(ctx, figs, {k: d for k, d in diag.items() if "negative" in d and "positive" in d})
     if any("score_iou" in d for d in diag.values()):
-        # detectors.diagnostics.score_iou_diagnostics: sampled pairs under "points"
+        # detectors.evaluation.diagnostics.score_iou_diagnostics: sampled pairs under "points"
         out += _score_iou_section(ctx, figs, {k: d["score_iou"].get("points", d["score_iou"])
                                               for k, d in diag.items() if "score_iou" in d})
     return out or _missing("loss diagnostics this page knows how to plot")

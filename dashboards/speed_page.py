@@ -10,7 +10,7 @@ from dashboards import figures
 from dashboards.context import SPEED_METRICS, STAGES, PageContext
 from dashboards.data import fmt_value
 from dashboards.html import Figures, esc, mean_ci, num, table
-from detectors.speed_phase import key_label
+from detectors.evaluation.speed_phase import key_label
 
 
 def _stages_section(ctx: PageContext, figs: Figures) -> str:
@@ -118,7 +118,7 @@ def build_speed(ctx: PageContext) -> str:
 
 
 def _isolated_speed_section(ctx: PageContext):
-    """Where and how the isolated speed figures were measured (``detectors.speed_phase``): one row per
+    """Where and how the isolated speed figures were measured (``detectors.evaluation.speed_phase``): one row per
     speed configuration with its hardware. Returns (html, whether any figure is stored)."""
     sd = ctx.sd
     keys = sd.data("speed_key")

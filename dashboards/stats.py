@@ -37,7 +37,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats as _st
 
-from detectors.cocotools import coco_ground_truth, load_results
+from detectors.evaluation.cocotools import coco_ground_truth, load_results
 
 CONF = 0.95
 ALPHA = 1 - CONF

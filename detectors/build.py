@@ -10,7 +10,7 @@ one-stage detectors) and ``losses`` maps any role to ``{name, params}``; a role
 named in neither gets the role's default. Everything here raises
 ``detectors.registry.ConfigError`` with the config key path, which the driver
 words as ``<file>: <key.path>: <message>``. ``component_keys`` gives the
-driver's study key space (``platform.keys``) its share: the keys only the
+driver's study key space (``platform.study.keys``) its share: the keys only the
 declarations know.
 """
 from __future__ import annotations
@@ -205,7 +205,7 @@ def _plain(loss: Optional[LossConfig]) -> Optional[dict]:
 
 def trial_phases(trial: Union[Mapping[str, Any], TrialConfig]) -> List[PhaseConfig]:
     """The trial's phases: ``train.phases``, else the detector's declared scheme, else one phase."""
-    from detectors.phases import resolve_phases
+    from detectors.train.phases import resolve_phases
 
     cfg = TrialConfig.from_dict(trial)
     entry = MODELS.entry(cfg.detector.name)
@@ -226,7 +226,7 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
     """
     import torch
 
-    from detectors.phases import apply_phase
+    from detectors.train.phases import apply_phase
 
     with torch.device("meta"):
         model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),

@@ -4,7 +4,7 @@
     cfg.train.lr, cfg.eval.speed.repeats, cfg.detector.params["fpn"]
 
 Every default of a trial lives here and nowhere else: worker code reads fields,
-never ``trial.get(key, default)``. The study schema (``platform.spec``: ranges,
+never ``trial.get(key, default)``. The study schema (``platform.study.spec``: ranges,
 choices, the study file's wording of errors) declares the same sections with
 the same defaults; ``tests/platform/test_trial_defaults.py`` walks both and
 holds them equal. A trial dict is plain data (Ray pickles it to the workers, the
@@ -41,10 +41,10 @@ OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_iters",
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    """One phase of training (``detectors.phases``). Prefixes name parameters (``backbone``,
+    """One phase of training (``detectors.train.phases``). Prefixes name parameters (``backbone``,
     ``head.cls_subnet``); ``trainable`` None trains everything, ``losses`` None counts every loss.
     The optimizer settings are None where the phase takes ``train``'s
-    (:func:`detectors.phases.resolve_phases` fills them in)."""
+    (:func:`detectors.train.phases.resolve_phases` fills them in)."""
 
     name: str
     epochs: int
@@ -80,7 +80,7 @@ class TrainConfig:
     hflip_prob: float = 0.5
     eval_every_epoch: bool = True        # else only each phase's last epoch
     phases: Optional[Tuple[PhaseConfig, ...]] = None  # None: the detector's declared scheme, else one phase
-    precision: Precision = "fp32"        # autocast (+ fp16 loss scaling), detectors.precision
+    precision: Precision = "fp32"        # autocast (+ fp16 loss scaling), detectors.train.precision
     channels_last: bool = False          # NHWC convolution weights (faster on GPUs)
 
 
@@ -88,7 +88,7 @@ class TrainConfig:
 class SpeedConfig:
     enabled: bool = True
     # True: measured once per speed configuration, alone on a node, after training
-    # (detectors.speed_phase); False: every trial measures itself as it finishes.
+    # (detectors.evaluation.speed_phase); False: every trial measures itself as it finishes.
     isolated: bool = True
     latency_images: int = 50
     warmup: int = 10
@@ -149,7 +149,7 @@ class TrialConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     num_threads: int = 1               # torch threads (the CPUs given to the trial, per worker)
     gpus: float = 0                    # GPUs per worker: > 0 picks CUDA where one is visible
-    workers: int = 1                   # > 1: Ray Train workers (detectors.distributed)
+    workers: int = 1                   # > 1: Ray Train workers (detectors.train.distributed)
     cpus: float = 1.0                  # CPUs per worker
     speed_phase: bool = False          # set by the driver: latency and throughput come from the speed phase
     loader_workers: int = 0            # DataLoader worker processes

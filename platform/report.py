@@ -51,7 +51,7 @@ def _resolve(args) -> tuple:
     """(study name, store URL, reports dir) from a study file or a name; raises ValueError with one line."""
     looks_like_file = args.study.endswith((".yaml", ".yml")) or os.sep in args.study
     if looks_like_file or os.path.isfile(args.study):
-        from platform.study import StudyError, load_study
+        from platform.study.load import StudyError, load_study
 
         try:
             study = load_study(args.study)
@@ -79,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: no results store at {parsed.database} (run the study first, or pass --store)", file=sys.stderr)
         return 2
 
-    from platform.store import Store
+    from platform.track.store import Store
 
     try:
         store = Store(url, readonly=True)

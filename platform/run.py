@@ -2,7 +2,7 @@
 
 The study is validated and expanded before anything heavy is imported or
 anything is written; a bad file costs a fraction of a second and exits 2.
-The work itself is ``platform.orchestrate.run_study``.
+The work itself is ``platform.runner.orchestrate.run_study``.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _cached_hashes(study) -> set:
     url = make_url(study.tracking.store_url)
     if url.get_backend_name() == "sqlite" and not (url.database and os.path.isfile(url.database)):
         return set()
-    from platform.store import Store
+    from platform.track.store import Store
 
     try:
         store = Store(study.tracking.store_url, readonly=True)
@@ -87,14 +87,14 @@ def _cached_hashes(study) -> set:
 def check_local_resources(study, address: Optional[str]) -> None:
     """Without a cluster, Ray starts here with this machine's CPUs and GPUs; a trial asking for
     more would wait for them forever (Tune only logs a warning). Raises StudyError."""
-    from platform.study import StudyError
+    from platform.study.load import StudyError
 
     if address or os.environ.get("RAY_ADDRESS"):
         return  # a cluster may have (or autoscale to) more
     res = study.resources
     cpus = os.cpu_count() or 1
-    if res.workers_per_trial > 1:  # its workers and its own process at once (platform.cluster)
-        from platform.cluster import describe_footprint, trial_footprint
+    if res.workers_per_trial > 1:  # its workers and its own process at once (platform.runner.cluster)
+        from platform.runner.cluster import describe_footprint, trial_footprint
 
         need_cpus, need_gpus = trial_footprint(res)
         gpus = 0
@@ -124,12 +124,12 @@ def check_local_resources(study, address: Optional[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
-    from platform.expand import describe
-    from platform.memo import load_expanded, remember
-    from platform.study import StudyError
+    from platform.study.expand import describe
+    from platform.study.memo import load_expanded, remember
+    from platform.study.load import StudyError
 
     try:
-        # the validated expansion of an unchanged file is remembered (platform.memo): no torch import
+        # the validated expansion of an unchanged file is remembered (platform.study.memo): no torch import
         study, trials, remembered = load_expanded(args.study)
         check_local_resources(study, args.address)
     except StudyError as e:
@@ -151,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("dry run: nothing was started or written")
         return 0
 
-    from platform.orchestrate import run_study
+    from platform.runner.orchestrate import run_study
 
     return run_study(study, trials, args)
 

@@ -1,7 +1,7 @@
 """Make the repo's ``platform`` package importable in the test session.
 
 pytest imports the stdlib ``platform`` module before any test loads, so
-``import platform.spec`` would fail ("'platform' is not a package"). Here the
+``import platform.study.spec`` would fail ("'platform' is not a package"). Here the
 repo root goes first on sys.path and the cached stdlib module is dropped, so
 the next ``import platform`` finds this repo's package. That package re-exports
 the whole stdlib API (see platform/__init__.py), so code that already holds the

@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from detectors.boxes import clip_boxes, xywh_to_xyxy
-from detectors.cocotools import coco_ground_truth
+from detectors.evaluation.cocotools import coco_ground_truth
 
 __all__ = ["DatasetError", "CocoDetection", "collate", "IMAGE_CACHE_MB"]
 

@@ -23,7 +23,7 @@ A detector declares:
 - optionally ``check(params)`` for combinations of parameters and
   ``check_losses(params, loss_names)`` for combinations with its losses
   (raising ``ValueError``), and ``phases(params, train)``: the training phases
-  of a scheme it implements (see ``detectors.phases``).
+  of a scheme it implements (see ``detectors.train.phases``).
 
 ``detectors.build`` reads these declarations; the driver asks it, never a list of its own.
 The detector modules import this module to register; everyone else imports ``MODELS``

@@ -52,7 +52,7 @@ from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.models.dense_heads import DenseHead, centerness_target
 from detectors.models.retinanet import SCALES, check_common  # RetinaNet's presets and combination checks
 from detectors.registry import Interval, OpenUnit
-from detectors.runtime import worker_mean
+from detectors.train.runtime import worker_mean
 
 QUALITIES = ("none", "centerness", "iou", "joint")
 # GFL's n (bins 0..n per side; the paper's ablation tries up to 20): each bin is 4 output
@@ -154,7 +154,7 @@ class DenseDetector(nn.Module):
         return result
 
     def compute_loss(self, t: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        # Normalisers over several workers: their mean count (detectors.runtime.worker_mean).
+        # Normalisers over several workers: their mean count (detectors.train.runtime.worker_mean).
         num_pos = max(1.0, worker_mean(t["labels"].numel()))
         losses = {"loss_cls": self.cls_loss(t["logits"], t["cls_target"], reduction="sum") / num_pos}
         if self.quality == "joint":

@@ -1,6 +1,6 @@
 """Fast R-CNN (Girshick, arXiv 1504.08083): one conv pass per image, RoI pooling per proposal.
 
-Selective-search proposals (``detectors.proposals``, cached on disk), the whole
+Selective-search proposals (``detectors.models.proposals``, cached on disk), the whole
 image through the conv body once (C4, stride 16: VGG-16's conv5_3 analogue),
 each proposal's features by RoI pooling (sec. 2.1; ``roi_op: align`` for RoIAlign)
 into a 7x7 grid, two FC layers, then a softmax over K + 1 classes and per-class
@@ -26,7 +26,7 @@ from detectors.models.roi_features import RoIFeatures
 from detectors.models.roi_heads import BoxHead, RoIHeads
 from detectors.models.two_stage import (StageClock, make_transform, resize_boxes_to, scale_preset,
                                         single_level_backbone)
-from detectors.proposals import SelectiveSearch
+from detectors.models.proposals import SelectiveSearch
 from detectors.registry import OpenUnit
 
 ROI_ROLES = {

@@ -1,6 +1,6 @@
 """R-CNN (Girshick, Donahue, Darrell, Malik, CVPR 2014, arXiv 1311.2524): a CNN on every warped proposal.
 
-Selective-search proposals (``detectors.proposals``); each one dilated to leave
+Selective-search proposals (``detectors.models.proposals``); each one dilated to leave
 ``context_pad`` of context around it (the paper: 16 px of a 227 px warp), warped
 anisotropically to ``crop_size`` x ``crop_size`` (bilinear, ``roi_align`` on the
 normalised image: outside the image is the mean colour, as the paper pads) and
@@ -12,7 +12,7 @@ run through the conv body (C4) and two FC layers. Training, as the paper:
 2. ``svm`` phase (``kind: fit``, with ``classifier: svm``, the default): one linear
    SVM per class on the frozen fc7 features, positives the ground-truth boxes,
    negatives the proposals with IoU < 0.3 with every instance of the class, fitted
-   with hard-negative mining (``detectors.svm``), in one pass of the training set.
+   with hard-negative mining (``detectors.models.svm``), in one pass of the training set.
 
 At test every proposal is scored by the SVMs (or the softmax, ``classifier:
 softmax``, or before the SVMs exist); detection scores are ``sigmoid(margin)``
@@ -42,9 +42,9 @@ from detectors.models.fast_rcnn import ROI_ROLES, ProposalModel
 from detectors.models.roi_heads import ROI_BOX_WEIGHTS, BoxHead, detect, roi_losses, sample_rois
 from detectors.models.two_stage import (StageClock, make_transform, resize_boxes_to, scale_preset,
                                         single_level_backbone)
-from detectors.proposals import SelectiveSearch
+from detectors.models.proposals import SelectiveSearch
 from detectors.registry import Interval, OpenUnit
-from detectors.svm import mine_and_fit
+from detectors.models.svm import mine_and_fit
 
 ContextPad = Annotated[float, Interval(ge=0, lt=0.5)]
 SvmC = Annotated[float, Interval(gt=0, le=1e6)]
@@ -67,7 +67,7 @@ class RCNN(ProposalModel):
     Args:
         cnn: ``NamedFeatures`` with one map (applied to each crop); head: ``BoxHead``; svm: ``nn.Linear(rep, K)``.
         crop_size: side of the warped crop; pooled: the CNN map is max-pooled to ``pooled x pooled``.
-        classifier: ``"svm"`` or ``"softmax"``; svm_*: see ``detectors.svm.mine_and_fit``.
+        classifier: ``"svm"`` or ``"softmax"``; svm_*: see ``detectors.models.svm.mine_and_fit``.
         region_batch: regions per CNN call at test and while fitting the SVMs (memory, not results).
     """
 
@@ -145,7 +145,7 @@ class RCNN(ProposalModel):
     @torch.no_grad()
     def fit_phase(self, phase, dataset, device) -> Dict[str, float]:
         """R-CNN's SVM training: fc7 features of every training image's ground truths and proposals
-        (the CNN frozen), then ``detectors.svm.mine_and_fit``. Returns figures for the epoch report."""
+        (the CNN frozen), then ``detectors.models.svm.mine_and_fit``. Returns figures for the epoch report."""
         was_training = self.training
         self.eval()
         feats, positive, negative, first = [], [], [], []

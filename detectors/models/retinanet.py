@@ -33,7 +33,7 @@ from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, InSt
 from detectors.models.contract import LossRole, register_detector
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.registry import OpenUnit
-from detectors.runtime import worker_mean
+from detectors.train.runtime import worker_mean
 
 
 def gn_groups(width: int) -> int:

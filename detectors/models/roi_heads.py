@@ -32,7 +32,7 @@ from torchvision.ops import remove_small_boxes
 from detectors.assigners import roi_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.models.postprocess import merge_levels
-from detectors.runtime import worker_mean
+from detectors.train.runtime import worker_mean
 
 __all__ = ["BoxHead", "sample_rois", "roi_losses", "detect", "ROI_BOX_WEIGHTS"]
 
@@ -104,7 +104,7 @@ def roi_losses(logits: Tensor, deltas: Tensor, labels: Tensor, box_targets: Tens
                box_loss: Callable) -> Tuple[Tensor, Tensor]:
     """Fast R-CNN eq. 1 over ``R`` sampled regions: ``cls_loss(logits [R, K+1], labels [R])`` and
     ``box_loss`` of the true class's deltas of the foreground regions, both summed and divided by R."""
-    n = max(1.0, worker_mean(labels.numel()))  # over several workers, their mean (detectors.runtime)
+    n = max(1.0, worker_mean(labels.numel()))  # over several workers, their mean (detectors.train.runtime)
     fg = torch.nonzero(labels > 0).squeeze(1)
     per_class = deltas.reshape(deltas.shape[0], -1, 4)
     pred = per_class[fg, labels[fg]]

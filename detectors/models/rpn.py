@@ -27,7 +27,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
 from detectors.assigners import max_iou_assign
-from detectors.runtime import worker_mean
+from detectors.train.runtime import worker_mean
 
 __all__ = ["RPN", "rpn_anchor_generator"]
 
@@ -86,7 +86,7 @@ class RPN(RegionProposalNetwork):
         pos, neg = self.fg_bg_sampler(labels)
         pos = torch.nonzero(torch.cat(pos)).squeeze(1)
         sampled = torch.cat([pos, torch.nonzero(torch.cat(neg)).squeeze(1)])
-        n = max(1.0, worker_mean(sampled.numel()))  # over several workers, their mean (detectors.runtime)
+        n = max(1.0, worker_mean(sampled.numel()))  # over several workers, their mean (detectors.train.runtime)
         labels_all = torch.cat(labels)
         cls = self.cls_loss(objectness.reshape(-1, 1)[sampled], labels_all[sampled, None], reduction="sum") / n
         box = self.box_loss(pred_bbox_deltas[pos], torch.cat(regression_targets)[pos].to(pred_bbox_deltas.dtype),

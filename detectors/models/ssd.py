@@ -50,7 +50,7 @@ from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK
 from detectors.models.contract import LossRole, register_detector
 from detectors.models.postprocess import level_candidates, merge_levels
 from detectors.registry import Interval, OpenUnit
-from detectors.runtime import worker_mean
+from detectors.train.runtime import worker_mean
 
 Ratio = Annotated[float, Interval(ge=1, le=10)]           # r adds boxes of ratio r and 1/r
 MaxScale = Annotated[float, Interval(gt=0, le=2)]        # of the input side
@@ -202,7 +202,7 @@ class SSD(nn.Module):
             box_terms.append(self.box_loss(deltas[b][pos], target.to(deltas.dtype), reduction="sum"))
             num_pos += int(pos.sum())
         # eq. 1: divide by the number of matched default boxes (0 matched: the loss is 0)
-        n = max(1.0, worker_mean(num_pos))  # over several workers, their mean (detectors.runtime)
+        n = max(1.0, worker_mean(num_pos))  # over several workers, their mean (detectors.train.runtime)
         return {"loss_cls": torch.stack(cls_terms).sum() / n, "loss_box": torch.stack(box_terms).sum() / n}
 
     def postprocess(self, logits, deltas, default_boxes, image_sizes) -> List[Dict[str, Tensor]]:

@@ -16,7 +16,7 @@ sections (targets from issue 11):
                  size, batch and 1 thread (target >= 1.0; from CPU time, see platform.bench.measurements), and the
                  step's parts: assignment, loss forward + backward, post-processing
   orchestration  the same trials through `platform.run` (Ray Tune, MLflow, store, speed phase, report)
-                 against a plain loop calling detectors.train.run_trial, with 1 and with more trials: the
+                 against a plain loop calling detectors.train.run.run_trial, with 1 and with more trials: the
                  overhead per study and per trial, and the wall-time ratio they give for minute-long trials
                  (target <= 1.05 for trials of a minute or more)
   concurrency    4 one-CPU trials one at a time against two at a time (plain processes): speedup (target >= 1.8)
@@ -115,9 +115,9 @@ def _study_file(root: str, name: str, train_images: int, epochs: int, seeds: Lis
 
 def _trial_files(study_path: str, root: str, speed_phase: bool = False) -> List[str]:
     """The study's trials as JSON files for ``python -m detectors.train`` / the plain loop."""
-    from platform.expand import expand
-    from platform.orchestrate import prepare_dataset
-    from platform.study import load_study
+    from platform.study.expand import expand
+    from platform.runner.orchestrate import prepare_dataset
+    from platform.study.load import load_study
 
     trials = prepare_dataset(expand(load_study(study_path)))
     files = []
@@ -132,7 +132,7 @@ def _trial_files(study_path: str, root: str, speed_phase: bool = False) -> List[
 
 PLAIN_LOOP = """
 import json, sys
-from detectors.train import run_trial
+from detectors.train.run import run_trial
 for path in sys.argv[1:]:
     with open(path) as f:
         run_trial(json.load(f))
@@ -217,7 +217,7 @@ def bench_bootstrap(resamples: int, images: int = 150) -> Dict[str, Any]:
     import numpy as np
 
     from dashboards import stats
-    from detectors.cocotools import coco_ground_truth
+    from detectors.evaluation.cocotools import coco_ground_truth
     from platform.bench.measurements import measured, synthetic_detections
 
     gt, dets = synthetic_detections(images, seed=1)
@@ -365,7 +365,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     from detectors.data.synthetic import generate
-    from detectors.speed_phase import hardware
+    from detectors.evaluation.speed_phase import hardware
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     size = SIZES[mode]

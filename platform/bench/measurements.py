@@ -21,7 +21,7 @@ so side-by-side ratios are read from it (on an idle machine the two agree).
 
 Benchmark code, not code that decides a trial's result, so it lives on the driver
 side, outside the ``detectors/`` tree hashed into every trial's config hash
-(``platform.expand.detectors_code_version``): editing it re-runs no cached trial.
+(``platform.study.expand.detectors_code_version``): editing it re-runs no cached trial.
 It imports nothing of ``platform`` (only ``detectors``), so ``worker_memory`` can
 be pickled by value into a Ray worker.
 """
@@ -185,8 +185,8 @@ def detector_zoo(paths: dict, scale: str = "tiny", threads: int = 1, latency_ima
     from detectors.build import build_detector
     from detectors.data.coco import CocoDetection
     from detectors.models import MODELS
-    from detectors.speed import measure_speed
-    from detectors.trial import make_trial
+    from detectors.evaluation.speed import measure_speed
+    from detectors.train.trial import make_trial
 
     torch.set_num_threads(threads)
     val = CocoDetection(paths["val_images"], paths["val_annotations"])
@@ -212,9 +212,9 @@ def data_path(paths: dict, batch_size: int = 8, steps: int = 20) -> Dict[str, Di
     from detectors.build import build_detector, trial_phases
     from detectors.config import TrialConfig
     from detectors.data.coco import CocoDetection, collate
-    from detectors.loop import fit
-    from detectors.runtime import LocalRuntime
-    from detectors.trial import make_trial
+    from detectors.train.loop import fit
+    from detectors.train.runtime import LocalRuntime
+    from detectors.train.trial import make_trial
 
     out: Dict[str, Dict[str, float]] = {}
     for cache in (False, True):
@@ -268,8 +268,8 @@ def synthetic_detections(num_images: int, seed: int = 0):
 def eval_backends(num_images: int, repeats: int = 1, seed: int = 0) -> Dict[str, object]:
     """Seconds of a full bbox evaluation with each backend (fresh ground truth object each time) and the
     largest difference between their metrics, per-class AP and PR curves."""
-    from detectors.cocotools import coco_ground_truth
-    from detectors.evaluate import evaluate_coco
+    from detectors.evaluation.cocotools import coco_ground_truth
+    from detectors.evaluation.evaluate import evaluate_coco
 
     gt, dets = synthetic_detections(num_images, seed)
     out: Dict[str, object] = {"images": num_images, "detections": len(dets)}
@@ -310,8 +310,8 @@ def worker_memory(paths: Optional[dict] = None, trial_dir: str = "/tmp/detbench-
     steps["+ detectors"] = _rss_mb()
     loaded = sorted({m.split(".")[0] for m in set(sys.modules) - before})
     if paths is not None:
-        from detectors.train import run_trial
-        from detectors.trial import make_trial
+        from detectors.train.run import run_trial
+        from detectors.train.trial import make_trial
 
         trial = make_trial(paths, trial_dir, train={"epochs": 1, "max_steps": 10},
                            evaluation={"speed": {"latency_images": 5, "warmup": 1}})

@@ -3,10 +3,10 @@
     python -m platform.bench.threads [--threads 1 2] [--scale tiny] [--steps 30] [--train-epochs 0]
 
 Prints one line per figure. Each thread count runs one short trial through the
-training loop (``detectors.train.run_trial`` on a ``detectors.trial.make_trial``
+training loop (``detectors.train.run.run_trial`` on a ``detectors.train.trial.make_trial``
 dict, ``--steps`` optimiser steps), so the figures are the ones a study's trials
 report: train img/s over the timed training (its first, allocating steps
-included) and ``detectors.speed``'s latency. Timings are wall clock on this
+included) and ``detectors.evaluation.speed``'s latency. Timings are wall clock on this
 machine, so run it on an otherwise idle machine when comparing.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 from typing import List, Optional
 
 from detectors.data.synthetic import generate
-from detectors.train import run_trial
-from detectors.trial import make_trial
+from detectors.train.run import run_trial
+from detectors.train.trial import make_trial
 
 # A short, tuned-for-the-default-set training (the full run of --train-epochs).
 TRAIN = {"lr": 2e-3, "warmup_iters": 50, "eval_every_epoch": False}

@@ -6,7 +6,7 @@ import fakes
 
 @pytest.fixture(scope="session")
 def fake_reports(tmp_path_factory):
-    from platform.store import Store
+    from platform.track.store import Store
 
     from dashboards import build_study
 

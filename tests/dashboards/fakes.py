@@ -4,7 +4,7 @@ Three focal-loss variants x 3 seeds (the fewest that give a seed verdict), whose
 focal loss paper's Table 1b, plus one trial that failed (its own variant).
 Detections are made from a small COCO ground truth with a box jitter per
 variant (gamma 5 the tightest, gamma 0 the loosest), and every accuracy number
-is COCOeval's on those detections (detectors.evaluate), so the pages, the
+is COCOeval's on those detections (detectors.evaluation.evaluate), so the pages, the
 bootstrap and the stored metrics agree. The ground truth is stored with each
 finished trial, as the driver's callback does, and its file is removed once the
 store is written: the pages must read the store alone. The intended outcome:
@@ -104,8 +104,8 @@ def _diagnostics(gamma: float, alpha: float, seed: int) -> dict:
 
 def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, dict]:
     """Write the fake study into ``store``; returns trial_key -> trial dict (failed one included)."""
-    from detectors.cocotools import bbox_ground_truth, coco_ground_truth
-    from detectors.evaluate import evaluate_coco
+    from detectors.evaluation.cocotools import bbox_ground_truth, coco_ground_truth
+    from detectors.evaluation.evaluate import evaluate_coco
 
     gt_path = write_ground_truth(os.path.join(tmp_dir, "instances_val.json"))
     with open(gt_path) as f:

@@ -123,7 +123,7 @@ def test_variant_table_for_the_terminal_summary(fake_reports):
 
 
 def test_empty_study_builds(tmp_path):
-    from platform.store import Store
+    from platform.track.store import Store
 
     from dashboards import build_reports
 
@@ -159,7 +159,7 @@ def test_report_cli(fake_reports, tmp_path):
 def test_a_rerun_under_the_same_trial_key_supersedes_the_old_row(tmp_path):
     """After a detectors change every trial re-runs under a new config hash but the same key:
     the pages use the newest result and list the old row as superseded."""
-    from platform.store import Store
+    from platform.track.store import Store
 
     from dashboards import build_study
 

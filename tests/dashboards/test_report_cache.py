@@ -11,8 +11,8 @@ from dashboards import pages
 from dashboards.analysis import Analysis
 from dashboards.data import load_study
 from dashboards.fingerprint import PAGES, fingerprint, is_current, mark_current
-from platform.store import Store
-from platform.summary import write_report
+from platform.track.store import Store
+from platform.runner.summary import write_report
 
 
 @pytest.fixture

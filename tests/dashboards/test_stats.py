@@ -9,7 +9,7 @@ from dashboards import stats
 from dashboards.data import StudyData
 from dashboards.figures import pareto_front
 from dashboards.paper import compare, load_tables, match_variants
-from detectors.cocotools import coco_ground_truth
+from detectors.evaluation.cocotools import coco_ground_truth
 
 import fakes
 
@@ -148,7 +148,7 @@ def test_bootstrap_equals_evaluating_a_resampled_ground_truth(tmp_path):
         # the numpy accumulation (what bootstrap_ap runs) is COCOeval's, bit for bit
         assert records.ap(idx) == stats._accumulate_on(ev, idx)
     # the identity resample is plain COCOeval AP
-    from detectors.evaluate import evaluate_coco
+    from detectors.evaluation.evaluate import evaluate_coco
     assert stats._accumulate_on(ev, np.arange(len(ids))) == pytest.approx(evaluate_coco(gt, dets)["metrics"]["AP"])
 
 

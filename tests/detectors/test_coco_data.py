@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from detectors.data import CocoDetection, DatasetError, collate
-from detectors.evaluate import evaluate_coco, to_coco_results
+from detectors.evaluation.evaluate import evaluate_coco, to_coco_results
 
 ANN = "instances.json"
 

@@ -10,7 +10,7 @@ from detectors.losses import l1_loss, smooth_l1_loss
 from detectors.models import MODELS
 from detectors.registry import ConfigError, Registry
 
-from detectors.trial import make_trial
+from detectors.train.trial import make_trial
 
 PATHS = {k: f"/data/{k}" for k in ("train_images", "train_annotations", "val_images", "val_annotations")}
 

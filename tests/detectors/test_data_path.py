@@ -9,8 +9,8 @@ from PIL import Image
 from detectors.data.coco import CocoDetection
 from detectors.config import TrialConfig
 from detectors.data.resolve import PATH_KEYS
-from detectors.runtime import LocalRuntime
-from detectors.trial import make_trial
+from detectors.train.runtime import LocalRuntime
+from detectors.train.trial import make_trial
 
 
 def write_set(tmp_path, n=3, h=4, w=5):

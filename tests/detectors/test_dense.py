@@ -10,7 +10,7 @@ import torch
 
 from detectors.losses import CLS_LOSSES, quality_focal_loss
 from detectors.models import MODELS
-from detectors.diagnostics import score_iou_diagnostics
+from detectors.evaluation.diagnostics import score_iou_diagnostics
 from detectors.models.box_repr import make_box_representation
 from detectors.models.dense_heads import centerness_target
 

@@ -6,7 +6,7 @@ import torch
 
 from detectors.data.coco import CocoDetection
 from detectors.data.synthetic import generate
-from detectors.diagnostics import classification_loss_diagnostics, cumulative_share
+from detectors.evaluation.diagnostics import classification_loss_diagnostics, cumulative_share
 from detectors.losses import CLS_LOSSES
 from detectors.models import MODELS
 

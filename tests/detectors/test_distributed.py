@@ -1,4 +1,4 @@
-"""Multi-worker trials (detectors.distributed): 2 DDP workers (gloo, CPU) against 1 worker at the
+"""Multi-worker trials (detectors.train.distributed): 2 DDP workers (gloo, CPU) against 1 worker at the
 same global batch, and the batch sharding they rest on.
 
 The two runs use real ``torch.distributed`` processes, without Ray (Ray Train only sets up the
@@ -13,13 +13,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from detectors import trial as trial_defaults
+from detectors.train import trial as trial_defaults
 from detectors.data.coco import collate
 from detectors.data.synthetic import generate
-from detectors.distributed import DDPRuntime, global_batches, shard
-from detectors.runtime import LocalRuntime
+from detectors.train.distributed import DDPRuntime, global_batches, shard
+from detectors.train.runtime import LocalRuntime
 from detectors.config import TrialConfig
-from detectors.train import load_datasets, run_trial
+from detectors.train.run import load_datasets, run_trial
 
 
 def test_shards_split_each_global_batch_contiguously_and_pad_a_short_one():

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from detectors.cocotools import coco_ground_truth, eval_backend
-from detectors.evaluate import evaluate_coco
+from detectors.evaluation.cocotools import coco_ground_truth, eval_backend
+from detectors.evaluation.evaluate import evaluate_coco
 from platform.bench.measurements import synthetic_detections
 
 

@@ -7,8 +7,8 @@ import torch
 
 from detectors.data import CocoDetection
 from detectors.data.synthetic import generate
-from detectors.cocotools import bbox_ground_truth, coco_ground_truth
-from detectors.evaluate import METRIC_NAMES, evaluate_coco, to_coco_results
+from detectors.evaluation.cocotools import bbox_ground_truth, coco_ground_truth
+from detectors.evaluation.evaluate import METRIC_NAMES, evaluate_coco, to_coco_results
 
 
 def _gt(annotations, categories=((3, "cat"), (7, "dog"))):

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from detectors.build import build_detector, check_phase_parts
-from detectors.checkpoint import load_checkpoint
-from detectors import trial as trial_defaults
+from detectors.train.checkpoint import load_checkpoint
+from detectors.train import trial as trial_defaults
 from detectors.config import PhaseConfig, TrainConfig, parse
 from detectors.data.resolve import PATH_KEYS
-from detectors.phases import apply_phase, counts, resolve_phases
+from detectors.train.phases import apply_phase, counts, resolve_phases
 from detectors.registry import ConfigError
-from detectors.train import run_trial, seed_everything
+from detectors.train.run import run_trial, seed_everything
 from tests.detectors.test_train import SMALL, Interrupt, make_trial
 
 TWO_PHASES = [

@@ -3,9 +3,9 @@ fp32 is untouched; the loss-scaler state survives a checkpoint."""
 import pytest
 import torch
 
-from detectors.precision import autocast, grad_scaler, prepare_memory_format
-from detectors.train import run_trial
-from detectors.trial import make_trial
+from detectors.train.precision import autocast, grad_scaler, prepare_memory_format
+from detectors.train.run import run_trial
+from detectors.train.trial import make_trial
 
 
 def test_autocast_runs_matmuls_in_the_chosen_type_and_fp32_not_at_all():

@@ -1,8 +1,8 @@
-"""detectors.speed: the figures and their hand-computed size numbers; disabled means no figures."""
+"""detectors.evaluation.speed: the figures and their hand-computed size numbers; disabled means no figures."""
 import torch
 from torch import nn
 
-from detectors.speed import measure_speed
+from detectors.evaluation.speed import measure_speed
 
 
 class OneConv(nn.Module):
@@ -38,7 +38,7 @@ def test_disabled_measures_nothing():
 
 
 def test_median_spread_and_nearest_rank_percentile():
-    from detectors.speed import median_and_spread, percentile
+    from detectors.evaluation.speed import median_and_spread, percentile
 
     # sorted 1, 2, 4, 8: median (2 + 4) / 2 = 3, spread 8 - 1 = 7
     assert median_and_spread([4.0, 1.0, 8.0, 2.0]) == {"median": 3.0, "spread": 7.0, "n": 4}
@@ -47,7 +47,7 @@ def test_median_spread_and_nearest_rank_percentile():
 
 
 def test_size_figures_need_no_timing():
-    from detectors.speed import size_figures
+    from detectors.evaluation.speed import size_figures
 
     out = size_figures(OneConv(), DATASET, "cpu")
     assert set(out) == {"params", "gflops", "peak_rss_mb", "threads"}

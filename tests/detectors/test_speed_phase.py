@@ -1,8 +1,8 @@
-"""detectors.speed_phase: which trials share a speed figure, and one isolated measurement end to end."""
+"""detectors.evaluation.speed_phase: which trials share a speed figure, and one isolated measurement end to end."""
 import pytest
 
-from detectors.speed_phase import key_digest, key_label, measure_alone, speed_key, uses_speed_phase
-from detectors.trial import make_trial
+from detectors.evaluation.speed_phase import key_digest, key_label, measure_alone, speed_key, uses_speed_phase
+from detectors.train.trial import make_trial
 
 PATHS = {k: f"/data/{k}" for k in ("train_images", "train_annotations", "val_images", "val_annotations")}
 

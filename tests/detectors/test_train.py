@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from detectors.data.synthetic import generate
-from detectors import trial as trial_defaults
-from detectors.train import NonFiniteLossError, load_checkpoint, run_trial
+from detectors.train import trial as trial_defaults
+from detectors.train.run import NonFiniteLossError, load_checkpoint, run_trial
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

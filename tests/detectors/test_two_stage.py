@@ -6,16 +6,16 @@ import os
 import pytest
 import torch
 
-from detectors import proposals as proposals_module
-from detectors import trial as trial_defaults
+from detectors.models import proposals as proposals_module
+from detectors.train import trial as trial_defaults
 from detectors.build import build_detector, trial_phases
-from detectors.checkpoint import load_checkpoint
+from detectors.train.checkpoint import load_checkpoint
 from detectors.config import PhaseConfig
 from detectors.data.coco import CocoDetection, collate
 from detectors.data.resolve import PATH_KEYS
 from detectors.data.synthetic import generate
-from detectors.speed import measure_speed
-from detectors.train import run_trial, seed_everything
+from detectors.evaluation.speed import measure_speed
+from detectors.train.run import run_trial, seed_everything
 
 SOFTMAX = {"name": "softmax_ce", "params": {}}
 NO_SPEED = {"speed": {"enabled": False}}

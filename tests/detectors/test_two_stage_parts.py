@@ -14,7 +14,7 @@ from detectors.losses import SOFTMAX_LOSSES, ce_loss, smooth_l1_loss, softmax_ce
 from detectors.models.roi_features import RoIFeatures, roi_warp
 from detectors.models.roi_heads import roi_losses, sample_rois
 from detectors.models.rpn import RPN
-from detectors.svm import fit_svms, mine_and_fit
+from detectors.models.svm import fit_svms, mine_and_fit
 
 
 # --- softmax cross entropy ---------------------------------------------------------------

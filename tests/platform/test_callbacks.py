@@ -1,7 +1,7 @@
 """The driver callback's helpers that need no Ray run."""
 import json
 
-from platform.callbacks import val_ground_truth
+from platform.runner.callbacks import val_ground_truth
 
 
 def test_val_ground_truth_reads_what_box_ap_needs_from_the_val_file(tmp_path):

@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from platform.expand import expand
-from platform.study import load_study
-from platform.store import Store
+from platform.study.expand import expand
+from platform.study.load import load_study
+from platform.track.store import Store
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

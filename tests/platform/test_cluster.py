@@ -1,15 +1,16 @@
-"""platform.cluster and platform.reconcile's checkpoint pruning, without Ray: what a trial asks of the
+"""platform.runner.cluster and platform.track.reconcile's checkpoint pruning, without Ray: what a trial asks of the
 cluster, the stale local Ray of a killed driver, and checkpoints the store never recorded."""
 import json
 import os
 import subprocess
 import sys
 
-from platform.cluster import (LOCAL_RAY_FILE, _start_time, fitting_trials, record_local_ray, stop_stale_local_ray,
-                              trial_footprint, trial_request)
-from platform.reconcile import prune_checkpoints
-from platform.spec import ResourcesSpec
-from platform.store import Store
+from platform.runner.cluster import (LOCAL_RAY_FILE, _start_time, fitting_trials, record_local_ray,
+                                     stop_stale_local_ray,
+                                     trial_footprint, trial_request)
+from platform.track.reconcile import prune_checkpoints
+from platform.study.spec import ResourcesSpec
+from platform.track.store import Store
 
 
 def test_a_multi_worker_trial_asks_for_its_process_and_its_workers():
@@ -86,7 +87,7 @@ def test_checkpoints_the_store_never_recorded_are_pruned(tmp_path):
 
 
 def test_one_driver_per_study_at_a_time(tmp_path):
-    from platform.cluster import DRIVER_FILE, claim_study, release_study
+    from platform.runner.cluster import DRIVER_FILE, claim_study, release_study
 
     assert claim_study(str(tmp_path)) is None  # this process holds it
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

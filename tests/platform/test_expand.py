@@ -7,10 +7,10 @@ import pytest
 
 import detectors
 
-from platform.expand import (
+from platform.study.expand import (
     describe, detectors_code_version, expand, format_value, resolve_dataset_paths, short_names,
 )
-from platform.study import StudyError, load_study
+from platform.study.load import StudyError, load_study
 
 HEAD = """\
 name: ex
@@ -193,7 +193,7 @@ def test_trial_hashes_follow_detectors_code_and_not_the_benchmarks(tmp_path, mon
     """Benchmarks are driver code (platform/bench/): editing one re-runs no cached trial;
     editing a loss changes every trial's hash (the whole detectors/ tree is hashed)."""
     import platform.bench
-    import platform.expand
+    import platform.study.expand
     from platform.bench import measurements, threads
 
     real_root = os.path.dirname(os.path.abspath(detectors.__file__))
@@ -206,7 +206,7 @@ def test_trial_hashes_follow_detectors_code_and_not_the_benchmarks(tmp_path, mon
     shutil.copytree(os.path.dirname(measurements.__file__), root / "platform" / "bench", ignore=skip)
     hashed = str(root / "detectors")
     assert detectors_code_version(hashed) == detectors_code_version()  # the copy hashes as the package
-    monkeypatch.setattr(platform.expand, "detectors_code_version", lambda: detectors_code_version(hashed))
+    monkeypatch.setattr(platform.study.expand, "detectors_code_version", lambda: detectors_code_version(hashed))
 
     def hashes():  # 2 variants x 6 grid points x 2 seeds = 24 trials
         return {t["trial_key"]: t["config_hash"] for t in expand(study_from(tmp_path, HEAD + SWEEP))}

@@ -1,11 +1,11 @@
-"""platform.keys: every dotted key of a study, with its range and choices, from the schema and the components."""
+"""platform.study.keys: every dotted key of a study, with its range and choices, from the schema and the components."""
 import pytest
 
 from detectors.registry import ConfigError
-from platform.checks import validate
-from platform.expand import expand
-from platform.keys import KeySpace, fields_at, set_key
-from platform.study import StudyError, load_study
+from platform.study.checks import validate
+from platform.study.expand import expand
+from platform.study.keys import KeySpace, fields_at, set_key
+from platform.study.load import StudyError, load_study
 
 RAW = {"name": "t", "dataset": {"kind": "synthetic", "synthetic": {"num_train": 8, "num_val": 4}},
        "detector": {"name": "retinanet"}, "loss": {"name": "focal", "params": {"alpha": 0.25}}}

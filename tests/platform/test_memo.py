@@ -1,11 +1,12 @@
-"""platform.memo: a validated study file's expansion is remembered, and forgotten when anything it came from changes."""
+"""platform.study.memo: a validated study file's expansion is remembered, and forgotten when anything it came
+from changes."""
 import json
 import os
 
 import yaml
 
-from platform import memo
-from platform.memo import load_expanded, remember
+from platform.study import memo
+from platform.study.memo import load_expanded, remember
 from platform.run import main
 
 
@@ -24,12 +25,12 @@ def test_remembered_expansion_equals_a_fresh_one_and_skips_validation(tmp_path, 
     assert not hit and len(trials) == 2
     remember(path, study, trials)
     # a hit must not validate again: the component checks (torch, the registries) are not called
-    import platform.checks
+    import platform.study.checks
 
     def boom(*a, **k):
         raise AssertionError("validated again")
 
-    monkeypatch.setattr(platform.checks, "_check_components", boom)
+    monkeypatch.setattr(platform.study.checks, "_check_components", boom)
     again, again_trials, hit = load_expanded(path)
     assert hit and again_trials == trials
     assert again.model_dump(mode="json") == study.model_dump(mode="json")  # params normalised as validated

@@ -18,9 +18,9 @@ import urllib.request
 
 import pytest
 
-from platform.expand import expand, resolve_dataset_paths
-from platform.study import load_study
-from platform.tracking import StudyTracker, dataset_name, study_description
+from platform.study.expand import expand, resolve_dataset_paths
+from platform.study.load import load_study
+from platform.track.tracking import StudyTracker, dataset_name, study_description
 
 # `mlflow ui` and headless Chromium
 pytestmark = pytest.mark.slow

@@ -41,17 +41,17 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-import platform.study as study_module
+import platform.study.load as study_module
 from detectors.build import loss_roles, primary_role
 from detectors.data.synthetic import DEFAULTS as GENERATOR_DEFAULTS
 from detectors.data.synthetic import RANGES as GENERATOR_RANGES
 from detectors.losses import BOX_LOSSES, CLS_LOSSES
 from detectors.models import MODELS
 from detectors.registry import ConfigError, Interval
-from platform.keys import dotted, is_component_name
-from platform.spec import Study
-from platform.study import StudyError, load_study, read_yaml
-from platform.sweep import apply_overrides
+from platform.study.keys import dotted, is_component_name
+from platform.study.spec import Study
+from platform.study.load import StudyError, load_study, read_yaml
+from platform.study.sweep import apply_overrides
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDIES = sorted(glob.glob(os.path.join(REPO_ROOT, "studies", "*.yaml")))

@@ -1,9 +1,9 @@
-"""platform.reconcile's record that MLflow and the store are in step: what makes a run check MLflow again."""
+"""platform.track.reconcile's record that MLflow and the store are in step: what makes a run check MLflow again."""
 import os
 
-from detectors.trial import make_trial
-from platform.reconcile import PENDING_FILE, in_sync, mark_synced, note_pending_parent
-from platform.store import Store
+from detectors.train.trial import make_trial
+from platform.track.reconcile import PENDING_FILE, in_sync, mark_synced, note_pending_parent
+from platform.track.store import Store
 
 PATHS = {k: f"/data/{k}" for k in ("train_images", "train_annotations", "val_images", "val_annotations")}
 

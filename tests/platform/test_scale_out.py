@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from drills import Driver, continued, epochs_of, ray_processes, write_study
-from platform.store import Store
+from platform.track.store import Store
 
 # a study on a local Ray with a Ray Train (DDP) trial
 pytestmark = pytest.mark.slow

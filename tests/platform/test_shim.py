@@ -12,7 +12,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 def test_this_session_imports_the_repo_package():
     assert platform.__file__ == os.path.join(REPO_ROOT, "platform", "__init__.py")
-    assert hasattr(platform, "__path__")  # a package: platform.spec etc. import
+    assert hasattr(platform, "__path__")  # a package: platform.study.spec etc. import
     assert importlib.import_module("platform.study").load_study
 
 
@@ -48,7 +48,7 @@ def _run(code_or_args, timeout=120):
 
 def test_torch_imports_next_to_the_package_in_a_fresh_interpreter():
     # From the repo root, ``import platform`` finds the package before the stdlib.
-    proc = _run(["-c", "import platform.spec, torch; import platform; "
+    proc = _run(["-c", "import platform.study.spec, torch; import platform; "
                        "print(platform.__file__); print(platform.system(), torch.zeros(2).sum().item())"])
     assert proc.returncode == 0, proc.stderr
     path, facts = proc.stdout.strip().splitlines()[-2:]

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from platform.expand import expand
-from platform.study import StudyError, load_study
+from platform.study.expand import expand
+from platform.study.load import StudyError, load_study
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -1,10 +1,10 @@
-"""platform.speed_phase with the real store: one measurement per speed key, shared by its trials."""
+"""platform.runner.speed_phase with the real store: one measurement per speed key, shared by its trials."""
 import pytest
 
-from detectors.trial import make_trial
-from platform import speed_phase
-from platform.speed_phase import pending, run_speed_phase, speed_groups
-from platform.store import Store
+from detectors.train.trial import make_trial
+from platform.runner import speed_phase
+from platform.runner.speed_phase import pending, run_speed_phase, speed_groups
+from platform.track.store import Store
 
 PATHS = {k: f"/data/{k}" for k in ("train_images", "train_annotations", "val_images", "val_annotations")}
 STUDY = "s"

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from platform.store import Store
+from platform.track.store import Store
 
 
 def trial(key="gamma=2/seed=0", h="a" * 64, seed=0):

@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from detectors.data.synthetic import generate
-from platform.store import Store
+from platform.track.store import Store
 
 # every test runs `python -m platform.run` on a local Ray (or a `ray start` head)
 pytestmark = pytest.mark.slow
@@ -129,7 +129,7 @@ def test_rerun_is_fully_cached(first_run):
     parents, children = mlflow_runs(root / "runs")
     assert len(parents) == 1 and len(children) == 2  # nothing new in MLflow
     # the first run left MLflow in step with the store and said so: this run did not open MLflow
-    from platform.reconcile import in_sync
+    from platform.track.reconcile import in_sync
 
     with Store(f"sqlite:///{root}/runs/results.db") as store:
         assert in_sync(store, "smoke", f"sqlite:///{root}/runs/mlflow.db", str(root / "runs" / "smoke"))

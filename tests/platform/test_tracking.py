@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform.expand import expand, resolve_dataset_paths
-from platform.study import load_study
-from platform.store import Store
-from platform.timing import TrialClock
-from platform.tracking import StudyTracker, study_description
+from platform.study.expand import expand, resolve_dataset_paths
+from platform.study.load import load_study
+from platform.track.store import Store
+from platform.runner.timing import TrialClock
+from platform.track.tracking import StudyTracker, study_description
 
 STUDY = """\
 name: tr
@@ -123,7 +123,7 @@ def fake_trial(tid, spec):
 
 
 def test_one_duration_covers_every_attempt_in_progress_store_and_mlflow(tmp_path, study_trials):
-    from platform.callbacks import ProgressCallback, StudyCallback
+    from platform.runner.callbacks import ProgressCallback, StudyCallback
 
     _, _, trials = study_trials
     tracker = tracker_for(tmp_path)

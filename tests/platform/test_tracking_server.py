@@ -15,7 +15,7 @@ import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from drills import Driver, epochs_of, free_port, write_study
-from platform.store import Store
+from platform.track.store import Store
 from scripts import tracking_server
 
 # PostgreSQL, `mlflow server` and studies on a local Ray

@@ -1,8 +1,8 @@
-"""A hand-made trial (detectors.trial.make_trial) has the shape and defaults of one from a study file."""
-from platform.expand import expand, resolve_dataset_paths
-from platform.study import load_study
+"""A hand-made trial (detectors.train.trial.make_trial) has the shape and defaults of one from a study file."""
+from platform.study.expand import expand, resolve_dataset_paths
+from platform.study.load import load_study
 
-from detectors.trial import make_trial
+from detectors.train.trial import make_trial
 
 PATHS = {k: f"/data/{k}" for k in ("train_images", "train_annotations", "val_images", "val_annotations")}
 
@@ -36,7 +36,7 @@ def test_make_trial_overrides():
     assert again["loss"]["params"] == {"gamma": 2.0, "alpha": 0.25}  # the defaults were not modified
 
 
-# The study schema (platform.spec, with ranges and the study file's wording) and the typed
+# The study schema (platform.study.spec, with ranges and the study file's wording) and the typed
 # trial config (detectors.config, what the worker reads) declare the same sections: every
 # key of one is a key of the other, with the same default. A default changed in one place
 # only (a schema saying hflip 0.5 while the worker falls back to 0.0) fails here.
@@ -74,7 +74,7 @@ def _config_defaults(cls):
 
 def test_study_schema_and_trial_config_declare_the_same_keys_and_defaults():
     import detectors.config as config
-    import platform.spec as spec
+    import platform.study.spec as spec
 
     for schema_name, config_name in SECTIONS:
         schema, typed = getattr(spec, schema_name), getattr(config, config_name)
@@ -86,7 +86,7 @@ def test_the_equality_check_sees_a_changed_default():
     import dataclasses
 
     from detectors.config import TrainConfig
-    import platform.spec as spec
+    import platform.study.spec as spec
 
     @dataclasses.dataclass(frozen=True)
     class Drifted(TrainConfig):

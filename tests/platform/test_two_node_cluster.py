@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from drills import Driver, RayNode, continued, epochs_of, write_study
-from platform.store import Store
+from platform.track.store import Store
 
 # two `ray start` nodes and a study on them
 pytestmark = pytest.mark.slow

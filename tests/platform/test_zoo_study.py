@@ -4,8 +4,8 @@ import os
 
 from detectors.build import resolve_losses
 from detectors.models import MODELS
-from platform.expand import expand
-from platform.study import load_study
+from platform.study.expand import expand
+from platform.study.load import load_study
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,7 +35,7 @@ def test_the_zoo_expands_to_every_detector_under_one_budget(tmp_path, monkeypatc
 
 
 def test_the_run_description_of_a_study_without_a_loss_section(tmp_path, monkeypatch):
-    from platform.tracking import study_description
+    from platform.track.tracking import study_description
 
     monkeypatch.chdir(tmp_path)
     study = load_study(os.path.join(REPO, "studies", "detector_zoo.yaml"))

@@ -135,7 +135,7 @@ GROUND_TRUTH_KEY = "val_ground_truth"  # trial-data key holding the digest
 
 
 class SpeedRow(Base):
-    """One isolated speed measurement (``detectors.speed_phase``), shared by every trial whose
+    """One isolated speed measurement (``detectors.evaluation.speed_phase``), shared by every trial whose
     speed key has this digest; trials name it in their data key ``speed_key``."""
 
     __tablename__ = "speed_figures"
@@ -309,7 +309,7 @@ class Store:
             s.add_all(_metric_rows(row.id, values, int(step)))
 
     def set_mlflow_run_id(self, study_name: str, config_hash: str, run_id: str) -> None:
-        """The trial's MLflow run, after it was (re)made from the store (``platform.reconcile``)."""
+        """The trial's MLflow run, after it was (re)made from the store (``platform.track.reconcile``)."""
         with self._tx() as s:
             row = s.scalar(select(TrialRow).join(StudyRow).where(StudyRow.name == study_name,
                                                                 TrialRow.config_hash == config_hash))

@@ -7,15 +7,15 @@
 
 A key is a ``detectors.registry.Param``: its type hint carries its range
 (``Interval``) and its choices (``Literal``). The keys come from two sources.
-The study schema (``platform.spec``), walked once, field by field: every
+The study schema (``platform.study.spec``), walked once, field by field: every
 single value is a key, its pydantic ``Field`` bounds read as an ``Interval``.
 And what only the worker package knows, for the open mappings of the schema:
 ``detector.*``, ``loss.*`` and ``losses.<role>.*`` from the chosen
 components' declarations (``detectors.build.component_keys``, the only
 reader of them), ``train.loss_weights.*`` from the detector's loss names,
 ``dataset.synthetic.*`` from the generator's settings. The sweep's checks
-(``platform.sweep``), every override of a trial (``set_key``, for
-``platform.expand``) and validation's list of known keys (``fields_at``) read it.
+(``platform.study.sweep``), every override of a trial (``set_key``, for
+``platform.study.expand``) and validation's list of known keys (``fields_at``) read it.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from detectors.registry import ConfigError, Interval, Param
-from platform.spec import Study
+from platform.study.spec import Study
 
 SWEEPABLE = ("dataset", "detector", "loss", "losses", "train", "eval")
 NoneType = type(None)

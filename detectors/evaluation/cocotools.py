@@ -1,7 +1,7 @@
 """pycocotools plumbing, in one place: a ``COCO`` over a dict, ``loadRes`` that takes an empty list,
 and the part of an annotation file that box evaluation reads.
 
-Used by evaluation (``detectors.evaluate``), the dataset loader (its ``coco``
+Used by evaluation (``detectors.evaluation.evaluate``), the dataset loader (its ``coco``
 ground truth) and the driver side: the callback stores ``bbox_ground_truth`` of
 the val file once per val set, and the pages' image bootstrap evaluates on it.
 No torch here, so the report pages can import it cheaply.

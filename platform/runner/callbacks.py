@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, TextIO
 
 from ray.tune import Callback
 
-from detectors.cocotools import bbox_ground_truth
-from platform.timing import TrialClock
+from detectors.evaluation.cocotools import bbox_ground_truth
+from platform.runner.timing import TrialClock
 
 # Keys Tune adds to every result; everything else in a result is ours.
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "hostname",

@@ -5,15 +5,15 @@
 ``run_trial(trial, report)`` parses the plain trial dict (docs/architecture.md)
 into its typed config once (``detectors.config.TrialConfig``), builds the
 detector it describes (``detectors.build``), trains it through its
-phases (``detectors.loop``, ``detectors.phases``), evaluates it with
+phases (``detectors.train.loop``, ``detectors.train.phases``), evaluates it with
 pycocotools, measures its speed, and hands metrics and checkpoint directories
 to ``report(metrics, ckpt_dir)``. A checkpoint after every epoch
-(``detectors.checkpoint``) lets a resumed run match an uninterrupted one.
+(``detectors.train.checkpoint``) lets a resumed run match an uninterrupted one.
 When the driver runs the isolated speed phase (the trial dict's ``speed_phase``;
-``detectors.speed_phase``), a trial reports only what a shared machine does not
+``detectors.evaluation.speed_phase``), a trial reports only what a shared machine does not
 distort (params, FLOPs, its peak memory) and its own training img/s; latency and
 throughput come from the phase.
-Where it runs (device, rank) is its ``runtime`` (``detectors.runtime``).
+Where it runs (device, rank) is its ``runtime`` (``detectors.train.runtime``).
 """
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ import torch
 
 from detectors.build import build_detector, trial_phases
 from detectors.config import TrialConfig
-from detectors.checkpoint import load_checkpoint
+from detectors.train.checkpoint import load_checkpoint
 from detectors.data.coco import CocoDetection
 from detectors.data.resolve import ensure_dataset
-from detectors.diagnostics import classification_loss_diagnostics, score_iou_diagnostics
-from detectors.loop import NonFiniteLossError, Report, fit
-from detectors.runtime import LocalRuntime
-from detectors.precision import prepare_memory_format
-from detectors.speed import measure_speed, size_figures
-from detectors.speed_phase import speed_settings
+from detectors.evaluation.diagnostics import classification_loss_diagnostics, score_iou_diagnostics
+from detectors.train.loop import NonFiniteLossError, Report, fit
+from detectors.train.runtime import LocalRuntime
+from detectors.train.precision import prepare_memory_format
+from detectors.evaluation.speed import measure_speed, size_figures
+from detectors.evaluation.speed_phase import speed_settings
 
 __all__ = ["run_trial", "finish", "load_checkpoint", "NonFiniteLossError", "main"]
 

@@ -3,7 +3,7 @@
 The results store is the record of what finished; MLflow is its view. They part
 when a driver dies (its parent run and the child runs of interrupted trials are
 left RUNNING) or when the tracking server stops answering mid-study (the
-tracker goes offline, ``platform.tracking``, and trials finish into the store
+tracker goes offline, ``platform.track.tracking``, and trials finish into the store
 only). The next run of the study, before it starts anything:
 
 - ends parent runs of the study that an earlier invocation left RUNNING: with
@@ -85,7 +85,7 @@ def mark_synced(store, study_name: str, mlflow_uri: str, run_dir: str) -> None:
 def prune_checkpoints(store, study_name: str, trials, force: bool = False) -> None:
     """Before trials run again: keep only the epoch checkpoints the store recorded.
 
-    A trial resumes from its newest checkpoint on disk (``detectors.trainable``). A driver
+    A trial resumes from its newest checkpoint on disk (``detectors.train.trainable``). A driver
     killed between a checkpoint's write and its report would leave a checkpoint whose epoch
     the store and MLflow never saw; resuming after it would lose that epoch's figures, so
     it goes (its epoch runs again, to the same result). ``force``: every checkpoint goes.
@@ -131,9 +131,9 @@ def _same(a: float, b: float) -> bool:
 
 def reconcile(tracker, store, study_name: str, run_dir: str) -> Dict[str, int]:
     """Repair MLflow from the store (see the module docstring; ``tracker``: a
-    ``platform.tracking.StudyTracker``). Returns counts of what it did: ``parents`` ended,
+    ``platform.track.tracking.StudyTracker``). Returns counts of what it did: ``parents`` ended,
     ``children`` marked KILLED, ``repaired`` trials' runs completed."""
-    from platform.tracking import HASH_TAG, PARENT_TAG
+    from platform.track.tracking import HASH_TAG, PARENT_TAG
 
     client, exp = tracker.client, tracker.experiment_id
     pending_path = os.path.join(run_dir, PENDING_FILE)
@@ -193,7 +193,7 @@ def _repair(tracker, store, study_name: str, trial: dict, run, stale: Dict[str, 
         return
     _log_missing(tracker, run_id, store.trial_epochs(study_name, trial["config_hash"]))
     if not client.list_artifacts(run_id):
-        from platform.callbacks import ARTIFACTS
+        from platform.runner.callbacks import ARTIFACTS
 
         final_dir = os.path.join(spec["trial_dir"], "final")
         tracker.log_dict(run_id, spec, "resolved_config.json")

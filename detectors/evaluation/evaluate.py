@@ -7,7 +7,7 @@
 The pycocotools plumbing shared with the dataset loader and the driver side
 (``load_results``, ``coco_ground_truth``) and the choice of backend
 (``bbox_eval``: faster-coco-eval when installed, else pycocotools; both give the
-same numbers) are in ``detectors/cocotools.py``.
+same numbers) are in ``detectors/evaluation/cocotools.py``.
 
 Conventions of the returned dict (everything plain Python, JSON-able):
 
@@ -31,7 +31,7 @@ import torch
 from pycocotools.coco import COCO
 
 from detectors.boxes import xyxy_to_xywh
-from detectors.cocotools import bbox_eval
+from detectors.evaluation.cocotools import bbox_eval
 
 __all__ = ["METRIC_NAMES", "to_coco_results", "evaluate_coco", "predict", "evaluate_model"]
 
@@ -75,7 +75,7 @@ def evaluate_coco(coco_gt: COCO, results: List[dict], class_names: Optional[Sequ
         results: COCO results format (``to_coco_results``); may be empty. Not modified.
         class_names, cat_ids: per-label names and category ids; default to the
             ground truth's categories in sorted id order.
-        backend: ``"faster"`` or ``"pycocotools"`` (``detectors.cocotools.eval_backend``).
+        backend: ``"faster"`` or ``"pycocotools"`` (``detectors.evaluation.cocotools.eval_backend``).
     Returns:
         ``{"metrics": {name: float | None}, "per_class_ap": {name: float | None},
         "pr_curves": {"recall": [101], "iou50": {name: [101]}, "iou75": {name: [101]}},

@@ -1,10 +1,10 @@
 """The sweep's rules: which keys may vary, and that every swept value validates.
 
-    check_sweep(study)                                  # called by platform.study.load_study
-    trial_cfg = apply_overrides(study, {"loss.params.gamma": 1.0})   # for platform.expand
+    check_sweep(study)                                  # called by platform.study.load.load_study
+    trial_cfg = apply_overrides(study, {"loss.params.gamma": 1.0})   # for platform.study.expand
 
 Whether a swept key exists, and what values it takes, is the study's key space
-(``platform.keys.KeySpace``): for each variant, the key space of the config
+(``platform.study.keys.KeySpace``): for each variant, the key space of the config
 with the variant applied, so a variant that switches the detector or a loss
 can set the new component's params. Every failure is a ConfigError naming the
 sweep's own key (``sweep.grid.<key>[i]``, ``sweep.variants[j].<key>``).
@@ -15,9 +15,9 @@ import json
 from typing import Any, Dict, List, Mapping, Tuple
 
 from detectors.registry import ConfigError, Param, show, suggest
-from platform.checks import validate
-from platform.keys import KeySpace, check_sweepable, dotted, is_component_name, set_key
-from platform.spec import Study
+from platform.study.checks import validate
+from platform.study.keys import KeySpace, check_sweepable, dotted, is_component_name, set_key
+from platform.study.spec import Study
 
 LABEL = "label"  # optional name of a variant in trial keys, e.g. "baseline" instead of its overrides
 
@@ -96,7 +96,7 @@ def _switched(study: Study, variant: Mapping[str, Any], loc: Tuple) -> Study:
 def check_sweep(study: Study) -> None:
     """Every swept key exists and every swept value validates: each variant on the base
     config, each grid value under every variant. Raises ConfigError. Combinations of
-    several grid keys are validated by ``platform.expand.expand``."""
+    several grid keys are validated by ``platform.study.expand.expand``."""
     bases = [_check_variant(study, j) for j in range(len(study.sweep.variants))]
     spaces = [KeySpace(base) for base in bases or [study]]
     for key in study.sweep.grid:

@@ -15,7 +15,7 @@ What "the same trial on N workers" means here:
   workers together see the same images in the same steps.
 - Gradients are averaged over workers (DDP). A loss normalised by a count over
   the batch (positives) divides by the count averaged over workers
-  (``detectors.runtime.worker_mean``), so the averaged gradient is the global
+  (``detectors.train.runtime.worker_mean``), so the averaged gradient is the global
   batch's gradient, as in mmdetection's ``reduce_mean(num_pos)``.
 - What still differs: batch-norm layers in training mode normalise with each
   worker's own statistics (``B/N`` images instead of ``B``) on CPU; on GPU they
@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-import detectors.runtime as runtime_state
+import detectors.train.runtime as runtime_state
 from detectors.config import TrialConfig
 
 
@@ -146,7 +146,7 @@ def train_worker(config: Dict) -> None:
     """Every Ray Train worker: ``run_trial`` with its DDP runtime; rank 0 queues the reports."""
     import ray
 
-    from detectors.train import run_trial
+    from detectors.train.run import run_trial
 
     runtime = DDPRuntime.from_ray_train()
     queue, node = config["queue"], ray.get_runtime_context().get_node_id()

@@ -21,7 +21,7 @@ import json
 import os
 from typing import List, Optional, Tuple
 
-from platform.spec import COCO_KEYS
+from platform.study.spec import COCO_KEYS
 
 MEMO_FILE = "expanded.json"
 _PLATFORM = os.path.dirname(os.path.abspath(__file__))
@@ -29,7 +29,7 @@ _PLATFORM = os.path.dirname(os.path.abspath(__file__))
 
 def memo_key(source: str) -> str:
     """sha256 over the file's bytes, the working directory and both packages' sources."""
-    from platform.expand import detectors_code_version
+    from platform.study.expand import detectors_code_version
 
     with open(source, "rb") as f:
         text = f.read()
@@ -58,8 +58,8 @@ def _memo_path(study) -> str:
 
 def recall(source: str):
     """(study, trials) from the memo when it matches the file, else None."""
-    from platform.spec import Study
-    from platform.study import read_yaml
+    from platform.study.spec import Study
+    from platform.study.load import read_yaml
 
     try:
         raw = read_yaml(source)
@@ -95,8 +95,8 @@ def load_expanded(source: str) -> Tuple[object, List[dict], bool]:
     hit: Optional[tuple] = recall(source)
     if hit is not None:
         return hit[0], hit[1], True
-    from platform.expand import expand
-    from platform.study import load_study
+    from platform.study.expand import expand
+    from platform.study.load import load_study
 
     study = load_study(source)
     return study, expand(study), False

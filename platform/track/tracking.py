@@ -1,7 +1,7 @@
 """MLflow bookkeeping for a study, done by the driver alone.
 
 SQLite has no busy timeout, so Ray workers never talk to MLflow: the driver's
-Tune callback (``platform.callbacks``) calls the functions here. One
+Tune callback (``platform.runner.callbacks``) calls the functions here. One
 experiment per study, one parent run per invocation, one child run per trial;
 a retried or resumed trial reuses its child run (found by its config hash).
 
@@ -27,8 +27,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 from dashboards.data import flatten
-from platform.cluster import is_server
-from platform.timing import millis
+from platform.runner.cluster import is_server
+from platform.runner.timing import millis
 
 HASH_TAG = "detbench.config_hash"
 STUDY_TAG = "detbench.study"
@@ -120,7 +120,7 @@ def package_versions() -> Dict[str, str]:
 def _tolerant(method):
     """A write that, once the tracker tolerates outages, is skipped on failure (and every write
     after it): the study goes on into the results store, and the next run brings MLflow up to
-    date from the store (``platform.reconcile``). A write for no run (``None``) is skipped."""
+    date from the store (``platform.track.reconcile``). A write for no run (``None``) is skipped."""
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
@@ -257,7 +257,7 @@ class StudyTracker:
     def end_child(self, run_id: str, status: str, tags: Optional[Dict[str, str]] = None,
                   end_time: Optional[float] = None, duration_s: Optional[float] = None) -> None:
         """End a child run at ``end_time`` (epoch seconds, default now). ``duration_s``, the
-        trial's duration (platform.timing), is also logged as a metric: a run continued from
+        trial's duration (platform.runner.timing), is also logged as a metric: a run continued from
         an earlier invocation keeps that invocation's start time, so its own duration is longer."""
         for k, v in (tags or {}).items():
             self.client.set_tag(run_id, k, v[:5000])

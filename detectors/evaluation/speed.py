@@ -13,7 +13,7 @@ wall clock (``time.perf_counter``). CPU figures depend on the threads the
 trial was given; they are reported with the figures so comparisons stay fair.
 
 Where the figures are taken: a study measures latency, throughput and training
-speed once per speed configuration, alone on a node (``detectors.speed_phase``);
+speed once per speed configuration, alone on a node (``detectors.evaluation.speed_phase``);
 ``measure_speed`` is the measurement itself, also usable on any model by hand.
 
 Detectors with stages (the two-stage family) record ``model.stage_times`` (ms
@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from detectors.precision import autocast
+from detectors.train.precision import autocast
 
 
 def _sync(device: torch.device) -> None:

@@ -1,9 +1,9 @@
 """Run a validated study on Ray Tune: cache check, dataset, Ray, MLflow, store, report.
 
 Only plain trial dicts cross into Ray; the trainable is
-``detectors.trainable.tune_trainable``. Trials whose config hash already
+``detectors.train.trainable.tune_trainable``. Trials whose config hash already
 finished (results store) are skipped unless ``--force``. After the trials, the
-speed phase (``platform.speed_phase``) measures each speed configuration alone.
+speed phase (``platform.runner.speed_phase``) measures each speed configuration alone.
 
 A run, stage by stage (``_run_study``): check the services; open the store and
 split the trials into cached and to run; bring MLflow up to date; if nothing is
@@ -23,16 +23,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional
 
-from detectors.speed_phase import uses_speed_phase
-from platform.cluster import (check_tracking_server, claim_study, describe_footprint, fitting_trials,
+from detectors.evaluation.speed_phase import uses_speed_phase
+from platform.runner.cluster import (check_tracking_server, claim_study, describe_footprint, fitting_trials,
                               forget_local_ray, is_server, record_local_ray, release_study, stop_stale_local_ray,
                               trial_request)
-from platform.expand import detectors_code_version, resolve_dataset_paths
-from platform.reconcile import in_sync, mark_synced, note_pending_parent, prune_checkpoints, reconcile
-from platform.speed_phase import pending, run_speed_phase, speed_groups
-from platform.store import Store
-from platform.summary import print_summary, write_report
-from platform.timing import TrialClock
+from platform.study.expand import detectors_code_version, resolve_dataset_paths
+from platform.track.reconcile import in_sync, mark_synced, note_pending_parent, prune_checkpoints, reconcile
+from platform.runner.speed_phase import pending, run_speed_phase, speed_groups
+from platform.track.store import Store
+from platform.runner.summary import print_summary, write_report
+from platform.runner.timing import TrialClock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,9 +52,9 @@ class _Run:
     todo: List[dict]  # the trials to run: not cached, or --force
     run_dir: str
     ray_log: str
-    tracker: Any = None  # platform.tracking.StudyTracker, once MLflow is needed
+    tracker: Any = None  # platform.track.tracking.StudyTracker, once MLflow is needed
     parent: Optional[str] = None  # the study's MLflow run
-    recorder: Any = None  # platform.callbacks.StudyCallback, once the trials start
+    recorder: Any = None  # platform.runner.callbacks.StudyCallback, once the trials start
     interrupted: bool = False
 
     @property
@@ -64,7 +64,7 @@ class _Run:
 
 def run_study(study, trials: List[dict], args) -> int:
     """Run what is not cached, then summarise and build the report. Returns the exit code.
-    One driver per study at a time (``platform.cluster.claim_study``)."""
+    One driver per study at a time (``platform.runner.cluster.claim_study``)."""
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
     busy = claim_study(run_dir)
@@ -231,14 +231,14 @@ def _trials_that_fit(run: _Run) -> int:
 
 def _concurrency(run: _Run, fit: int) -> int:
     """Whole trials only: a multi-worker trial's workers are placed after its Tune trial starts,
-    so more concurrent trials than fit would leave every one waiting (platform.cluster)."""
+    so more concurrent trials than fit would leave every one waiting (platform.runner.cluster)."""
     res = run.study.resources
     return min(len(run.todo), run.args.max_concurrent or res.max_concurrent or fit, fit)
 
 
 def _run_trials_and_speed(run: _Run, concurrency: int) -> None:
     """The dataset, the study's MLflow run and store row, the trials on Tune, then the speed phase."""
-    from platform.callbacks import ProgressCallback, StudyCallback
+    from platform.runner.callbacks import ProgressCallback, StudyCallback
 
     study, args = run.study, run.args
     run.todo = prepare_dataset(run.todo)
@@ -257,7 +257,7 @@ def _run_trials_and_speed(run: _Run, concurrency: int) -> None:
 
 def _start_parent(run: _Run) -> None:
     """The study's MLflow parent run, and its row in the store pointing at it."""
-    from platform.tracking import study_description
+    from platform.track.tracking import study_description
 
     study, args, tracker, trials = run.study, run.args, run.tracker, run.trials
     report = os.path.join(study.output.reports_dir, study.name, "index.html")
@@ -298,7 +298,7 @@ def _finish(run: _Run) -> int:
 def _end_parent(run: _Run, status: str) -> None:
     """Tell MLflow how the study's run ended, or leave a note for the next run to tell it."""
     if not run.tracker.end_parent(status):
-        note_pending_parent(run.run_dir, run.parent, status)  # the next run tells MLflow (platform.reconcile)
+        note_pending_parent(run.run_dir, run.parent, status)  # the next run tells MLflow (platform.track.reconcile)
     elif not run.tracker.offline and status != "KILLED":
         mark_synced(run.store, run.study.name, run.study.tracking.mlflow_uri, run.run_dir)  # every run reached MLflow
 
@@ -362,10 +362,10 @@ def run_trials(study, trials: List[dict], callbacks, concurrency: int):
     """One Tune trial per trial dict, at most ``concurrency`` at a time; returns the ResultGrid."""
     from ray import tune
 
-    from detectors.trainable import tune_trainable
+    from detectors.train.trainable import tune_trainable
 
     res = study.resources
-    resources = trial_request(res)  # a multi-worker trial's workers ask for themselves (platform.cluster)
+    resources = trial_request(res)  # a multi-worker trial's workers ask for themselves (platform.runner.cluster)
     run_config = tune.RunConfig(
         name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         storage_path=os.path.join(study.output.runs_dir, study.name, "tune"),
@@ -404,7 +404,7 @@ def prepare_dataset(trials: List[dict]) -> List[dict]:
 
 
 def _study_tracker(study):
-    from platform.tracking import StudyTracker
+    from platform.track.tracking import StudyTracker
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its import set INFO: no table-creation lines
     return StudyTracker(study.tracking.mlflow_uri, study.name, os.path.join(study.output.runs_dir, "mlartifacts"))

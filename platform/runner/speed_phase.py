@@ -1,4 +1,4 @@
-"""The driver's side of the isolated speed phase (``detectors.speed_phase`` measures).
+"""The driver's side of the isolated speed phase (``detectors.evaluation.speed_phase`` measures).
 
 After a study's trials finish, its finished trials are grouped by speed key;
 each group without a stored figure (or, under ``--force``, any group with a
@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
-from detectors.speed_phase import key_digest, key_label, speed_key, uses_speed_phase
-from platform.store import SPEED_KEY
+from detectors.evaluation.speed_phase import key_digest, key_label, speed_key, uses_speed_phase
+from platform.track.store import SPEED_KEY
 
 # How long the phase waits for a node to be free and measured (a measurement itself takes seconds
 # to a minute): past it the figure is left for the next run rather than the study hanging.
@@ -84,7 +84,7 @@ def _measure(groups: List[Dict[str, Any]], say: Callable[[str], None]) -> Dict[s
 
     import ray
 
-    from detectors.speed_phase import measure_alone
+    from detectors.evaluation.speed_phase import measure_alone
 
     node = _node_resources()
     remote = ray.remote(measure_alone)
@@ -133,7 +133,7 @@ def run_speed_phase(store, study_name: str, groups: List[Dict[str, Any]], *, tra
 
     Ray must be up when a group needs measuring, unless ``start_ray`` is given (called at most
     once; it returns False when Ray could not start, and then nothing is measured). ``tracker``
-    (``platform.tracking.StudyTracker`` or None) gets each linked trial's metrics in its MLflow run.
+    (``platform.track.tracking.StudyTracker`` or None) gets each linked trial's metrics in its MLflow run.
     """
     to_measure = [g for g in groups if g["measure"]]
     measured: Dict[str, Dict[str, Any]] = {}

@@ -3,7 +3,7 @@
     trial = make_trial(paths, "/tmp/t", loss={"params": {"gamma": 1.0}}, train={"epochs": 2})
     run_trial(trial)
 
-The driver builds its trial dicts from study files (``platform.expand``); the
+The driver builds its trial dicts from study files (``platform.study.expand``); the
 defaults here are the typed trial config's (``detectors.config``), which the
 study schema holds equal (``tests/platform/test_trial_defaults.py``), so a
 hand-made trial runs as the same trial from a study would.
@@ -30,7 +30,7 @@ EVAL = to_dict(EvalConfig())
 
 def _component(default: Mapping[str, Any], given: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """``default`` with ``given``'s keys on top; a new name without params starts from empty params
-    (the default component's params mean nothing to another one, as in ``platform.spec.apply_overrides``)."""
+    (the default component's params mean nothing to another one, as in ``platform.study.spec.apply_overrides``)."""
     given = dict(given or {})
     out = {**copy.deepcopy(dict(default)), **given}
     if given.get("name", default["name"]) != default["name"] and "params" not in given:
@@ -55,7 +55,7 @@ def make_trial(paths: Mapping[str, str], trial_dir: str, *, detector: Optional[M
         losses: role -> ``{name, params}`` for the detector's other loss roles (default: each role's default).
         train: keys over ``TRAIN``.
         evaluation: keys over ``EVAL`` (the trial's ``eval`` section); its ``speed`` over ``SPEED``.
-        workers: > 1 trains on that many Ray Train workers (``detectors.distributed``).
+        workers: > 1 trains on that many Ray Train workers (``detectors.train.distributed``).
         config_hash: a hand-made trial is not hashed (the driver hashes the
             resolved config with the dataset identity and the detectors code).
     Returns:

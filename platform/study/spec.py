@@ -1,14 +1,14 @@
 """The study schema: what a study file may say, as typed pydantic models.
 
-    study = platform.study.load_study("studies/focal_gamma_sweep.yaml")   # a Study
+    study = platform.study.load.load_study("studies/focal_gamma_sweep.yaml")   # a Study
 
 ``extra="forbid"`` and strict types everywhere: a typo or a quoted number is an
 error, not a silent default. Every number has a range with both ends, here and
 in the components' and the generator's declarations: an absurd value is an
 error, not a worker's failure. The rest of loading is elsewhere, in the order
 it runs: the file (``platform.study``), what only the worker package knows
-(``platform.checks``), the sweep (``platform.sweep``); the dotted keys of this
-schema and of the components are ``platform.keys``.
+(``platform.study.checks``), the sweep (``platform.study.sweep``); the dotted keys of this
+schema and of the components are ``platform.study.keys``.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]       # numpy's seed range (np.
 
 
 class PhaseSpec(_Strict):
-    """One phase of training (``detectors.phases``); unset optimizer settings come from ``train``."""
+    """One phase of training (``detectors.train.phases``); unset optimizer settings come from ``train``."""
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
     epochs: Epochs
@@ -118,7 +118,7 @@ class TrainSpec(_Strict):
     hflip_prob: float = Field(0.5, ge=0, le=1)
     eval_every_epoch: bool = True
     phases: Optional[List[PhaseSpec]] = Field(None, min_length=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast (+ fp16 loss scaling), detectors.precision
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast (+ fp16 loss scaling), detectors.train.precision
     channels_last: bool = False                           # NHWC convolution weights (faster on GPUs)
 
     @field_validator("milestones")
@@ -142,7 +142,7 @@ class TrainSpec(_Strict):
 class SpeedSpec(_Strict):
     enabled: bool = True
     # True: measured once per speed configuration, alone on a node, after training
-    # (detectors.speed_phase); False: every trial measures itself as it finishes.
+    # (detectors.evaluation.speed_phase); False: every trial measures itself as it finishes.
     isolated: bool = True
     latency_images: int = Field(50, ge=1, le=10_000)
     warmup: int = Field(10, ge=0, le=10_000)

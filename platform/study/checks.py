@@ -3,13 +3,13 @@ problem as a ``ConfigError`` naming its key.
 
     study = validate(raw)
 
-The schema first (``platform.spec``; pydantic's errors reworded as one line
+The schema first (``platform.study.spec``; pydantic's errors reworded as one line
 each), then what pydantic cannot know, cheapest first: the dataset (the
 generator's settings, or the COCO files), the output directories and the store
 URL, then the components' declared parameters, loss roles and loss names
 (``detectors.build``: importing it imports torch, so most typos are reported
 before that), and the split of a trial over its workers. Swept values are
-checked afterwards, by ``platform.sweep``.
+checked afterwards, by ``platform.study.sweep``.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Any, Dict, Mapping, Optional
 from pydantic import ValidationError
 
 from detectors.registry import ConfigError, ParamError, show, suggest
-from platform.keys import fields_at, synthetic_defaults, synthetic_settings
-from platform.spec import COCO_KEYS, DatasetSpec, Study
+from platform.study.keys import fields_at, synthetic_defaults, synthetic_settings
+from platform.study.spec import COCO_KEYS, DatasetSpec, Study
 
 
 def validate(raw: Mapping[str, Any]) -> Study:

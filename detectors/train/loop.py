@@ -1,4 +1,4 @@
-"""The epoch loop over a trial's phases (see ``detectors.phases``).
+"""The epoch loop over a trial's phases (see ``detectors.train.phases``).
 
 ``fit`` trains every phase from where a checkpoint left off: per phase it sets
 what trains, builds a fresh optimizer and schedule, runs its epochs, and after
@@ -7,9 +7,9 @@ reports. Loss weights are applied here and only here: models return unweighted
 losses, and the total is the weighted sum of the losses the phase counts.
 Steps and epochs are global across phases; each report carries the phase index.
 Where the steps run (one process, or one of several DDP workers) is the
-runtime's business (``detectors.runtime``): it wraps each phase's objective,
+runtime's business (``detectors.train.runtime``): it wraps each phase's objective,
 shards the batches and sums the logged figures over workers.
-``train.precision`` (``detectors.precision``) runs the forward under autocast and
+``train.precision`` (``detectors.train.precision``) runs the forward under autocast and
 scales fp16 gradients; the scaler's state is checkpointed with the optimizer's.
 """
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from detectors.build import default_loss_weights
-from detectors.checkpoint import save_checkpoint, set_rng_state
+from detectors.train.checkpoint import save_checkpoint, set_rng_state
 from detectors.config import PhaseConfig, TrialConfig
 from detectors.data.coco import CocoDetection, collate
-from detectors.evaluate import evaluate_model
-from detectors.phases import (apply_phase, build_optimizer, counts, freeze_norm_statistics, make_scheduler,
+from detectors.evaluation.evaluate import evaluate_model
+from detectors.train.phases import (apply_phase, build_optimizer, counts, freeze_norm_statistics, make_scheduler,
                               phase_steps)
-from detectors.precision import autocast, grad_scaler
+from detectors.train.precision import autocast, grad_scaler
 
 Report = Callable[[Dict[str, float], Optional[str]], None]
 

@@ -12,7 +12,7 @@ Where a trial starts: a retry after a crash continues from the checkpoint Tune
 persisted; a trial that an earlier invocation left unfinished (Ctrl-C, or its
 driver killed) from the last epoch checkpoint in its ``trial_dir``, which is
 keyed by the config hash; otherwise from scratch. A trial with ``workers`` > 1
-trains on that many Ray Train workers (``detectors.distributed``). Every report
+trains on that many Ray Train workers (``detectors.train.distributed``). Every report
 names the Ray node that trained (``node_id``, of rank 0).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from typing import Dict, Optional
 
-from detectors.checkpoint import STATE_FILE
+from detectors.train.checkpoint import STATE_FILE
 from detectors.config import TrialConfig
 
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
@@ -75,10 +75,10 @@ def tune_trainable(config: Dict) -> None:
 
 def _run(trial: Dict, report, resume_from: Optional[str]) -> None:
     if TrialConfig.from_dict(trial).workers > 1:
-        from detectors.distributed import run_workers
+        from detectors.train.distributed import run_workers
 
         run_workers(trial, report, resume_from)
     else:
-        from detectors.train import run_trial
+        from detectors.train.run import run_trial
 
         run_trial(trial, report, resume_from)

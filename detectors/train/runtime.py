@@ -4,7 +4,7 @@ The training loop asks its runtime for the device, to prepare the model, to
 wrap each phase's objective for training, to make each epoch's loader, to sum
 the epoch's figures over workers, and whether this process reports and writes
 files (rank 0). ``LocalRuntime`` is one process: everything as it is.
-``detectors.distributed.DDPRuntime`` is one of several workers (Ray Train,
+``detectors.train.distributed.DDPRuntime`` is one of several workers (Ray Train,
 DDP): it averages gradients, gives each worker its shard of every global batch
 and all-reduces what the loop logs.
 
@@ -16,7 +16,7 @@ and non-blocking copies when the device is CUDA.
 Losses normalised by a count over the batch (RetinaNet's positive anchors)
 ask :func:`worker_mean` for that count: inside a multi-worker training step it
 is the mean over the workers, so that the gradient averaged over workers is the
-gradient of the whole global batch (see ``detectors.distributed``); everywhere
+gradient of the whole global batch (see ``detectors.train.distributed``); everywhere
 else it is the count itself.
 """
 from __future__ import annotations

@@ -9,8 +9,8 @@ the config and validated again. ``config_hash`` covers what decides a trial's
 results (dataset, detector, losses, train, eval, seed, the dataset's content
 and the detectors/ source) and nothing else: resources, tracking, output, name
 and description can change without invalidating finished trials. Which keys
-may vary, and how one is set, is the key space's (``platform.keys``); each
-combination is applied by ``platform.sweep.apply_overrides``.
+may vary, and how one is set, is the key space's (``platform.study.keys``); each
+combination is applied by ``platform.study.sweep.apply_overrides``.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from detectors.registry import ConfigError, show
-from platform.keys import SWEEPABLE, dotted, synthetic_defaults
-from platform.spec import COCO_KEYS, Study
-from platform.study import StudyError
-from platform.sweep import LABEL, apply_overrides, overrides_of
+from platform.study.keys import SWEEPABLE, dotted, synthetic_defaults
+from platform.study.spec import COCO_KEYS, Study
+from platform.study.load import StudyError
+from platform.study.sweep import LABEL, apply_overrides, overrides_of
 
 # --------------------------------------------------------------------------- expansion
 
@@ -110,7 +110,7 @@ def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cach
         **hashed,
         "num_threads": max(1, int(study.resources.cpus_per_trial)),
         "gpus": study.resources.gpus_per_trial,  # read by detectors.train to pick the device
-        # > 1: trained on that many Ray Train workers of cpus/gpus each (detectors.distributed)
+        # > 1: trained on that many Ray Train workers of cpus/gpus each (detectors.train.distributed)
         "workers": study.resources.workers_per_trial, "cpus": study.resources.cpus_per_trial,
         "trial_dir": os.path.join(study.output.runs_dir, study.name, "trials", digest[:12]),
     }

@@ -1,14 +1,14 @@
 """Loading a study file: read it, validate it, check its sweep.
 
-    study = load_study("studies/focal_gamma_sweep.yaml")   # a platform.spec.Study, or StudyError
+    study = load_study("studies/focal_gamma_sweep.yaml")   # a platform.study.spec.Study, or StudyError
 
 The whole path, in order: the file itself (here: everything that can be wrong
 with the file rather than its keys is one line: missing, a directory, a pipe or
 device (open() would block), too large, not UTF-8, a control character, YAML
 syntax, duplicate keys, a value YAML cannot read, nesting or aliases that expand
 past any study's size, a top level that is not a mapping), then the schema and
-what only the worker package knows (``platform.checks.validate``), then the
-sweep (``platform.sweep.check_sweep``). Those raise
+what only the worker package knows (``platform.study.checks.validate``), then the
+sweep (``platform.study.sweep.check_sweep``). Those raise
 ``detectors.registry.ConfigError`` with a key path; here it becomes the user's
 :class:`StudyError`, ``<file>: <dotted.key.path>: <message>``.
 """
@@ -22,10 +22,10 @@ from typing import Any, Union
 import yaml
 
 from detectors.registry import ConfigError, show
-from platform.checks import validate
-from platform.keys import dotted
-from platform.spec import Study
-from platform.sweep import check_sweep
+from platform.study.checks import validate
+from platform.study.keys import dotted
+from platform.study.spec import Study
+from platform.study.sweep import check_sweep
 
 
 def load_study(path: Union[str, os.PathLike]) -> Study:

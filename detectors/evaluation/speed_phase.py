@@ -2,7 +2,7 @@
 
 Trials measured side by side share the machine, so their own timings move with
 their neighbours (a loss sweep's variants are one network, yet their latencies
-differed by noise). After training, the driver (``platform.speed_phase``) groups
+differed by noise). After training, the driver (``platform.runner.speed_phase``) groups
 a study's trials by :func:`speed_key` (what decides speed: the detector and its
 parameters, scale, the val images, batch size, threads, device, precision,
 memory format, post-processing settings and the measurement's own settings;
@@ -13,7 +13,7 @@ else there while it runs. It loads the trained weights of one trial of the group
 threshold does) and measures, after warm-up and with repeats:
 
 - inference: latency p50 / p95 at batch 1 and throughput at the speed batch
-  (``detectors.speed.measure_speed``);
+  (``detectors.evaluation.speed.measure_speed``);
 - training: images/s of the trial's optimiser steps at its batch size,
   ``repeats`` times ``train_steps`` steps after two warm-up steps;
 - the hardware: CPU model and cores, GPU, torch and CUDA versions, the host,
@@ -115,9 +115,9 @@ def _train_speed(model, train_ds, cfg: TrialConfig, device, steps: int, repeats:
 
     from detectors.build import trial_phases
     from detectors.data.coco import collate
-    from detectors.phases import apply_phase, build_optimizer, counts
-    from detectors.precision import autocast, grad_scaler
-    from detectors.speed import median_and_spread, timed_ms
+    from detectors.train.phases import apply_phase, build_optimizer, counts
+    from detectors.train.precision import autocast, grad_scaler
+    from detectors.evaluation.speed import median_and_spread, timed_ms
 
     phase = trial_phases(cfg)[0]
     precision = cfg.train.precision
@@ -158,15 +158,15 @@ def measure_alone(trial: Dict[str, Any], weights: Optional[str] = None) -> Dict[
         weights: its trained ``model.pt``; None (or missing) measures the freshly built model.
     Returns:
         ``{"figures": {...}, "hardware": {...}, "method": {...}}``: figures as
-        ``detectors.speed.measure_speed`` plus ``train_img_s`` and its spread.
+        ``detectors.evaluation.speed.measure_speed`` plus ``train_img_s`` and its spread.
     """
     import torch
 
     from detectors.build import build_detector
-    from detectors.precision import prepare_memory_format
-    from detectors.runtime import LocalRuntime
-    from detectors.speed import measure_speed, peak_rss_mb
-    from detectors.train import load_datasets, seed_everything
+    from detectors.train.precision import prepare_memory_format
+    from detectors.train.runtime import LocalRuntime
+    from detectors.evaluation.speed import measure_speed, peak_rss_mb
+    from detectors.train.run import load_datasets, seed_everything
 
     cfg = TrialConfig.from_dict(trial)
     threads = max(1, cfg.num_threads)

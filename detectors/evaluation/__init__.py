@@ -1,0 +1,3 @@
+"""Scoring a trained detector: COCO evaluation, loss diagnostics, speed figures and the isolated speed
+phase.
+"""
