@@ -13,7 +13,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def test_this_session_imports_the_repo_package():
     assert platform.__file__ == os.path.join(REPO_ROOT, "platform", "__init__.py")
     assert hasattr(platform, "__path__")  # a package: platform.study.spec etc. import
-    assert importlib.import_module("platform.study").load_study
+    assert importlib.import_module("platform.study.load").load_study
 
 
 def test_stdlib_api_through_the_shim():
