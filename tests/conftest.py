@@ -24,3 +24,11 @@ import platform  # noqa: E402
 
 assert os.path.dirname(os.path.abspath(platform.__file__)) == os.path.join(REPO_ROOT, "platform"), (
     f"tests/conftest.py: 'import platform' found {platform.__file__}, not the repo's package")
+
+# One torch thread in the test process. The cores here are shared: with torch's default of one thread
+# per core, its threads wait on each other whenever another process holds a core (measured on 2 cores
+# under load: test_dense.py's 30-step trainings took 24 s with 2 threads, 0.6 s with 1). A trial sets
+# its own count anyway (run_trial: the trial's num_threads, 1 by default).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
