@@ -34,7 +34,7 @@ from platform.track.store import Store
 from platform.runner.summary import print_summary, write_report
 from platform.runner.timing import TrialClock
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class _CannotRun(Exception):

@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 from platform.study.spec import COCO_KEYS
 
 MEMO_FILE = "expanded.json"
-_PLATFORM = os.path.dirname(os.path.abspath(__file__))
+_PLATFORM = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the whole driver package
 
 
 def memo_key(source: str) -> str:
