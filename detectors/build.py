@@ -15,11 +15,14 @@ declarations know.
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
-from detectors.config import LossConfig, PhaseConfig, TrialConfig, parse
+from detectors.config import PRETRAIN, LossConfig, PhaseConfig, TrialConfig, parse
 from detectors.losses import build_loss
 from detectors.models import MODELS, LossRole
+from detectors.models.pretrained import check_weights, find_bodies, load_backbone, read_weights
 from detectors.registry import ConfigError, Entry, Param, ParamError, Registry, suggest
 
 
@@ -196,7 +199,22 @@ def build_detector(trial: Union[Mapping[str, Any], TrialConfig], num_classes: in
         kwargs[f"{role}_loss"] = build_loss(roles[role].registry, spec["name"], spec["params"], context)
     injected = dict(num_classes=num_classes, scale=det.scale, score_thresh=ev.score_thresh,
                     nms_iou=ev.nms_iou, max_dets=ev.max_dets)
-    return MODELS.build(det.name, **injected, **kwargs, **det.params)
+    model = MODELS.build(det.name, **injected, **kwargs, **det.params)
+    if det.backbone.weights is not None:
+        load_backbone(model, read_weights(backbone_weights_path(cfg)), det.backbone.freeze_at, det.backbone.norm)
+    return model
+
+
+def backbone_weights_path(cfg: TrialConfig) -> str:
+    """The trial's backbone weights file: its own, or the pretraining stage's (run here if the driver
+    did not run it first, as for a trial run by hand)."""
+    backbone = cfg.detector.backbone
+    if backbone.weights != PRETRAIN:
+        return backbone.weights
+    from detectors.data.resolve import default_cache_root
+    from detectors.train.pretrain import ensure_pretrained
+
+    return ensure_pretrained(backbone.pretrain, cfg.dataset.cache_dir or default_cache_root())
 
 
 def _plain(loss: Optional[LossConfig]) -> Optional[dict]:
@@ -241,3 +259,48 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
                     apply_phase(model, PhaseConfig(name=phase.name, epochs=1, **{key: (prefix,)}))
                 except ValueError as e:
                     raise ConfigError(("train", "phases", i, key, j), str(e).split(": ", 1)[-1]) from None
+
+
+def check_backbone(detector: Mapping[str, Any], num_classes: int = 2) -> None:
+    """The backbone weights a detector section names fit the detector: a readable state dict of a
+    known architecture, every key and shape as that network's, and a body of it in the detector.
+    Raises :class:`ConfigError` at ``detector.backbone.weights`` with one line naming the file."""
+    import torch
+
+    backbone = detector.get("backbone") or {}
+    weights, loc = backbone.get("weights"), ("detector", "backbone", "weights")
+    if weights is None:
+        return
+    if weights == PRETRAIN:
+        arch = "tiny"
+        if detector.get("scale", "tiny") != "tiny":
+            raise ConfigError(loc, "the pretraining stage pretrains the tiny body; at paper scale name a weights "
+                                   "file (torchvision's ResNet-50 state dict)")
+    else:
+        arch = _checked_file(weights, *_stamp(weights))
+    with torch.device("meta"):
+        model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),
+                             score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
+    if not find_bodies(model, arch):
+        where = "the pretraining stage's" if weights == PRETRAIN else f"{weights}:"
+        raise ConfigError(loc, f"{where} {arch} weights fit no backbone of detector '{detector['name']}' at scale "
+                               f"'{detector.get('scale', 'tiny')}'")
+
+
+def _stamp(path: str) -> Tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(("detector", "backbone", "weights"), f"{path}: {e.strerror.lower()}") from None
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _checked_file(path: str, size: int, mtime_ns: int) -> str:
+    """The file's architecture, read and checked once per content stamp (a sweep re-validates each trial)."""
+    try:
+        arch, _ = check_weights(read_weights(path))
+    except Exception as e:  # torch's unpickling errors, or check_weights' ValueError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(("detector", "backbone", "weights"), f"{path}: {first}") from None
+    return arch

@@ -3,10 +3,11 @@
 Two scales from one code path:
 
 - ``tiny``: a narrow, BatchNorm'd conv net (strides 8/16/32 for C3-C5) sized so a
-  RetinaNet trains on 2 CPU cores in minutes. No pretrained weights exist
-  offline, so it is trained from scratch.
-- ``paper``: ResNet-50 (torchvision, random init: nothing can be downloaded here)
-  with a 256-channel FPN, the RetinaNet paper's setting (arXiv 1708.02002, sec. 4).
+  RetinaNet trains on 2 CPU cores in minutes. Its pretrained weights come from the
+  platform's own pretraining stage (``detectors.train.pretrain``).
+- ``paper``: ResNet-50 (torchvision) with a 256-channel FPN, the RetinaNet paper's
+  setting (arXiv 1708.02002, sec. 4); pretrained weights from the user's file.
+Both start from random weights unless the trial names weights (``detectors.models.pretrained``).
 
 Both return an ``OrderedDict`` of feature maps ``p3..p7`` and expose
 ``out_channels`` and ``strides``, the contract the heads rely on.
@@ -27,6 +28,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 PYRAMID_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
+# The tiny body's stage widths: one body for every tiny detector, so one pretrained body serves them all.
+TINY_WIDTHS = [16, 32, 48, 64, 96]
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -27,7 +27,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
-from detectors.models.backbones import (PYRAMID_STRIDES, pyramid_backbone, pyramid_transform, scale_config,
+from detectors.models.backbones import (TINY_WIDTHS, PYRAMID_STRIDES, pyramid_backbone, pyramid_transform, scale_config,
                                         single_level_backbone)
 from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, InStrides, NumConvs, TopK, Width
 from detectors.models.contract import LossRole, register_detector
@@ -208,7 +208,7 @@ class RetinaNet(nn.Module):
 # ``anchor_base`` is the anchor size in units of the level's stride: the paper's
 # 32 px on P3 (stride 8) is 4; tiny images hold small objects, so tiny uses 2.
 SCALES = {
-    "tiny": dict(widths=[16, 32, 48, 64, 96], fpn_width=32, head_width=32, head_convs=2,
+    "tiny": dict(widths=TINY_WIDTHS, fpn_width=32, head_width=32, head_convs=2,
                  head_norm="gn", min_size=128, max_size=512, anchor_base=2.0),
     "paper": dict(widths=None, fpn_width=256, head_width=256, head_convs=4,
                   head_norm=None, min_size=600, max_size=1000, anchor_base=4.0),

@@ -45,7 +45,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
-from detectors.models.backbones import TinyBody
+from detectors.models.backbones import TINY_WIDTHS, TinyBody
 from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK
 from detectors.models.contract import LossRole, register_detector
 from detectors.models.postprocess import level_candidates, merge_levels
@@ -58,7 +58,7 @@ NegPosRatio = Annotated[float, Interval(gt=0, le=100)]
 
 # ``paper``: SSD300 (VGG16, random init offline; six maps 38..1). ``tiny``: 128 px,
 # the tiny conv body's C3-C5 plus two extra stride-2 blocks (maps 16, 8, 4, 2, 1).
-SCALES = {"tiny": dict(widths=[16, 32, 48, 64, 96], extra_width=64, input_size=128),
+SCALES = {"tiny": dict(widths=TINY_WIDTHS, extra_width=64, input_size=128),
           "paper": dict(widths=None, extra_width=None, input_size=300)}
 
 

@@ -32,7 +32,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from detectors.models.backbones import TinyBody
+from detectors.models.backbones import TINY_WIDTHS, TinyBody
 from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD
 
 # ``anchor_sizes``: the single-level RPN's 3 scales (the paper's 128, 256, 512 at 600 px;
@@ -46,7 +46,7 @@ from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD
 # before / after the RPN's NMS, training and test (the paper: 2000 for training, 300 at test;
 # a tiny image has 2304 anchors at stride 8, so fewer).
 SCALES = {
-    "tiny": dict(widths=[16, 32, 48, 64, 96], single_level="c3", fpn_width=32, min_size=128, max_size=512, rep=256,
+    "tiny": dict(widths=TINY_WIDTHS, single_level="c3", fpn_width=32, min_size=128, max_size=512, rep=256,
                  roi_size=7, anchor_sizes=(12.0, 24.0, 48.0), anchor_base=2.0, canonical_scale=32, crop_size=32,
                  rpn_top_n=dict(pre_train=600, post_train=300, pre_test=300, post_test=100)),
     "paper": dict(widths=None, single_level="c4", fpn_width=256, min_size=600, max_size=1000, rep=1024,

@@ -43,7 +43,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectors.boxes import aligned_box_iou, clip_boxes
 from detectors.losses import PROB_LOSSES, squared_error_loss
-from detectors.models.backbones import TinyBody
+from detectors.models.backbones import TINY_WIDTHS, TinyBody
 from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, TopK, Width
 from detectors.models.contract import LossRole, register_detector
 from detectors.models.postprocess import level_candidates, merge_levels
@@ -58,7 +58,7 @@ BoxesPerCell = Annotated[int, Interval(ge=1, le=16)]
 # images and 16 px cells (S = 8) from the tiny body's stride-16 map (8 x 8), sized
 # for 2 CPU cores. As in the paper, the last conv map has the grid's resolution.
 SCALES = {
-    "tiny": dict(widths=[16, 32, 48, 64, 96], input_size=128, grid_size=8, neck_width=64, fc_width=512,
+    "tiny": dict(widths=TINY_WIDTHS, input_size=128, grid_size=8, neck_width=64, fc_width=512,
                  layer="layer4", channels=64, neck_stride=1),
     "paper": dict(widths=None, input_size=448, grid_size=7, neck_width=1024, fc_width=4096,
                   layer="layer4", channels=2048, neck_stride=2),

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from detectors.config import OPTIMIZER_KEYS, PHASE_KINDS, PhaseConfig, TrainConfig, parse
+from detectors.models.pretrained import frozen_names
 from detectors.registry import suggest
 
 
@@ -72,13 +73,14 @@ def apply_phase(model: nn.Module, phase: PhaseConfig) -> List[nn.Parameter]:
     otherwise silently train everything)."""
     names = [n for n, _ in model.named_parameters()]
     trainable, frozen = phase.trainable, phase.frozen
+    always = set(frozen_names(model))  # a pretrained backbone's frozen stages: frozen in every phase
     for prefix in list(trainable or []) + list(frozen):
         if not any(_matches(n, prefix) for n in names):
             raise ValueError(f"phase '{phase.name}': {unknown_prefix(prefix, names)}")
     params = []
     for name, p in model.named_parameters():
         p.requires_grad_((trainable is None or any(_matches(name, t) for t in trainable))
-                         and not any(_matches(name, f) for f in frozen))
+                         and not any(_matches(name, f) for f in frozen) and name not in always)
         if p.requires_grad:
             params.append(p)
     return params

@@ -75,5 +75,6 @@ def make_trial(paths: Mapping[str, str], trial_dir: str, *, detector: Optional[M
         "eval": eval_section,
         "num_threads": num_threads, "gpus": gpus, "workers": workers, "cpus": float(num_threads),
         "trial_dir": os.path.abspath(trial_dir),
+        "backbone_digest": None,  # the driver's (platform.study.expand); a hand-made trial is not hashed
     }
     return json.loads(json.dumps(trial))  # plain JSON types only, as a trial from a study file

@@ -29,6 +29,7 @@ from platform.runner.cluster import (check_tracking_server, claim_study, describ
                               trial_request)
 from platform.study.expand import detectors_code_version, resolve_dataset_paths
 from platform.track.reconcile import in_sync, mark_synced, note_pending_parent, prune_checkpoints, reconcile
+from platform.runner.pretrain import run_pretraining
 from platform.runner.speed_phase import pending, run_speed_phase, speed_groups
 from platform.track.store import Store
 from platform.runner.summary import print_summary, write_report
@@ -245,6 +246,7 @@ def _run_trials_and_speed(run: _Run, concurrency: int) -> None:
     for t in run.todo:  # the worker leaves latency and throughput to the speed phase
         t["speed_phase"] = uses_speed_phase(t)
     _start_parent(run)
+    run_pretraining(run.store, study.name, run.todo, run.tracker)  # backbones the trials start from, once
     clock = TrialClock()  # one start and end per trial for the progress line, the store and MLflow
     run.recorder = StudyCallback(study.name, run.tracker, run.store, force=args.force, clock=clock)
     progress = ProgressCallback(len(run.todo), concurrency, clock=clock)

@@ -152,7 +152,7 @@ def _check_generator_values(params: Dict[str, Any]) -> None:
 def _check_components(study: Study) -> None:
     """The components' declared parameters, loss roles and loss names, and the parts of the
     detector its phases name. Normalises param values in place."""
-    from detectors.build import check_components, check_loss_weights, check_phase_parts, weight_names
+    from detectors.build import check_backbone, check_components, check_loss_weights, check_phase_parts, weight_names
 
     loss = study.loss.model_dump() if study.loss else None
     num_classes = _num_classes(study.dataset)
@@ -164,6 +164,7 @@ def _check_components(study: Study) -> None:
         study.loss.params = loss_params
     for role, params in roles.items():
         study.losses[role].params = params
+    check_backbone(study.detector.model_dump(), num_classes or 1)
     if study.train.phases:
         check_phase_parts(study.detector.model_dump(), [p.model_dump() for p in study.train.phases],
                           num_classes or 1)

@@ -21,7 +21,9 @@ import json
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from detectors.config import PRETRAIN, PretrainConfig, parse
 from detectors.registry import ConfigError, show
+from detectors.train.pretrain import pretrain_digest
 from platform.study.keys import SWEEPABLE, dotted, synthetic_defaults
 from platform.study.spec import COCO_KEYS, Study
 from platform.study.load import StudyError
@@ -93,13 +95,41 @@ def _dataset(section: dict, cache: Dict[str, str]) -> Tuple[dict, Any]:
     return dataset, identity
 
 
+def _backbone_digest(backbone: dict, cache: Dict[str, str]) -> Optional[str]:
+    """sha256 of the backbone's weights file, or of the pretraining stage's identity; None: random weights."""
+    weights = backbone["weights"]
+    if weights is None:
+        return None
+    if weights == PRETRAIN:
+        return pretrain_digest(parse(PretrainConfig, backbone["pretrain"]))
+    if weights not in cache:
+        cache[weights] = _sha256_file(weights)
+    return cache[weights]
+
+
+def _hashed_detector(detector: dict, weights_digest: Optional[str]) -> dict:
+    """The detector section as it decides results: random weights ignore the fine-tuning settings,
+    a file counts by its content, and only the pretraining stage's settings name its weights."""
+    backbone = dict(detector["backbone"])
+    if backbone["weights"] is None:
+        backbone = {"weights": None}
+    elif backbone["weights"] != PRETRAIN:
+        backbone["weights"] = {"sha256": weights_digest}
+        del backbone["pretrain"]
+    return {**detector, "backbone": backbone}
+
+
 def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cache: Dict[str, str]) -> dict:
     sections = cfg.model_dump(mode="json", include=set(SWEEPABLE))
     dataset, identity = _dataset(sections["dataset"], cache)
     dataset_id = {"kind": dataset["kind"], "identity": identity}
     dataset["digest"] = config_hash(dataset_id)  # the dataset part of the hash, for MLflow's dataset input
     hashed = {name: sections[name] for name in ("detector", "loss", "losses", "train", "eval")}
-    digest = config_hash({**hashed, "dataset": dataset_id, "seed": seed, "detectors_version": version})
+    weights_digest = _backbone_digest(sections["detector"]["backbone"], cache)
+    # A weights file counts by its content, not its path (the same file on a cluster's shared volume
+    # or a laptop is the same trial); the pretraining stage by its settings, which the section holds.
+    identity = {**hashed, "detector": _hashed_detector(sections["detector"], weights_digest)}
+    digest = config_hash({**identity, "dataset": dataset_id, "seed": seed, "detectors_version": version})
     trial = {
         "study": study.name,
         "trial_key": f"{variant}/seed={seed}",
@@ -113,6 +143,7 @@ def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cach
         # > 1: trained on that many Ray Train workers of cpus/gpus each (detectors.train.distributed)
         "workers": study.resources.workers_per_trial, "cpus": study.resources.cpus_per_trial,
         "trial_dir": os.path.join(study.output.runs_dir, study.name, "trials", digest[:12]),
+        "backbone_digest": weights_digest,  # shown on the pages beside the variant
     }
     return json.loads(json.dumps(trial))  # plain JSON types only: tuples -> lists
 

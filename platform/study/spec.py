@@ -17,6 +17,8 @@ from typing import Annotated, Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from detectors.config import PRETRAIN
+
 COCO_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations")
 
 
@@ -45,10 +47,36 @@ class DatasetSpec(_Strict):
         return _abspath(v)
 
 
+class PretrainSpec(_Strict):
+    """The platform's pretraining stage for the tiny body (``detectors.config.PretrainConfig``)."""
+
+    images: int = Field(8000, ge=8, le=1_000_000)
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    lr: float = Field(0.05, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+class BackboneSpec(_Strict):
+    """Pretrained weights: ``null`` (random), ``pretrain`` (the platform's stage, tiny scale) or a file."""
+
+    weights: Optional[str] = None
+    freeze_at: int = Field(2, ge=0, le=5)
+    norm: Literal["frozen", "train"] = "frozen"
+    pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
+
+    @field_validator("weights")
+    @classmethod
+    def absolute_path(cls, v: Optional[str]) -> Optional[str]:
+        return v if v in (None, PRETRAIN) else _abspath(v)
+
+
 class DetectorSpec(_Strict):
     name: str
     scale: Literal["tiny", "paper"] = "tiny"
     params: Dict[str, Any] = {}
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
 
 
 class LossSpec(_Strict):

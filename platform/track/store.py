@@ -151,6 +151,19 @@ class SpeedRow(Base):
 SPEED_KEY = "speed_key"  # trial-data key holding the speed figure's digest
 
 
+class PretrainingRow(Base):
+    """One run of the pretraining stage (``detectors.train.pretrain``): the weights every trial whose
+    ``detector.backbone`` names these settings starts from, shared by studies."""
+
+    __tablename__ = "pretrained_backbones"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # pretrain_digest of the settings
+    settings_json: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)          # the weights file (in the dataset cache)
+    result_json: Mapped[str] = mapped_column(Text)   # accuracy per epoch, seconds, images
+    study: Mapped[str] = mapped_column(String(200))  # the study whose run trained it
+    trained_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # One writer (the driver) with short transactions: the default rollback journal
@@ -451,6 +464,25 @@ class Store:
                                "hardware": json.loads(r.hardware_json), "method": json.loads(r.method_json),
                                "trial_hash": r.trial_hash, "measured_at": r.measured_at}
                     for r in s.scalars(q)}
+
+    def record_pretraining(self, digest: str, settings: Mapping[str, Any], path: str, result: Mapping[str, Any],
+                           study_name: str) -> None:
+        """The pretraining stage's run with this digest (written once; a later study's cache hit keeps it)."""
+        with self._tx() as s:
+            if s.get(PretrainingRow, digest) is None:
+                s.add(PretrainingRow(digest=digest, settings_json=json.dumps(dict(settings), sort_keys=True),
+                                     path=path, result_json=json.dumps(dict(result)), study=study_name))
+
+    def pretrainings(self) -> Dict[str, Dict[str, Any]]:
+        """``{digest: {settings, path, result, study, trained_at}}`` of every pretraining run."""
+        from sqlalchemy import inspect
+
+        if not inspect(self.engine).has_table(PretrainingRow.__tablename__):
+            return {}
+        with self._session() as s:
+            return {r.digest: {"settings": json.loads(r.settings_json), "path": r.path,
+                               "result": json.loads(r.result_json), "study": r.study, "trained_at": r.trained_at}
+                    for r in s.scalars(select(PretrainingRow))}
 
     def ground_truth(self, digest: str) -> Optional[Dict[str, Any]]:
         """The stored val ground truth with this digest (trial data ``val_ground_truth``), or None."""

@@ -226,6 +226,16 @@ class StudyTracker:
         return run_id
 
     @_tolerant
+    def start_run(self, name: str, tags: Dict[str, str], params: Dict[str, Any]) -> str:
+        """A run of the study's that is no trial (the pretraining stage's), under this invocation's run."""
+        tags = {"mlflow.runName": name, STUDY_TAG: self.study_name, **tags}
+        if self.parent_run_id:
+            tags[PARENT_TAG] = self.parent_run_id
+        run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        self.log_params(run_id, params)
+        return run_id
+
+    @_tolerant
     def set_tags(self, run_id: str, tags: Dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v)[:5000])

@@ -1,4 +1,5 @@
 """Sweep expansion: order, trial dicts, content hashes and what does (not) change them."""
+import hashlib
 import json
 import os
 import shutil
@@ -273,3 +274,44 @@ def test_gfl_ablation_expands_to_its_16_variants():
     trials = expand(load_study(os.path.join(REPO_STUDIES, "gfl_ablation.yaml")))
     assert len({t["variant"] for t in trials}) == 16 and len(trials) == 32
     assert len({t["config_hash"] for t in trials}) == 32
+
+
+def _with_backbone(backbone: str) -> str:
+    return HEAD.replace("detector: {name: retinanet}", f"detector: {{name: retinanet, backbone: {backbone}}}")
+
+
+def test_a_weights_file_counts_by_its_content_not_its_path(tmp_path):
+    import torch
+
+    from detectors.models.backbones import TINY_WIDTHS, TinyBody
+
+    torch.save(TinyBody(TINY_WIDTHS).state_dict(), tmp_path / "a.pt")
+    shutil.copy(tmp_path / "a.pt", tmp_path / "copy.pt")
+    (first,) = expand(study_from(tmp_path, _with_backbone("{weights: a.pt}")))
+    (copied,) = expand(study_from(tmp_path, _with_backbone("{weights: copy.pt}")))
+    assert first["detector"]["backbone"]["weights"] == str(tmp_path / "a.pt")  # the worker reads this path
+    assert copied["config_hash"] == first["config_hash"]  # same bytes elsewhere: the same trial
+    assert first["backbone_digest"] == hashlib.sha256((tmp_path / "a.pt").read_bytes()).hexdigest()
+    torch.save(TinyBody(TINY_WIDTHS).state_dict(), tmp_path / "copy.pt")  # other random weights
+    (changed,) = expand(study_from(tmp_path, _with_backbone("{weights: copy.pt}")))
+    assert changed["config_hash"] != first["config_hash"]
+    (frozen_more,) = expand(study_from(tmp_path, _with_backbone("{weights: a.pt, freeze_at: 3}")))
+    assert frozen_more["config_hash"] != first["config_hash"]
+
+
+def test_random_weights_ignore_the_fine_tuning_settings_and_the_stage_counts_its_own(tmp_path):
+    (scratch,) = expand(study_from(tmp_path, HEAD))
+    (scratch_other,) = expand(study_from(tmp_path, _with_backbone("{freeze_at: 4, norm: train}")))
+    assert scratch["config_hash"] == scratch_other["config_hash"] and scratch["backbone_digest"] is None
+    (pre,) = expand(study_from(tmp_path, _with_backbone("{weights: pretrain}")))
+    (longer,) = expand(study_from(tmp_path, _with_backbone("{weights: pretrain, pretrain: {epochs: 30}}")))
+    assert len({scratch["config_hash"], pre["config_hash"], longer["config_hash"]}) == 3
+    assert pre["detector"]["backbone"]["weights"] == "pretrain" and len(pre["backbone_digest"]) == 64
+    assert pre["backbone_digest"] != longer["backbone_digest"]
+
+
+def test_from_scratch_is_one_swept_value_away(tmp_path):
+    text = _with_backbone("{weights: pretrain}") + "sweep: {grid: {detector.backbone.weights: [null, pretrain]}}\n"
+    scratch, pre = expand(study_from(tmp_path, text))
+    assert (scratch["variant"], pre["variant"]) == ("weights=null", "weights=pretrain")
+    assert scratch["backbone_digest"] is None and pre["backbone_digest"] is not None

@@ -26,7 +26,9 @@ def test_make_trial_overrides():
     t = make_trial(PATHS, "/tmp/t", detector={"name": "dense", "params": {"box": "dirac"}},
                    loss={"name": "qfl"}, train={"epochs": 2}, evaluation={"speed": {"enabled": False}},
                    seed=3, variant="v")
-    assert t["detector"] == {"name": "dense", "scale": "tiny", "params": {"box": "dirac"}}
+    assert {k: v for k, v in t["detector"].items() if k != "backbone"} == {
+        "name": "dense", "scale": "tiny", "params": {"box": "dirac"}}
+    assert t["detector"]["backbone"]["weights"] is None  # random weights unless a trial names some
     assert t["loss"] == {"name": "qfl", "params": {}}  # focal's gamma and alpha mean nothing to qfl
     assert t["train"]["epochs"] == 2 and t["train"]["lr"] == 1e-3
     assert t["eval"]["speed"] == {"enabled": False, "isolated": True, "latency_images": 50, "warmup": 10,
@@ -41,7 +43,8 @@ def test_make_trial_overrides():
 # key of one is a key of the other, with the same default. A default changed in one place
 # only (a schema saying hflip 0.5 while the worker falls back to 0.0) fails here.
 SECTIONS = [("TrainSpec", "TrainConfig"), ("PhaseSpec", "PhaseConfig"), ("EvalSpec", "EvalConfig"),
-            ("SpeedSpec", "SpeedConfig"), ("DetectorSpec", "DetectorConfig"), ("LossSpec", "LossConfig")]
+            ("SpeedSpec", "SpeedConfig"), ("DetectorSpec", "DetectorConfig"), ("LossSpec", "LossConfig"),
+            ("BackboneSpec", "BackboneConfig"), ("PretrainSpec", "PretrainConfig")]
 
 
 def _schema_defaults(model):
