@@ -110,31 +110,36 @@ def hardware(device: str = "cpu") -> Dict[str, Any]:
 
 
 def _train_speed(model, train_ds, cfg: TrialConfig, device, steps: int, repeats: int) -> Dict[str, float]:
-    """Images/s of the trial's training step (its first phase's optimiser, loss weights, precision)."""
+    """Images/s of the trial's training step: its first phase set up as the trial sets it up (what
+    trains, the model's own set-up of the phase, the loss weights, precision), on a model built
+    afresh (a trained model may have dropped what only training needs)."""
     import torch
 
-    from detectors.build import trial_phases
+    from detectors.build import default_loss_weights, trial_phases
     from detectors.data.coco import collate
-    from detectors.train.phases import apply_phase, build_optimizer, counts
+    from detectors.train.loop import PhaseObjective
+    from detectors.train.phases import apply_phase, build_optimizer, freeze_norm_statistics
     from detectors.train.precision import autocast, grad_scaler
     from detectors.evaluation.speed import median_and_spread, timed_ms
 
     phase = trial_phases(cfg)[0]
     precision = cfg.train.precision
     optimizer = build_optimizer(apply_phase(model, phase), phase)
+    if hasattr(model, "begin_phase"):  # e.g. alternating training's step 1: the RPN on its own backbone
+        model.begin_phase(phase, resumed=False)
     scaler = grad_scaler(device, precision)
-    weights = cfg.train.loss_weights
+    objective = PhaseObjective(model, {**default_loss_weights(cfg.detector.name), **cfg.train.loss_weights}, phase)
     bs = cfg.train.batch_size
     n = len(train_ds)
     batches = [collate([train_ds[(i * bs + j) % n] for j in range(bs)]) for i in range(max(1, steps))]
     batches = [([img.to(device) for img in imgs], [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
                                                     for t in tgts]) for imgs, tgts in batches]
     model.train()
+    freeze_norm_statistics(model)
 
     def step(images, targets):
         with autocast(device, precision):
-            raw = model(images, targets)
-        loss = sum(weights.get(k.removeprefix("loss_"), 1.0) * v.float() for k, v in raw.items() if counts(k, phase))
+            loss, _ = objective(images, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -176,14 +181,25 @@ def measure_alone(trial: Dict[str, Any], weights: Optional[str] = None) -> Dict[
     load_before = os.getloadavg()[0]
     t0 = time.time()
     train_ds, val_ds = load_datasets(cfg)
-    model = build_detector(cfg, len(train_ds.cat_ids), train_ds.class_counts)
+
+    def build():
+        model = build_detector(cfg, len(train_ds.cat_ids), train_ds.class_counts)
+        if hasattr(model, "attach_datasets"):  # the trial's cached proposals: training steps read them
+            model.attach_datasets([train_ds, val_ds])  # (inference is timed uncached, as a user runs it)
+        return model
+
+    model = build()
+    if hasattr(model, "end_training"):  # as the trial saved it (parts only training needed are gone)
+        model.end_training()
     used_weights = bool(weights and os.path.isfile(weights))
     if used_weights:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model = prepare_memory_format(model.to(device), cfg.train.channels_last)
     speed, precision = cfg.eval.speed, cfg.train.precision
     figures = measure_speed(model, val_ds, device, precision=precision, **speed_settings(speed))
-    figures.update(_train_speed(model, train_ds, cfg, device, speed.train_steps, speed.repeats))
+    del model
+    trainee = prepare_memory_format(build().to(device), cfg.train.channels_last)
+    figures.update(_train_speed(trainee, train_ds, cfg, device, speed.train_steps, speed.repeats))
     figures["peak_rss_mb"] = peak_rss_mb()  # after training too: the larger of the two
     method = {"timer": "CUDA events after synchronisation" if device.type == "cuda" else "time.perf_counter",
               "warmup_images": speed.warmup, "latency_images": speed.latency_images,

@@ -81,6 +81,14 @@ class FasterRCNN(nn.Module):
                              "is none of them")
         self.parts, self.rpn_shared = STEPS[phase.name]
 
+    def end_training(self) -> None:
+        """Alternating training's step-1 backbone is discarded once the steps are done (the paper's
+        final network shares one backbone): it is no part of the trained detector's parameters,
+        FLOPs or saved weights."""
+        if hasattr(self, "rpn_backbone"):
+            del self.rpn_backbone
+        self.parts, self.rpn_shared = {"rpn", "roi"}, True
+
     def _features(self, module: nn.Module, tensors: Tensor) -> List[Tensor]:
         with maybe_no_grad(module):
             return list(module(tensors).values())

@@ -85,6 +85,8 @@ def run_trial(trial: Union[Mapping, TrialConfig], report: Optional[Report] = Non
 def finish(cfg: TrialConfig, model, val_ds, result: dict, device, report: Report) -> dict:
     """Speed figures, diagnostics, the final artifacts and the last report."""
     ev = result["last_eval"]
+    if hasattr(model, "end_training"):  # parts only training needed (alternating's step-1 backbone) go
+        model.end_training()
     speed_cfg, precision = cfg.eval.speed, cfg.train.precision
     if not speed_cfg.enabled:
         speed = {}

@@ -63,3 +63,82 @@ def test_measure_alone_times_inference_and_training_and_names_the_machine(tiny_p
     assert out["method"]["timer"] == "time.perf_counter"  # CPU: the wall clock; CUDA events on a GPU
     assert out["hardware"]["cpu_cores"] >= 1 and out["hardware"]["torch"] == torch.__version__
     assert measure_alone(trial, str(tmp_path / "missing.pt"))["method"]["weights"] == "untrained"
+
+
+def _speed_trial(paths, tmp_path, name, params=None):
+    return make_trial(paths, str(tmp_path / name), detector={"name": name, "params": params or {}},
+                      loss={"name": "softmax_ce"}, train={"batch_size": 2, "epochs": 2},
+                      evaluation={"speed": {"latency_images": 2, "warmup": 1, "throughput_batch": 2,
+                                            "throughput_batches": 1, "repeats": 1, "train_steps": 1}})
+
+
+def test_the_training_step_timed_is_the_first_phase_as_the_trial_sets_it_up(tiny_paths, tmp_path):
+    # Alternating training's step 1 trains the RPN on its own backbone: a step the speed phase times
+    # must move rpn_backbone and leave the detector's backbone alone (before, the phase was not set
+    # up: the RPN read the shared backbone and rpn_backbone got no gradient).
+    import torch
+
+    from detectors.build import build_detector
+    from detectors.config import TrialConfig
+    from detectors.data.coco import CocoDetection
+    from detectors.evaluation.speed_phase import _train_speed
+
+    trial = _speed_trial(tiny_paths, tmp_path, "faster_rcnn", {"training": "alternating"})
+    model = build_detector(trial, 5, [1] * 5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ds = CocoDetection(tiny_paths["train_images"], tiny_paths["train_annotations"])
+    out = _train_speed(model, ds, TrialConfig.from_dict(trial), torch.device("cpu"), steps=1, repeats=1)
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"rpn_backbone", "rpn"} and out["train_img_s"] > 0
+
+
+def test_alternating_training_leaves_its_step1_backbone_out_of_the_trained_detector(tiny_paths, tmp_path):
+    import os
+
+    import torch
+
+    from detectors.build import build_detector
+    from detectors.train.run import run_trial
+
+    alternating = _speed_trial(tiny_paths, tmp_path, "faster_rcnn", {"training": "alternating",
+                                                                     "alternating_epochs": [1, 1, 1, 1]})
+    alternating["train"]["max_steps"] = 1
+    alternating["eval"]["speed"]["isolated"] = False
+    final = run_trial(alternating)
+    saved = torch.load(os.path.join(alternating["trial_dir"], "final", "model.pt"), weights_only=True)
+    assert not any(k.startswith("rpn_backbone.") for k in saved)
+    joint = build_detector(_speed_trial(tiny_paths, tmp_path, "faster_rcnn"), 5, [1] * 5)
+    # the trained alternating detector has exactly the joint scheme's parameters (one shared backbone)
+    assert final["speed/params"] == sum(p.numel() for p in joint.parameters())
+    # and the speed phase measures it from its saved weights
+    out = measure_alone(alternating, os.path.join(alternating["trial_dir"], "final", "model.pt"))
+    assert out["method"]["weights"] == "trained" and out["figures"]["params"] == final["speed/params"]
+
+
+def test_rcnn_trains_on_its_cached_proposals_in_the_speed_phase(tiny_paths, tmp_path, monkeypatch):
+    import torch
+
+    from detectors.build import build_detector
+    from detectors.config import TrialConfig
+    from detectors.data.coco import CocoDetection
+    from detectors.evaluation.speed_phase import _train_speed
+    from detectors.models import proposals as proposals_module
+
+    trial = _speed_trial(tiny_paths, tmp_path, "fast_rcnn")
+    calls = []
+    real = proposals_module.selective_search
+    monkeypatch.setattr(proposals_module, "selective_search", lambda *a, **k: calls.append(1) or real(*a, **k))
+    measure_alone(trial)
+    first = len(calls)
+    measure_alone(trial)
+    # the first measurement computed and cached the 12 images' proposals (8 train + 4 val) before
+    # anything was timed; the second found them cached: only the timed inference segments again
+    assert first - len(calls[first:]) == 12
+    # and a training step segments nothing once the proposals are attached
+    train = CocoDetection(tiny_paths["train_images"], tiny_paths["train_annotations"])
+    model = build_detector(trial, 5, [1] * 5)
+    model.attach_datasets([train])
+    before = len(calls)
+    _train_speed(model, train, TrialConfig.from_dict(trial), torch.device("cpu"), steps=2, repeats=1)
+    assert len(calls) == before
