@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from dashboards.analysis import Analysis
 from dashboards.data import StudyData
@@ -35,6 +35,7 @@ class PageContext:
     built: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     sizes: Dict[str, int] = field(default_factory=dict)        # page file -> bytes
     plots: Dict[str, int] = field(default_factory=dict)        # page file -> number of figures
+    pretrainings: Dict[str, Any] = field(default_factory=dict)  # the store's pretraining runs, by digest
 
     @property
     def study_dir(self) -> str:

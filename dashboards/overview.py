@@ -73,8 +73,10 @@ def setup_section(ctx: PageContext) -> str:
         ("loss", (esc(loss.get("name", "?")) + (" (parameters swept)" if any(k.startswith("loss.") for k in sd.swept)
                                                 else f" <code>{esc(loss.get('params'))}</code>")) if loss
          else "each detector's default losses"),
+        ("backbone", backbone_text(det.get("backbone") or {}, cfg.get("backbone_digest"), ctx.pretrainings,
+                                   "detector.backbone.weights" in sd.swept)),
         ("data", data),
-        ("budget per trial", esc(budget)),
+        ("budget per trial", esc(budget) + phases_text(sd)),
         ("evaluation", esc(f"pycocotools COCOeval on the val split; score > {ev.get('score_thresh', '?')}, "
                            f"NMS IoU {ev.get('nms_iou', '?')}, at most {ev.get('max_dets', '?')} detections/image")),
         ("seeds", esc(", ".join(map(str, seeds)) or "–")),
@@ -83,6 +85,43 @@ def setup_section(ctx: PageContext) -> str:
         ("study file", f"<code>{esc(sd.info.get('study_file') or '–')}</code>"),
     ]
     return "<h2>What was compared</h2>" + kv(rows)
+
+
+def backbone_text(backbone: Dict[str, Any], digest: Any, pretrainings: Dict[str, Any], swept: bool) -> str:
+    """Where the backbone's weights came from, and what of it was fine-tuned."""
+    weights = backbone.get("weights")
+    tuning = (f"; its first {backbone.get('freeze_at')} stages frozen, batch norms "
+              f"{'frozen' if backbone.get('norm') == 'frozen' else 'trained'}")
+    if swept:
+        return "swept (see the variants): pretrained or from random weights" + esc(tuning if weights else "")
+    if weights is None:
+        return "random initialisation (trained from scratch; the papers start from ImageNet-pretrained weights)"
+    if weights == "pretrain":
+        run = pretrainings.get(digest) or {}
+        result, settings = run.get("result") or {}, backbone.get("pretrain") or {}
+        accuracy = f", held-out accuracy {result['val_accuracy']:.3f}" if "val_accuracy" in result else ""
+        return esc(f"pretrained by the platform's pretraining stage, the stand-in for ImageNet: the tiny body as a "
+                   f"classifier of {settings.get('images', '?')} generated images, {settings.get('epochs', '?')} "
+                   f"epochs{accuracy} (weights {str(digest)[:12]})" + tuning)
+    return (f"weights file <code>{esc(weights)}</code> (sha256 {esc(str(digest)[:12])})" + esc(tuning))
+
+
+def phases_text(sd) -> str:
+    """Each multi-phase variant's phases and epochs (alternating training's four steps, R-CNN's SVMs),
+    beside the single-phase variants' budget, so schemes are compared knowing what each trained."""
+    from detectors.build import trial_phases
+
+    lines = []
+    for v in sd.variants:
+        trial = next((t for t in sd.finished + sd.failed if t["variant"] == v), None)
+        try:
+            phases = trial_phases(trial["config"]) if trial else []
+        except (KeyError, ValueError):  # a config from an older detbench: its phases are not known here
+            phases = []
+        if len(phases) > 1:
+            steps = " + ".join(f"{p.name} {p.epochs}" for p in phases)
+            lines.append(f"<li>{esc(v)}: {len(phases)} phases, {esc(steps)} epochs</li>")
+    return f"<ul style='margin:0'>{''.join(lines)}</ul>" if lines else ""
 
 
 def variants_table(ctx: PageContext) -> str:

@@ -270,7 +270,7 @@ def build_study(store, study_name: str, reports_dir: str, resamples: int | None 
     sd.info["store_url"] = _safe_url(getattr(store, "url", ""))
     cache = os.path.join(os.path.abspath(reports_dir), study_name, BOOTSTRAP_CACHE)
     an = Analysis(sd, cache_path=cache) if resamples is None else Analysis(sd, resamples, cache_path=cache)
-    ctx = PageContext(sd, an, os.path.abspath(reports_dir))
+    ctx = PageContext(sd, an, os.path.abspath(reports_dir), pretrainings=store.pretrainings())
     write_plotly_js(ctx.reports_dir)
     build_study_index(ctx)
     build_accuracy(ctx)
