@@ -8,7 +8,8 @@ study's name.
 
 For each matched variant other than the paper's best (the reference), the
 paper's gap to the reference is set beside ours, both absolute and relative to
-the reference, with our gap's 95% CI. A row is *reproduced* only with both
+the reference, with our gap's 95% CI (a row whose value is null, not in the paper,
+shows our gap alone and stays *undecided*). A row is *reproduced* only with both
 kinds of evidence (``dashboards.stats.decide``): the paired t test over at least
 3 matching seeds (retraining noise) and, for accuracy metrics, the bootstrap
 over val images (evaluation noise) both put our gap on the paper's side of 0;
@@ -124,6 +125,8 @@ def _mark(p_gap: Optional[float], d: Optional[Dict[str, Any]], close: bool) -> T
         if equivalent is None and not sign:  # a test could not tell (or no margin), and no difference shown
             return "undecided", f"the paper reports them close; can't tell ({why})"
         return "not reproduced", f"the paper reports them close; not shown equivalent ({why})"
+    if p_gap is None:  # a row the paper has no number for (value: null): our gap, nothing to hold it to
+        return "undecided", f"not available: the paper gives no number for this variant ({why})"
     if sign is None:
         return "undecided", f"can't tell ({why})"
     if sign == 0:

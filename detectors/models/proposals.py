@@ -11,17 +11,24 @@ the CPU, outside torch, at a fraction of a second per small image, so a trial
 computes each image's proposals once and every later trial reuses them.
 
 The cache: one ``.npy`` per image under ``<annotation file's folder>/proposals/``,
-named by a hash of (dataset identity = the annotation file's content, image id,
-the segmentation settings). Proposals are stored in full, in selective search's
-own ranking, and truncated to ``max_proposals`` when read, so detectors that
-keep different numbers share one cache. Files are written to a temporary name
-and renamed: concurrent trials never read half a file.
+named by a hash of (the image's pixels as selective search sees them, OpenCV's
+version, the segmentation settings): what decides the boxes, and nothing else.
+So a dataset renumbered, renamed or re-encoded losslessly (another annotation
+file beside the same folder, or a copy that brings its ``proposals/``) finds its
+proposals, while a changed pixel or another OpenCV computes them afresh.
+Proposals are stored in full, in selective search's own ranking, and truncated
+to ``max_proposals`` when read, so detectors that keep different numbers share
+one cache. Files are written to a temporary name and renamed: concurrent trials
+never read half a file.
 
 Inside a detector, images arrive as tensors without their ids. ``attach``
-therefore indexes the cached proposals by a digest of the image's pixels (the
-same float tensor the dataset returns); an image it has not seen (an augmented
-one, or one from elsewhere) has its proposals computed on the spot, and so does
-every image inside :meth:`SelectiveSearch.uncached` (honest timing).
+therefore indexes the cached proposals by the same digest of the image's pixels.
+A horizontally flipped image (``CocoDetection``'s ``hflip_prob``) is found by
+its mirror and gets the cached boxes flipped, ``x1' = W - x2, x2' = W - x1``, in
+the same ranking (py-faster-rcnn flips its roidb's proposals the same way),
+rather than a segmentation of its own. Any other image not seen (augmented, or
+from elsewhere) has its proposals computed on the spot, and so does every image
+inside :meth:`SelectiveSearch.uncached` (honest timing).
 """
 from __future__ import annotations
 
@@ -37,11 +44,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["selective_search", "dataset_identity", "cache_key", "SelectiveSearch"]
+__all__ = ["selective_search", "pixel_digest", "hflip_boxes", "cache_key", "SelectiveSearch"]
 
 # Bump when the computation changes what given settings produce, so stale caches are not reused.
 # 2: the pseudo-random ranking is seeded per image (``_seed_ranking``).
-SEGMENTATION_VERSION = 2
+# 3: files keyed by the image's pixels and OpenCV's version, no longer by annotation file and image id.
+SEGMENTATION_VERSION = 3
 _LIBC = None
 
 
@@ -76,7 +84,7 @@ def selective_search(image: Tensor, *, mode: str = "fast", base_k: int = 150, in
     import cv2  # opencv-contrib-python(-headless); imported here so the rest of detectors never needs it
 
     cv2.setNumThreads(max(1, torch.get_num_threads()))
-    bgr = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()[:, :, ::-1]
+    bgr = _pixels(image).permute(1, 2, 0).numpy()[:, :, ::-1]
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(np.ascontiguousarray(bgr))
     if mode == "fast":
@@ -97,24 +105,40 @@ def selective_search(image: Tensor, *, mode: str = "fast", base_k: int = 150, in
     return boxes
 
 
-def dataset_identity(annotations_file: str) -> str:
-    """A dataset split's identity: the hash of its annotation file's content (not its path,
-    so a copied dataset finds its cache and an edited one does not)."""
-    h = hashlib.sha256()
-    with open(annotations_file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+def _pixels(image: Tensor) -> Tensor:
+    """uint8 ``[3, H, W]`` on the CPU: the pixels selective search segments (a dataset's
+    ``uint8 / 255`` image comes back to its own bytes)."""
+    return (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def cache_key(identity: str, image_id: int, settings: Dict) -> str:
-    """The cache file name of one image's proposals: a hash of (dataset identity, image id, settings)."""
-    text = json.dumps({"dataset": identity, "image_id": int(image_id), "settings": settings}, sort_keys=True)
+def pixel_digest(image: Tensor) -> str:
+    """A digest of what selective search sees of ``image`` (float ``[3, H, W]`` in [0, 1]): its
+    size and uint8 pixels. Two images with one digest get the same proposals."""
+    pixels = _pixels(image).contiguous()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(list(pixels.shape)).encode())
+    h.update(pixels.numpy().tobytes())
+    return h.hexdigest()
+
+
+def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
+    """xyxy ``[N, 4]`` boxes of an image ``width`` px wide, as boxes of its mirror image:
+    ``x1' = W - x2``, ``x2' = W - x1`` (pixel edges: columns 3..7, ``[3, 8)``, become
+    columns ``W-8..W-4``, ``[W-8, W-3)``); the same formula as ``CocoDetection``'s flip."""
+    return torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
+
+
+def opencv_version() -> str:
+    """Part of the cache key: another OpenCV build may segment the same pixels differently."""
+    import cv2
+
+    return str(cv2.__version__)
+
+
+def cache_key(pixels: str, settings: Dict, opencv: str) -> str:
+    """The cache file name of one image's proposals: a hash of (``pixel_digest``, settings, OpenCV's version)."""
+    text = json.dumps({"pixels": pixels, "settings": settings, "opencv": opencv}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _digest(image: Tensor) -> str:
-    return hashlib.blake2b(image.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
 
 
 class SelectiveSearch:
@@ -150,28 +174,38 @@ class SelectiveSearch:
         cache, or compute and store them. ``cache_dir`` defaults to ``proposals/`` beside the
         annotation file."""
         cache_dir = cache_dir or os.path.join(os.path.dirname(dataset.annotations_file), "proposals")
-        identity = dataset_identity(dataset.annotations_file)
+        opencv = opencv_version()
         os.makedirs(cache_dir, exist_ok=True)
         for image_id in dataset.image_ids:
             image = dataset.load_image(image_id)
-            path = os.path.join(cache_dir, cache_key(identity, image_id, self.settings) + ".npy")
+            digest = pixel_digest(image)
+            path = os.path.join(cache_dir, cache_key(digest, self.settings, opencv) + ".npy")
             if os.path.exists(path):
                 boxes = torch.from_numpy(np.load(path))
                 self.loaded += 1
             else:
                 boxes = self.compute(image)
                 _save_atomic(path, boxes.numpy())
-            self._index[_digest(image)] = boxes
+            self._index[digest] = boxes
 
     def __call__(self, images: List[Tensor]) -> List[Tensor]:
         """float32 ``[N_i, 4]`` xyxy proposals (at most ``max_proposals``) of each image, on its device."""
         out = []
         for image in images:
-            boxes = self._index.get(_digest(image)) if self._cached else None
+            boxes = self._lookup(image) if self._cached else None
             if boxes is None:
                 boxes = self.compute(image)
             out.append(boxes[: self.max_proposals].to(image.device))
         return out
+
+    def _lookup(self, image: Tensor) -> Optional[Tensor]:
+        """The attached proposals of ``image``, or of its mirror image flipped; None if neither."""
+        boxes = self._index.get(pixel_digest(image))
+        if boxes is None:
+            mirrored = self._index.get(pixel_digest(image.flip(-1)))
+            if mirrored is not None:
+                boxes = hflip_boxes(mirrored, image.shape[-1])
+        return boxes
 
     @contextlib.contextmanager
     def uncached(self) -> Iterator[None]:

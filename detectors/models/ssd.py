@@ -8,7 +8,9 @@ predicts, for ``k`` default boxes per location, ``K + 1`` class scores
   ``s_k = s_min + (s_max - s_min) (k - 1) / (m - 1)`` on map ``k`` of ``m``
   (``s_min = 0.2``, ``s_max = 0.9``), aspect ratios ``{1, 2, 3, 1/2, 1/3}``
   plus a ratio-1 box of scale ``sqrt(s_k s_{k+1})``; as in the paper's SSD300
-  the first map and the last two keep only ``{1, 2, 1/2}`` (4 boxes). Built by
+  the first map and the last two keep only ``{1, 2, 1/2}`` (4 boxes), and the
+  first map (conv4_3) has its own scale 0.1 while the formula spreads the other
+  ``m - 1`` maps over 0.2..0.9 (sec. 3.1, "PASCAL VOC2007"). Built by
   torchvision's ``DefaultBoxGenerator``.
 - Matching (sec. 2.2, "Matching strategy"): every ground truth takes its best
   default box, then every default box with IoU >= 0.5 is positive; the rest
@@ -73,6 +75,25 @@ def paper_aspect_ratios(num_maps: int, ratios: Sequence[float], reduced: bool = 
         return [full] * num_maps
     short = {0, num_maps - 2, num_maps - 1} if num_maps > 3 else {0}
     return [full[:1] if k in short else full for k in range(num_maps)]
+
+
+def default_box_scales(num_maps: int, min_scale: float, max_scale: float,
+                       first_scale: Optional[float]) -> List[float]:
+    """The ``num_maps + 1`` scales ``DefaultBoxGenerator`` takes: ``s_k`` of each map, then the
+    1.0 that only serves the last map's extra box ``sqrt(s_m * 1.0)`` (torchvision's convention).
+
+    ``first_scale`` (SSD300: 0.1 on conv4_3) gives the first map a scale of its own and spreads
+    the other maps over ``min_scale..max_scale``; None spreads all of them (the first at
+    ``min_scale``). Small objects are why: at 0.2 of a 128 px input the smallest box is 25.6 px,
+    and a 12 px object overlaps it at IoU 0.22 at best, below the 0.5 that makes a positive.
+    """
+    head = [] if first_scale is None else [float(first_scale)]
+    spread = num_maps - len(head)
+    if spread > 1:
+        ramp = [min_scale + (max_scale - min_scale) * k / (spread - 1) for k in range(spread)]
+    else:
+        ramp = [float(min_scale)] * spread
+    return head + ramp + [1.0]
 
 
 class TinySSDBody(nn.Module):
@@ -226,13 +247,14 @@ def _check(params: dict) -> None:
 })
 def build_ssd(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable] = None,
               box_loss: Optional[Callable] = None, min_scale: OpenUnit = 0.2, max_scale: MaxScale = 0.9,
-              aspect_ratios: Optional[List[Ratio]] = None, reduced_maps: bool = True, iou: OpenUnit = 0.5,
-              neg_pos_ratio: NegPosRatio = 3.0, input_size: Optional[ImageSide] = None,
-              score_thresh: float = 0.05, nms_iou: float = 0.45, max_dets: int = 100,
-              topk_candidates: TopK = 400) -> SSD:
-    """Build SSD; defaults are the paper's (scales 0.2-0.9, ratios 2 and 3, matching IoU 0.5,
-    3:1 negatives). ``aspect_ratios`` None: the paper's 2 and 3; ``input_size`` None: the scale's
-    (tiny 128, paper 300).
+              first_scale: Optional[OpenUnit] = 0.1, aspect_ratios: Optional[List[Ratio]] = None,
+              reduced_maps: bool = True, iou: OpenUnit = 0.5, neg_pos_ratio: NegPosRatio = 3.0,
+              input_size: Optional[ImageSide] = None, score_thresh: float = 0.05, nms_iou: float = 0.45,
+              max_dets: int = 100, topk_candidates: TopK = 400) -> SSD:
+    """Build SSD; defaults are the paper's (first map 0.1, the others 0.2-0.9, ratios 2 and 3,
+    matching IoU 0.5, 3:1 negatives). ``first_scale`` None: every map on the 0.2-0.9 ramp, the
+    first at ``min_scale`` (this project's SSD before issue 19); ``aspect_ratios`` None: the
+    paper's 2 and 3; ``input_size`` None: the scale's (tiny 128, paper 300).
 
     ``nms_iou`` is injected from the study's ``eval.nms_iou`` (the paper uses 0.45).
     """
@@ -246,7 +268,8 @@ def build_ssd(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable
         body = TinySSDBody(cfg["widths"], cfg["extra_width"])
         channels = body.out_channels
     ratios = paper_aspect_ratios(len(channels), aspect_ratios or [2.0, 3.0], reduced_maps)
-    default_boxes = DefaultBoxGenerator(ratios, min_ratio=min_scale, max_ratio=max_scale)
+    default_boxes = DefaultBoxGenerator(
+        ratios, scales=default_box_scales(len(channels), min_scale, max_scale, first_scale))
     head = SSDHead(channels, default_boxes.num_anchors_per_location(), num_classes)
     size = input_size or cfg["input_size"]
     transform = GeneralizedRCNNTransform(size, size, IMAGENET_MEAN, IMAGENET_STD, size_divisible=1,

@@ -279,6 +279,41 @@ def test_close_paper_rows_need_equivalence_on_both_tests():
         assert [r["mark"] for r in c["rows"]] == ["reference", mark], answer["why"]
 
 
+def test_fpn_rows_come_from_the_shared_feature_table_and_a_missing_number_stays_undecided():
+    # Our schemes all share the backbone: FPN Table 5 (shared, 4-step), not Table 3 (unshared).
+    # Table 5 has FPN rows only (AP 34.3, AP@0.5 57.2), so the C4 row is null.
+    tables = {t["id"]: t for t in load_tables()}
+    for table_id, fpn_value in (("fpn_table5_ap", 34.3), ("fpn_table5_ap50", 57.2)):
+        table = tables[table_id]
+        assert table["source"] == "FPN, Table 5"
+        assert {r["detector.params.fpn"]: r["value"] for r in table["rows"]} == {False: None, True: fpn_value}
+    assert not [t for t in tables if t.startswith("fpn_table4")]
+
+    def trial(scheme, fpn, ap):
+        v = f"{scheme},fpn={fpn}"
+        return ({"trial_key": f"{v}/seed=0", "variant": v, "seed": 0,
+                 "config": {"detector": {"name": "faster_rcnn", "params": {"training": scheme, "fpn": fpn}}}}, ap)
+
+    ts = [trial("alternating", False, 0.30), trial("alternating", True, 0.40),
+          trial("approximate_joint", False, 0.31), trial("approximate_joint", True, 0.41)]
+    sd = _study({t["variant"]: {} for t, _ in ts}, ts)
+    table = tables["fpn_table5_ap"]
+    matched = match_variants(sd, table)
+    assert set(matched) == {"alternating,fpn=False", "alternating,fpn=True"}   # 4-step only
+
+    def diff(a, b, metric):
+        assert (a, b, metric) == ("alternating,fpn=False", "alternating,fpn=True", "AP")
+        return _evidence([-0.10, -0.12, -0.08], -0.12, -0.08)   # C4 below FPN on both tests
+
+    c = compare(sd, table, matched, diff)
+    rows = {r["variant"]: r for r in c["rows"]}
+    assert c["reference"] == "alternating,fpn=True" and c["ordering"] == {}   # one paper number: no ordering
+    c4 = rows["alternating,fpn=False"]
+    assert c4["paper"] is None and c4["paper_gap"] is None and c4["mark"] == "undecided"
+    assert c4["why"].startswith("not available: the paper gives no number")
+    assert c4["our_gap"] == pytest.approx(-10.0)   # (-0.12 + -0.08) / 2 in AP percent
+
+
 def test_one_factor_tables_ignore_variants_that_change_another_factor():
     # GFL Table 1c varies beta on the full GFL detector (n = 16, Delta = 1). A variant with
     # beta 2 but n = 8 must not be taken for the beta = 2 row; and two variants that both

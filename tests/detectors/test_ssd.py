@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 from detectors.assigners import BACKGROUND
 from detectors.losses import SOFTMAX_LOSSES, softmax_ce_loss
 from detectors.models import MODELS
-from detectors.models.ssd import hard_negative_mining, paper_aspect_ratios
+from detectors.models.ssd import default_box_scales, hard_negative_mining, paper_aspect_ratios
 from one_stage_helpers import check_detections, drawn_set, train_steps
 
 
@@ -49,6 +49,51 @@ def test_default_boxes_have_the_papers_scales_and_ssd300_count():
     # the first box of the first map: ratio 1, scale 0.2 -> 60 x 60 px at the centre of cell (0, 0)
     w, h = boxes[0, 2] - boxes[0, 0], boxes[0, 3] - boxes[0, 1]
     assert w.item() == pytest.approx(60.0, abs=1e-3) and h.item() == pytest.approx(60.0, abs=1e-3)
+
+
+def test_ssd300_scales_put_the_first_map_at_a_tenth():
+    # SSD300 (sec. 3.1): conv4_3 at 0.1, the other five maps from 0.2 to 0.9 in steps of 0.7 / 4 = 0.175;
+    # the trailing 1.0 only sizes the last map's extra box sqrt(0.9 * 1.0).
+    assert default_box_scales(6, 0.2, 0.9, 0.1) == pytest.approx([0.1, 0.2, 0.375, 0.55, 0.725, 0.9, 1.0])
+    # None: every map on the ramp, steps of 0.7 / 5 = 0.14 (torchvision's own estimate, this SSD before)
+    today = default_box_scales(6, 0.2, 0.9, None)
+    assert today == pytest.approx([0.2, 0.34, 0.48, 0.62, 0.76, 0.9, 1.0])
+    assert today == pytest.approx(DefaultBoxGenerator([[2.0]] * 6, min_ratio=0.2, max_ratio=0.9).scales)
+
+
+def _first_boxes(model, size):
+    """The default boxes of one ``size`` x ``size`` input, and the index where the second map begins."""
+    x = torch.zeros(1, 3, size, size)
+    feats = list(model.body(x).values())
+    boxes = model.default_boxes(ImageList(x, [(size, size)]), feats)[0]
+    h, w = feats[0].shape[-2:]
+    return boxes, h * w * model.default_boxes.num_anchors_per_location()[0]
+
+
+def test_the_first_map_has_boxes_of_a_tenth_of_the_input():
+    model = MODELS.build("ssd", num_classes=2, input_size=300)
+    boxes, second = _first_boxes(model, 300)
+    sides = boxes[:, 2:] - boxes[:, :2]
+    # first map, 4 boxes per location: 0.1 * 300 = 30 px; sqrt(0.1 * 0.2) * 300 = 42.43;
+    # ratio 2: 30 * sqrt(2) = 42.43 wide by 30 / sqrt(2) = 21.21 high, and its transpose
+    assert sides[:4].flatten().tolist() == pytest.approx([30, 30, 42.426, 42.426, 42.426, 21.213, 21.213, 42.426],
+                                                         abs=1e-3)
+    # the second map starts the 0.2..0.9 ramp: 0.2 * 300 = 60 px
+    assert sides[second].tolist() == pytest.approx([60, 60], abs=1e-3)
+    # first_scale None: the first map at min_scale, 60 px, as before
+    before, _ = _first_boxes(MODELS.build("ssd", num_classes=2, input_size=300, first_scale=None), 300)
+    assert (before[0, 2:] - before[0, :2]).tolist() == pytest.approx([60, 60], abs=1e-3)
+
+
+def test_a_small_object_finds_a_default_box_only_at_the_first_scale():
+    # A 12.8 px object centred on cell (1, 1) of the 128 px input's stride-8 map, centre (12, 12).
+    gt = torch.tensor([[5.6, 5.6, 18.4, 18.4]])
+    boxes, _ = _first_boxes(MODELS.build("ssd", num_classes=2), 128)
+    # 0.1 * 128 = 12.8 px centred on (12, 12): the very box, IoU 1
+    assert box_iou(gt, boxes).max().item() == pytest.approx(1.0, abs=1e-5)
+    # first map at 0.2: the best box is 25.6 px (or 36.2 x 18.1) around it: 12.8^2 / 25.6^2 = 0.25 < 0.5
+    boxes, _ = _first_boxes(MODELS.build("ssd", num_classes=2, first_scale=None), 128)
+    assert box_iou(gt, boxes).max().item() == pytest.approx(0.25, abs=1e-5)
 
 
 def test_matching_best_box_per_gt_then_iou_half():
