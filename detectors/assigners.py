@@ -18,11 +18,14 @@ from torch import Tensor
 
 from detectors.boxes import box_area, box_centres, box_iou, box_to_distance
 
-__all__ = ["BACKGROUND", "IGNORE", "max_iou_assign", "roi_assign", "atss_assign", "fcos_assign", "fcos_size_ranges"]
+__all__ = ["BACKGROUND", "IGNORE", "LOW_QUALITY_TARGETS", "max_iou_assign", "roi_assign", "atss_assign", "fcos_assign",
+           "fcos_size_ranges"]
 
 # Negative codes so that every value >= 0 can be a gt index.
 BACKGROUND = -1  # classification target all zeros, no box loss
 IGNORE = -2  # neither foreground nor background: no loss at all
+# Which gt a low-quality match regresses to (``max_iou_assign``).
+LOW_QUALITY_TARGETS = ("best_for", "own_best")
 
 
 @torch.no_grad()
@@ -32,6 +35,7 @@ def max_iou_assign(
     pos_iou: float = 0.5,
     neg_iou: float = 0.4,
     allow_low_quality: bool = True,
+    low_quality_target: str = "best_for",
 ) -> Tensor:
     """Assign each anchor to a ground-truth box, to background, or to "ignore".
 
@@ -40,32 +44,43 @@ def max_iou_assign(
     ``BACKGROUND``, in between -> ``IGNORE``.
 
     ``allow_low_quality``: additionally, every gt gets the anchor(s) with its
-    highest IoU (all of them on ties), assigned to *that* gt even when the IoU
-    is below ``pos_iou``, so small or oddly shaped boxes are not left without
-    a positive. Where one anchor is the best anchor of several gts, the gt it
-    overlaps most wins (so near-duplicate gts can still share out one anchor). A gt that
-    overlaps no anchor at all (best IoU 0) gets none: there is nothing to regress from.
+    highest IoU (all of them on ties) as positives even when the IoU is below
+    ``pos_iou``, so small or oddly shaped boxes are not left without
+    a positive. A gt that overlaps no anchor at all (best IoU 0) gets none: there
+    is nothing to regress from.
+
+    ``low_quality_target``: which gt such an anchor regresses to.
+
+    - ``"best_for"``: the gt it is the best anchor for (where it is the best
+      anchor of several, the one it overlaps most), so near-duplicate gts can
+      still share out one anchor; SSD's reference ``match`` and mmdetection's
+      ``MaxIoUAssigner`` do this.
+    - ``"own_best"``: its own highest-IoU gt, whatever made it positive, as
+      torchvision's ``Matcher.set_low_quality_matches_``, Detectron2 and
+      py-faster-rcnn's ``anchor_target_layer`` (``gt_boxes[argmax_overlaps]``):
+      an anchor never regresses to a gt it overlaps less than another, though a
+      gt whose best anchor overlaps another gt more then ends up with no anchor.
 
     The focal loss paper does not mention low-quality matches; torchvision's
     ``Matcher`` (``allow_low_quality_matches=True`` in RetinaNet) and
     Detectron2's RetinaNet config enable them by default, and Faster R-CNN's RPN
     rule "the anchor with the highest IoU with a gt box" is the same idea.
-    Unlike torchvision / Detectron2, which give such an anchor to its own
-    argmax gt (so a gt can still end up with no anchor when its best anchor
-    overlaps another gt more), here it goes to the gt it is the best anchor for.
 
     Args:
         anchors: float ``[A, 4]`` xyxy absolute pixels.
         gt_boxes: float ``[G, 4]`` xyxy absolute pixels.
         pos_iou: foreground threshold (inclusive).
         neg_iou: background threshold (exclusive); must be ``<= pos_iou``.
-        allow_low_quality: see above.
+        allow_low_quality, low_quality_target: see above.
     Returns:
         int64 ``[A]``: gt index ``>= 0``, ``BACKGROUND`` or ``IGNORE``.
         ``G == 0`` -> all ``BACKGROUND``.
     """
     if neg_iou > pos_iou:
         raise ValueError(f"neg_iou ({neg_iou}) must be <= pos_iou ({pos_iou})")
+    if low_quality_target not in LOW_QUALITY_TARGETS:
+        raise ValueError(f"unknown low_quality_target '{low_quality_target}' "
+                         f"(known: {', '.join(LOW_QUALITY_TARGETS)})")
     num_anchors = anchors.shape[0]
     if gt_boxes.shape[0] == 0 or num_anchors == 0:
         return _background(num_anchors, anchors.device)
@@ -81,10 +96,13 @@ def max_iou_assign(
         best_per_gt = iou.max(dim=1, keepdim=True).values  # [G, 1]
         # (gt, anchor) pairs where the anchor is (one of) the gt's best.
         is_best = (iou == best_per_gt) & (best_per_gt > 0)
-        # For each anchor, the gt with the highest IoU among those it is best for.
-        masked = torch.where(is_best, iou, torch.full_like(iou, -1.0))
-        lq_iou, lq_gt = masked.max(dim=0)  # [A]
-        has_lq = lq_iou >= 0
+        if low_quality_target == "own_best":
+            lq_gt, has_lq = best_gt, is_best.any(dim=0)  # [A]: the anchor's own argmax gt
+        else:
+            # For each anchor, the gt with the highest IoU among those it is best for.
+            masked = torch.where(is_best, iou, torch.full_like(iou, -1.0))
+            lq_iou, lq_gt = masked.max(dim=0)  # [A]
+            has_lq = lq_iou >= 0
         assigned[has_lq] = lq_gt[has_lq]
     return assigned
 

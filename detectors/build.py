@@ -197,8 +197,9 @@ def build_detector(trial: Union[Mapping[str, Any], TrialConfig], num_classes: in
     roles = loss_roles(det.name)
     for role, spec in resolve_losses(det.name, _plain(cfg.loss), {r: _plain(s) for r, s in cfg.losses.items()}).items():
         kwargs[f"{role}_loss"] = build_loss(roles[role].registry, spec["name"], spec["params"], context)
-    injected = dict(num_classes=num_classes, scale=det.scale, score_thresh=ev.score_thresh,
-                    nms_iou=ev.nms_iou, max_dets=ev.max_dets)
+    injected = dict(num_classes=num_classes, scale=det.scale, score_thresh=ev.score_thresh, max_dets=ev.max_dets)
+    if ev.nms_iou is not None:  # else the builder's own, its paper's (two-stage 0.3, RetinaNet 0.5, ...)
+        injected["nms_iou"] = ev.nms_iou
     model = MODELS.build(det.name, **injected, **kwargs, **det.params)
     if det.backbone.weights is not None:
         load_backbone(model, read_weights(backbone_weights_path(cfg)), det.backbone.freeze_at, det.backbone.norm)
@@ -248,7 +249,7 @@ def check_phase_parts(detector: Mapping[str, Any], phases: list, num_classes: in
 
     with torch.device("meta"):
         model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),
-                             score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
+                             score_thresh=0.05, max_dets=100, **(detector.get("params") or {}))
     for i, phase in enumerate(parse(PhaseConfig, p) for p in phases):
         if phase.kind == "fit" and not hasattr(model, "fit_phase"):
             raise ConfigError(("train", "phases", i, "kind"), f"detector '{detector['name']}' fits no phase "
@@ -280,7 +281,7 @@ def check_backbone(detector: Mapping[str, Any], num_classes: int = 2) -> None:
         arch = _checked_file(weights, *_stamp(weights))
     with torch.device("meta"):
         model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),
-                             score_thresh=0.05, nms_iou=0.5, max_dets=100, **(detector.get("params") or {}))
+                             score_thresh=0.05, max_dets=100, **(detector.get("params") or {}))
     if not find_bodies(model, arch):
         where = "the pretraining stage's" if weights == PRETRAIN else f"{weights}:"
         raise ConfigError(loc, f"{where} {arch} weights fit no backbone of detector '{detector['name']}' at scale "

@@ -102,7 +102,7 @@ class SpeedConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     score_thresh: float = 0.05
-    nms_iou: float = 0.5
+    nms_iou: Optional[float] = None      # None: the detector's own default (its paper's)
     max_dets: int = 100
     speed: SpeedConfig = field(default_factory=SpeedConfig)
 

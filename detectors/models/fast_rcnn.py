@@ -105,9 +105,12 @@ def build_fast_rcnn(num_classes: int, scale: str = "tiny", roi_cls_loss: Optiona
                     rois_per_image: RoIsPerImage = 64, fg_fraction: OpenUnit = 0.25, fg_iou: OpenUnit = 0.5,
                     bg_iou_lo: UnitLow = 0.1, roi_size: Optional[RoISize] = None,
                     rep: Optional[Width] = None, min_size: Optional[ImageSide] = None,
-                    max_size: Optional[ImageSide] = None, score_thresh: float = 0.05, nms_iou: float = 0.5,
+                    max_size: Optional[ImageSide] = None, score_thresh: float = 0.05, nms_iou: float = 0.3,
                     max_dets: int = 100) -> FastRCNN:
-    """Build a Fast R-CNN; ``None`` takes the scale's preset (``detectors.models.two_stage.SCALES``)."""
+    """Build a Fast R-CNN; ``None`` takes the scale's preset (``detectors.models.two_stage.SCALES``).
+
+    Test NMS 0.3 per class (the reference code's TEST.NMS), unless the study's ``eval.nms_iou`` sets one.
+    """
     cfg = scale_preset(scale)
     cfg.update({k: v for k, v in dict(roi_size=roi_size, rep=rep, min_size=min_size, max_size=max_size).items()
                 if v is not None})

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 from functools import partial
-from typing import Callable, Dict, List, Literal, Optional
+from typing import Annotated, Callable, Dict, List, Literal, Optional
 
 from torch import Tensor, nn
 
@@ -41,7 +41,10 @@ from detectors.models.roi_heads import RoIHeads
 from detectors.models.rpn import RPN
 from detectors.models.two_stage import (StageClock, fpn_backbone, make_transform, maybe_no_grad, scale_preset,
                                         single_level_backbone)
-from detectors.registry import OpenUnit
+from detectors.registry import Interval, OpenUnit
+
+AllowedBorder = Annotated[float, Interval(ge=0, le=4096)]  # px an anchor may reach beyond the image
+ProposalSide = Annotated[float, Interval(ge=0, le=4096)]   # px of the resized image
 
 SCHEMES = ("alternating", "approximate_joint", "non_approximate_joint")
 # Alternating training's steps: the losses each computes, and whether the RPN reads the detector's backbone.
@@ -165,32 +168,42 @@ def build_faster_rcnn(num_classes: int, scale: str = "tiny", rpn_cls_loss: Optio
                       alternating_epochs: Optional[List[Epochs]] = None, fpn: bool = False,
                       pos_iou: OpenUnit = 0.7, neg_iou: OpenUnit = 0.3, rpn_batch: Count = 256,
                       rpn_pos_fraction: OpenUnit = 0.5, rpn_nms: OpenUnit = 0.7,
+                      rpn_allowed_border: Optional[AllowedBorder] = 0.0, fpn_anchor_scales: Literal[1, 3] = 1,
+                      rpn_low_quality: Literal["own_best", "best_for"] = "own_best",
                       pre_nms_top_n_train: Optional[Count] = None, post_nms_top_n_train: Optional[Count] = None,
                       pre_nms_top_n_test: Optional[Count] = None, post_nms_top_n_test: Optional[Count] = None,
+                      rpn_min_size: Optional[ProposalSide] = None,
                       roi_op: Literal["pool", "align"] = "align", rois_per_image: RoIsPerImage = 64,
                       fg_fraction: OpenUnit = 0.25, fg_iou: OpenUnit = 0.5, bg_iou_lo: UnitLow = 0.1,
                       roi_size: Optional[RoISize] = None, rep: Optional[Width] = None,
                       min_size: Optional[ImageSide] = None, max_size: Optional[ImageSide] = None,
-                      score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 100) -> FasterRCNN:
+                      score_thresh: float = 0.05, nms_iou: float = 0.3, max_dets: int = 100) -> FasterRCNN:
     """Build a Faster R-CNN; ``None`` takes the scale's preset (``detectors.models.two_stage.SCALES``).
 
-    RPN: 3 scales x 3 ratios per location (per level with FPN), positive IoU >= 0.7 or a
-    ground truth's best anchor, negative < 0.3, 256 anchors per image up to 1:1, NMS 0.7,
-    2000 proposals per image in training and 300 at test at paper scale (sec. 3.1.3, 3.3; fewer at tiny).
+    RPN: 3 scales x 3 ratios per location (FPN: one scale per level, the FPN paper's 32^2 to 512^2
+    on P2-P6 at paper scale), positive IoU >= 0.7 or a ground truth's best anchor (regressing to
+    its own best ground truth), negative < 0.3, anchors crossing the image border ignored in
+    training, 256 anchors per image up to 1:1, NMS 0.7; proposals per image 12000 before NMS and
+    2000 after it in training, 6000 / 300 at test, at least 16 px (py-faster-rcnn; FPN: Detectron's
+    2000 / 1000 per level before NMS, 2000 / 1000 in total after it), scaled to the tiny preset's
+    images (``two_stage.RPN_PAPER``). Test NMS 0.3 (py-faster-rcnn's TEST.NMS).
     """
     cfg = scale_preset(scale)
     cfg.update({k: v for k, v in dict(roi_size=roi_size, rep=rep, min_size=min_size, max_size=max_size).items()
                 if v is not None})
     make_backbone = partial(fpn_backbone if fpn else single_level_backbone, scale, cfg)
     backbone = make_backbone()
-    strides, top = backbone.strides, cfg["rpn_top_n"]
+    strides, preset = backbone.strides, cfg["rpn_fpn" if fpn else "rpn"]
     rpn = RPN(backbone.out_channels, strides, cfg["anchor_sizes"], cfg["anchor_base"],
               rpn_cls_loss or CLS_LOSSES.get("ce"), rpn_box_loss or partial(smooth_l1_loss, beta=1.0 / 9),
               pos_iou=pos_iou, neg_iou=neg_iou, batch_size_per_image=rpn_batch, positive_fraction=rpn_pos_fraction,
-              pre_nms_top_n={"training": pre_nms_top_n_train or top["pre_train"],
-                             "testing": pre_nms_top_n_test or top["pre_test"]},
-              post_nms_top_n={"training": post_nms_top_n_train or top["post_train"],
-                              "testing": post_nms_top_n_test or top["post_test"]}, nms_iou=rpn_nms)
+              pre_nms_top_n={"training": pre_nms_top_n_train or preset["pre_train"],
+                             "testing": pre_nms_top_n_test or preset["pre_test"]},
+              post_nms_top_n={"training": post_nms_top_n_train or preset["post_train"],
+                              "testing": post_nms_top_n_test or preset["post_test"]}, nms_iou=rpn_nms,
+              scales_per_level=fpn_anchor_scales, allowed_border=rpn_allowed_border,
+              low_quality_target=rpn_low_quality,
+              min_size=preset["min_size"] if rpn_min_size is None else rpn_min_size)
     roi_levels = 4 if fpn else 1  # FPN: regions on P2-P5 (P6 serves the RPN only)
     op = "warp" if training == "non_approximate_joint" else roi_op
     heads = roi_head_for(backbone.out_channels, strides[:roi_levels], cfg, num_classes, op,

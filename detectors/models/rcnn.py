@@ -199,11 +199,12 @@ def build_rcnn(num_classes: int, scale: str = "tiny", roi_cls_loss: Optional[Cal
                svm_c: SvmC = 1e-3, svm_pos_weight: SvmWeight = 2.0, svm_neg_iou: OpenUnit = 0.3,
                mining_rounds: Rounds = 3, rep: Optional[Width] = None,
                min_size: Optional[ImageSide] = None, max_size: Optional[ImageSide] = None,
-               score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 100) -> RCNN:
+               score_thresh: float = 0.05, nms_iou: float = 0.3, max_dets: int = 100) -> RCNN:
     """Build an R-CNN; ``None`` takes the scale's preset (``detectors.models.two_stage.SCALES``).
 
     The CNN is the same conv body as Fast / Faster R-CNN's (to C4, stride 16); its map of a
     ``crop_size`` crop is max-pooled to at most the RoI size (7: the paper's pool5 is 6x6).
+    Test NMS 0.3 per class (the reference code's), unless the study's ``eval.nms_iou`` sets one.
     """
     cfg = scale_preset(scale)
     cfg.update({k: v for k, v in dict(crop_size=crop_size, rep=rep, min_size=min_size, max_size=max_size).items()

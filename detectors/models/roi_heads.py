@@ -146,7 +146,7 @@ class RoIHeads(nn.Module):
 
     def __init__(self, roi_features: nn.Module, head: BoxHead, cls_loss: Callable, box_loss: Callable, *,
                  rois_per_image: int = 64, fg_fraction: float = 0.25, fg_iou: float = 0.5, bg_iou_lo: float = 0.1,
-                 score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 100) -> None:
+                 score_thresh: float = 0.05, nms_iou: float = 0.3, max_dets: int = 100) -> None:
         super().__init__()
         self.roi_features, self.head = roi_features, head
         self.cls_loss, self.box_loss = cls_loss, box_loss

@@ -35,23 +35,56 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from detectors.models.backbones import TINY_WIDTHS, TinyBody
 from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD
 
+# The RPN's proposal settings at paper scale (600 x 1000 px images); ``pre_*``: proposals kept
+# before NMS (per level with FPN), ``post_*``: after it (in total), per image, training and test;
+# ``min_size``: the smallest proposal side kept, px of the resized image.
+# - C4 (no FPN): py-faster-rcnn's lib/fast_rcnn/config.py: RPN_PRE_NMS_TOP_N 12000 training /
+#   6000 test, RPN_POST_NMS_TOP_N 2000 / 300 (the paper's "2000 RPN proposals" for training and 300
+#   at test), RPN_MIN_SIZE 16 px.
+# - FPN: Detectron's FPN settings: 2000 per level before NMS in training, 1000 at test, and 2000 /
+#   1000 in total after it; RPN_MIN_SIZE 0.
+# py-faster-rcnn counts RPN_MIN_SIZE in the original image's pixels; here it is px of the resized
+# image (16 at 600 px), so it scales with the preset's image size like everything else.
+RPN_PAPER = {
+    False: dict(pre_train=12000, post_train=2000, pre_test=6000, post_test=300, min_size=16.0),
+    True: dict(pre_train=2000, post_train=2000, pre_test=1000, post_test=1000, min_size=0.0),
+}
+MIN_PROPOSAL_SIDE = 1e-3  # torchvision's RPN min_size: drops boxes clipped to nothing (zero area), at any preset
+
+
+def _scaled_rpn(paper: dict, side: float, area: float) -> dict:
+    """The paper's RPN settings for images ``side`` times the paper's side and ``area`` times its
+    area: counts by area (as many regions per pixel; never below 1), ``min_size`` by side."""
+    counts = {k: max(1, round(v * area)) for k, v in paper.items() if k != "min_size"}
+    return {**counts, "min_size": max(MIN_PROPOSAL_SIDE, paper["min_size"] * side)}
+
+
+# Tiny images against the paper's: 128 x 128 vs 600 x 1000 (the paper's "typical 1000 x 600
+# image", sec. 3.3): side 128 / 600 = 0.213 (the shorter sides, each preset's min_size), area
+# 16384 / 600000 = 0.0273. So the tiny RPN keeps, C4: 12000 -> 328, 2000 -> 55, 6000 -> 164,
+# 300 -> 8 proposals, min size 16 -> 3.41 px; FPN: 2000 -> 55 per level / 55 in total, 1000 -> 27
+# / 27. Selective search keeps about that ratio by itself: ~2000 regions on a 500 x 375 VOC image,
+# 22-82 (mean 44) on tiny synthetic images (10 images of the default set).
+TINY_SIDE, TINY_AREA = 128 / 600, 128 * 128 / (600 * 1000)
+
 # ``anchor_sizes``: the single-level RPN's 3 scales (the paper's 128, 256, 512 at 600 px;
 # tiny images hold 10-56 px objects, so 12, 24, 48). ``anchor_base``: with FPN, each
-# level's anchors are anchor_base * stride * (1, 2^(1/3), 2^(2/3)) (32 px on P2 at paper
-# scale). ``canonical_scale``: FPN eq. 1's 224 (an ImageNet-sized RoI goes to P4),
+# level's anchors are anchor_base * stride (32 px on P2 to 512 px on P6 at paper scale, the
+# FPN paper's; 8 to 128 px at tiny), times (1, 2^(1/3), 2^(2/3)) with 3 scales per level.
+# ``canonical_scale``: FPN eq. 1's 224 (an ImageNet-sized RoI goes to P4),
 # scaled to tiny images. ``rep``: width of the box head's two FC layers. ``single_level``: the
 # one map without FPN: the paper's C4 (stride 16); tiny images hold 10-56 px objects, which
 # cover 1-3 cells at stride 16 (a 4-epoch probe: Fast R-CNN 0.08 AP50 there), so tiny reads C3
-# (stride 8), the paper's objects-to-stride ratio. ``rpn_top_n``: proposals kept per image
-# before / after the RPN's NMS, training and test (the paper: 2000 for training, 300 at test;
-# a tiny image has 2304 anchors at stride 8, so fewer).
+# (stride 8), the paper's objects-to-stride ratio. ``rpn`` / ``rpn_fpn``: the RPN's proposal
+# settings without / with FPN (``RPN_PAPER``, scaled).
 SCALES = {
     "tiny": dict(widths=TINY_WIDTHS, single_level="c3", fpn_width=32, min_size=128, max_size=512, rep=256,
                  roi_size=7, anchor_sizes=(12.0, 24.0, 48.0), anchor_base=2.0, canonical_scale=32, crop_size=32,
-                 rpn_top_n=dict(pre_train=600, post_train=300, pre_test=300, post_test=100)),
+                 rpn=_scaled_rpn(RPN_PAPER[False], TINY_SIDE, TINY_AREA),
+                 rpn_fpn=_scaled_rpn(RPN_PAPER[True], TINY_SIDE, TINY_AREA)),
     "paper": dict(widths=None, single_level="c4", fpn_width=256, min_size=600, max_size=1000, rep=1024,
                   roi_size=7, anchor_sizes=(128.0, 256.0, 512.0), anchor_base=8.0, canonical_scale=224, crop_size=224,
-                  rpn_top_n=dict(pre_train=2000, post_train=2000, pre_test=1000, post_test=300)),
+                  rpn=_scaled_rpn(RPN_PAPER[False], 1.0, 1.0), rpn_fpn=_scaled_rpn(RPN_PAPER[True], 1.0, 1.0)),
 }
 FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6
 

@@ -182,7 +182,9 @@ class SpeedSpec(_Strict):
 
 class EvalSpec(_Strict):
     score_thresh: float = Field(0.05, ge=0, lt=1)  # scores are probabilities: 1 would keep no detection
-    nms_iou: float = Field(0.5, gt=0, le=1)
+    # null: each detector's own test NMS IoU, its paper's (RetinaNet 0.5, GFL / ATSS / FCOS 0.6, the
+    # R-CNN family 0.3, SSD 0.45, YOLOv1 0.5); a number: that IoU for every detector of the study.
+    nms_iou: Optional[float] = Field(None, gt=0, le=1)
     max_dets: int = Field(100, ge=1, le=100)  # COCO AP counts at most 100 detections per image
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
 

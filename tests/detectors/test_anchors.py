@@ -75,3 +75,29 @@ def test_square_128_images_are_not_padded():
     padded, levels = _level_centres(model, 128, 128)
     assert padded == (128, 128)
     assert [grid for grid, _, _ in levels] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+@pytest.mark.parametrize("scale, base", [("tiny", 2.0), ("paper", 8.0)])
+def test_faster_rcnn_fpn_has_one_anchor_size_per_level(scale, base):
+    # FPN paper sec. 4.1: one scale per level, 3 ratios. Sizes anchor_base * stride on P2-P6 (strides
+    # 4..64): tiny 8, 16, 32, 64, 128 px; paper 32, 64, 128, 256, 512 px (areas 32^2 to 512^2).
+    model = MODELS.build("faster_rcnn", num_classes=3, scale=scale, fpn=True)
+    generator = model.rpn.anchor_generator
+    strides = (4, 8, 16, 32, 64)
+    assert generator.sizes == tuple((base * s,) for s in strides)
+    assert generator.num_anchors_per_location() == [3] * 5
+    # The square anchor at each level's first location (centre 0, 0) spans +- size / 2.
+    for cell, s in zip(generator.cell_anchors, strides):
+        assert cell[1].tolist() == [-base * s / 2, -base * s / 2, base * s / 2, base * s / 2]
+    # A 128 x 128 tiny image: grids 32, 16, 8, 4, 2 -> 1024 + 256 + 64 + 16 + 4 = 1364 locations,
+    # 3 anchors each = 4092 (9 each with 3 scales per level: 12276).
+    if scale == "tiny":
+        model.eval()
+        with torch.no_grad():
+            image_list, _ = model.transform([torch.zeros(3, 128, 128)])
+            feats = list(model.backbone(image_list.tensors).values())
+        assert generator(image_list, feats)[0].shape[0] == 1364 * 3
+        three = MODELS.build("faster_rcnn", num_classes=3, fpn=True, fpn_anchor_scales=3).rpn.anchor_generator
+        assert three.num_anchors_per_location() == [9] * 5
+        assert three(image_list, feats)[0].shape[0] == 1364 * 9
+        assert three.sizes[0] == pytest.approx((8.0, 8 * 2 ** (1 / 3), 8 * 2 ** (2 / 3)))  # 8, 10.08, 12.70

@@ -90,6 +90,26 @@ def test_low_quality_anchor_goes_to_the_gt_it_is_best_for():
     anchors = _t([[0, 0, 10, 11], [0, 0, 10, 12]])
     assert max_iou_assign(anchors, gts, allow_low_quality=False).tolist() == [1, 1]
     assert max_iou_assign(anchors, gts, allow_low_quality=True).tolist() == [0, 1]
+    # "own_best" (torchvision's Matcher, py-faster-rcnn) leaves X with the gt it overlaps most.
+    assert max_iou_assign(anchors, gts, low_quality_target="own_best").tolist() == [1, 1]
+
+
+def test_low_quality_match_below_the_threshold_keeps_its_own_best_gt():
+    # RPN thresholds 0.7 / 0.3. gt A = (0,0,10,10), gt B = (6,0,16,10), both area 100.
+    # X = (4,0,14,10): IoU(X, A) = 6*10 / (200 - 60) = 60/140 = 0.429, IoU(X, B) = 8*10 / 120 = 0.667
+    # Y = (6,0,16,10) = B: IoU(Y, B) = 1.0, IoU(Y, A) = 4*10 / 160 = 0.25
+    # Z = (20,20,30,30): disjoint from both, 0.
+    # A's best anchor is X (0.429 > 0.25), B's is Y. X's own best IoU 0.667 is below 0.7: without
+    # low-quality matches it is ignored (between 0.3 and 0.7). As A's best anchor it is positive;
+    # "best_for" makes it regress to A (IoU 0.429), "own_best" to B (0.667), leaving A no anchor.
+    gts = _t([[0, 0, 10, 10], [6, 0, 16, 10]])
+    anchors = _t([[4, 0, 14, 10], [6, 0, 16, 10], [20, 20, 30, 30]])
+    rpn = dict(pos_iou=0.7, neg_iou=0.3)
+    assert max_iou_assign(anchors, gts, **rpn, allow_low_quality=False).tolist() == [IG, 1, BG]
+    assert max_iou_assign(anchors, gts, **rpn, low_quality_target="best_for").tolist() == [0, 1, BG]
+    assert max_iou_assign(anchors, gts, **rpn, low_quality_target="own_best").tolist() == [1, 1, BG]
+    with pytest.raises(ValueError, match="unknown low_quality_target 'mine'"):
+        max_iou_assign(anchors, gts, low_quality_target="mine")
 
 
 def test_rpn_thresholds():

@@ -109,3 +109,26 @@ def test_component_errors_name_the_key():
         check_loss_weights("retinanet", {"cls": 1.0, "dfl": 0.25})
     assert info.value.loc == ("train", "loss_weights", "dfl") and "its losses: cls, box" in info.value.msg
     check_loss_weights("gfl", {"cls": 1.0, "box": 2.0, "dfl": 0.25})
+
+
+# Each detector's test NMS IoU, its paper's (or reference code's): RetinaNet 0.5 (Detectron), GFL /
+# ATSS / FCOS 0.6, SSD 0.45, YOLOv1 0.5 (darknet's validate_yolo), R-CNN / Fast / Faster R-CNN 0.3
+# (their reference code's TEST.NMS).
+PAPER_NMS = {"retinanet": 0.5, "dense": 0.6, "gfl": 0.6, "atss": 0.6, "fcos": 0.6, "ssd": 0.45, "yolov1": 0.5,
+             "rcnn": 0.3, "fast_rcnn": 0.3, "faster_rcnn": 0.3}
+
+
+def _nms_iou(model):
+    return getattr(model, "roi_heads", model).nms_iou  # Fast / Faster R-CNN keep it in their region stage
+
+
+def test_test_nms_is_each_detectors_own_unless_the_study_sets_one():
+    assert set(PAPER_NMS) == set(MODELS.names())
+    for name, iou in PAPER_NMS.items():
+        trial = _trial(name)
+        assert trial["eval"]["nms_iou"] is None  # the default: nothing injected
+        assert _nms_iou(build_detector(trial, num_classes=3, class_counts=[1, 1, 1])) == iou, name
+    for name in ("faster_rcnn", "retinanet"):
+        trial = _trial(name)
+        trial["eval"]["nms_iou"] = 0.45  # a study's eval.nms_iou: every detector takes it
+        assert _nms_iou(build_detector(trial, num_classes=3, class_counts=[1, 1, 1])) == 0.45

@@ -105,6 +105,110 @@ def test_rpn_forward_keeps_box_gradient_only_when_asked():
     assert len(rpn(images, feats)[0][0]) <= 5  # post-NMS top-N (testing)
 
 
+def test_rpn_ignores_anchors_that_cross_the_image_border():
+    # Image 48 high, 64 wide (resized, before padding). gt G = (0,8,14,24): 14 x 16 = 224.
+    # A = (0,8,8,24): inside, inside G: IoU 128 / 224 = 0.571 (ignored at 0.7 unless G's best anchor)
+    # B = (-2,8,14,24): 2 px left of the image; contains G: IoU 224 / 256 = 0.875
+    # C = (53,30,67,46): 3 px right of it (67 > 64); IoU 0 with G
+    # D = (40,0,56,16): inside; IoU 0 -> negative
+    gt = torch.tensor([[0.0, 8.0, 14.0, 24.0]])
+    anchors = torch.tensor([[0.0, 8.0, 8.0, 24.0], [-2.0, 8.0, 14.0, 24.0], [53.0, 30.0, 67.0, 46.0],
+                            [40.0, 0.0, 56.0, 16.0]])
+    size = [(48, 64)]
+
+    def labels(border):
+        (lab,), (matched,) = _rpn(allowed_border=border).assign_targets_to_anchors([anchors], [{"boxes": gt}], size)
+        return lab.tolist(), matched
+    # border 0 (py-faster-rcnn): B and C are ignored and left out of the matching, so G's best
+    # anchor is A (0.571), positive though below 0.7, regressing to G.
+    got, matched = labels(0.0)
+    assert got == [1.0, -1.0, -1.0, 0.0] and torch.equal(matched[0], gt[0])
+    # border 2: B (2 px out) trains and is G's best (0.875); A (0.571) is ignored; C (3 px out) still is.
+    assert labels(2.0)[0] == [-1.0, 1.0, -1.0, 0.0]
+    # None: every anchor trains, C as a negative.
+    assert labels(None)[0] == [-1.0, 1.0, 0.0, 0.0]
+    # Without image sizes there is no border to cross.
+    (lab,), _ = _rpn(allowed_border=0.0).assign_targets_to_anchors([anchors], [{"boxes": gt}])
+    assert lab.tolist() == [-1.0, 1.0, 0.0, 0.0]
+
+
+def test_rpn_forward_measures_the_border_on_the_unpadded_image():
+    # One 1x1 map at stride 16, one 32 px anchor centred at (0, 0): (-16,-16,16,16), outside any image.
+    # Border 0: no anchor trains, nothing is sampled, both losses 0 (sums over nothing / 1).
+    # None: the anchor is G's best anchor (IoU 64 / 1024), a positive: the losses are not 0.
+    torch.manual_seed(0)
+    images = ImageList(torch.zeros(1, 3, 16, 16), [(16, 16)])
+    feats = [torch.randn(1, 8, 1, 1)]
+    target = [{"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]])}]
+    _, losses = _rpn(allowed_border=0.0).train()(images, feats, target)
+    assert losses["loss_rpn_cls"].item() == 0.0 and losses["loss_rpn_box"].item() == 0.0
+    _, losses = _rpn(allowed_border=None).train()(images, feats, target)
+    assert losses["loss_rpn_cls"].item() > 0 and losses["loss_rpn_box"].item() > 0
+
+
+def test_rpn_low_quality_positive_regresses_to_its_own_best_gt():
+    # gt A = (0,0,10,10), gt B = (6,0,16,10); X = (4,0,14,10): IoU 0.429 with A, 0.667 with B;
+    # Y = B: IoU 1.0 with B, 0.25 with A. X is A's best anchor, positive below 0.7; it regresses
+    # to B, the gt it overlaps most (py-faster-rcnn's gt_boxes[argmax_overlaps]), or with
+    # "best_for" to A.
+    gts = torch.tensor([[0.0, 0.0, 10.0, 10.0], [6.0, 0.0, 16.0, 10.0]])
+    anchors = torch.tensor([[4.0, 0.0, 14.0, 10.0], [6.0, 0.0, 16.0, 10.0]])
+    for target, expected in (("own_best", gts[1]), ("best_for", gts[0])):
+        (lab,), (matched,) = _rpn(low_quality_target=target).assign_targets_to_anchors([anchors], [{"boxes": gts}])
+        assert lab.tolist() == [1.0, 1.0] and torch.equal(matched[0], expected) and torch.equal(matched[1], gts[1])
+
+
+def test_rpn_proposals_top_n_before_and_after_nms_min_size_and_clipping():
+    # Image 20 x 20; boxes by objectness (logits 5..1), in test mode, NMS 0.7, min size 4:
+    # b0 (0,0,10,10); b1 (0,0,10,9.5): IoU 95/100 = 0.95 with b0 -> removed by NMS;
+    # b2 (14,0,17,10): 3 px wide < 4 -> dropped; b3 (12,12,25,25) -> clipped to (12,12,20,20);
+    # b4 (0,12,8,20) survives everything but a top-N.
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 9.5], [14.0, 0.0, 17.0, 10.0],
+                           [12.0, 12.0, 25.0, 25.0], [0.0, 12.0, 8.0, 20.0]]])
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    b0, b3, b4 = [0.0, 0.0, 10.0, 10.0], [12.0, 12.0, 20.0, 20.0], [0.0, 12.0, 8.0, 20.0]
+
+    def kept(pre, post):
+        rpn = RPN(8, (16,), (32.0,), 1.0, ce_loss, smooth_l1_loss, pre_nms_top_n={"training": pre, "testing": pre},
+                  post_nms_top_n={"training": post, "testing": post}, min_size=4.0).eval()
+        (out,), _ = rpn.filter_proposals(boxes, logits, [(20, 20)], [5])
+        return out.tolist()
+    assert kept(4, 3) == [b0, b3]      # pre-NMS top 4 leaves b4 out; NMS and min size leave 2
+    assert kept(5, 3) == [b0, b3, b4]  # more before NMS: 3 after it
+    assert kept(5, 2) == [b0, b3]      # post-NMS top 2
+    rpn = RPN(8, (16,), (32.0,), 1.0, ce_loss, smooth_l1_loss, pre_nms_top_n={"training": 5, "testing": 5},
+              post_nms_top_n={"training": 5, "testing": 5}).eval()
+    (out,), _ = rpn.filter_proposals(boxes, logits, [(20, 20)], [5])
+    assert [0.0, 0.0, 10.0, 10.0] in out.tolist() and [14.0, 0.0, 17.0, 10.0] in out.tolist()  # 1e-3: b2 stays
+
+
+def test_faster_rcnn_rpn_settings_are_the_papers_at_each_scale():
+    from detectors.models import MODELS
+
+    def rpn_of(scale, **params):
+        with torch.device("meta"):
+            model = MODELS.build("faster_rcnn", num_classes=2, scale=scale, **params)
+        rpn = model.rpn
+        return (rpn._pre_nms_top_n, rpn._post_nms_top_n, rpn.min_size, rpn.allowed_border, rpn.low_quality_target,
+                model.roi_heads.nms_iou)
+
+    def top(train, test):
+        return {"training": train, "testing": test}
+
+    # Paper scale, C4: py-faster-rcnn's 12000 / 2000 training, 6000 / 300 test, 16 px; test NMS 0.3.
+    assert rpn_of("paper") == (top(12000, 6000), top(2000, 300), 16.0, 0.0, "own_best", 0.3)
+    # FPN: Detectron's 2000 / 1000 per level before NMS, 2000 / 1000 in total after it, min size 0 (1e-3).
+    assert rpn_of("paper", fpn=True) == (top(2000, 1000), top(2000, 1000), 1e-3, 0.0, "own_best", 0.3)
+    # tiny, 128 x 128 vs 600 x 1000: area x 0.0273 (12000 -> 327.7 -> 328, 2000 -> 54.6 -> 55,
+    # 6000 -> 163.8 -> 164, 300 -> 8.2 -> 8; 1000 -> 27.3 -> 27), side x 0.213 (16 -> 3.41 px).
+    assert rpn_of("tiny") == (top(328, 164), top(55, 8), pytest.approx(16 * 128 / 600), 0.0, "own_best", 0.3)
+    assert rpn_of("tiny", fpn=True) == (top(55, 27), top(55, 27), 1e-3, 0.0, "own_best", 0.3)
+    # Today's behaviour, one value away each; the study's counts win over the preset's.
+    assert rpn_of("tiny", rpn_allowed_border=None, rpn_low_quality="best_for", rpn_min_size=1e-3,
+                  pre_nms_top_n_train=600, post_nms_top_n_test=100) == (
+        top(600, 164), top(55, 100), 1e-3, None, "best_for", 0.3)
+
+
 # --- RoI labelling and sampling --------------------------------------------------------------
 
 
