@@ -78,13 +78,18 @@ def setup_section(ctx: PageContext) -> str:
         ("data", data),
         ("budget per trial", esc(budget) + phases_text(sd)),
         ("evaluation", esc(f"pycocotools COCOeval on the val split; score > {ev.get('score_thresh', '?')}, "
-                           f"NMS IoU {ev.get('nms_iou', '?')}, at most {ev.get('max_dets', '?')} detections/image")),
+                           f"NMS IoU {_nms(ev)}, at most {ev.get('max_dets', '?')} detections/image")),
         ("seeds", esc(", ".join(map(str, seeds)) or "–")),
         ("trials", esc(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none")
          + f"; compute {_duration(sum(durations))}, wall clock {_duration(wall)}"),
         ("study file", f"<code>{esc(sd.info.get('study_file') or '–')}</code>"),
     ]
     return "<h2>What was compared</h2>" + kv(rows)
+
+
+def _nms(ev: Dict[str, Any]) -> str:
+    """The study's NMS IoU, or that each detector used its own paper's (``eval.nms_iou: null``)."""
+    return "each detector's own (its paper's)" if ev.get("nms_iou") is None else str(ev["nms_iou"])
 
 
 def backbone_text(backbone: Dict[str, Any], digest: Any, pretrainings: Dict[str, Any], swept: bool) -> str:

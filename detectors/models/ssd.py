@@ -256,7 +256,7 @@ def build_ssd(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callable
     first at ``min_scale`` (this project's SSD before issue 19); ``aspect_ratios`` None: the
     paper's 2 and 3; ``input_size`` None: the scale's (tiny 128, paper 300).
 
-    ``nms_iou`` is injected from the study's ``eval.nms_iou`` (the paper uses 0.45).
+    ``nms_iou`` is the paper's 0.45 unless the study's ``eval.nms_iou`` sets one.
     """
     if scale not in SCALES:
         raise ValueError(f"unknown scale '{scale}' (known: {', '.join(SCALES)})")
