@@ -107,7 +107,7 @@ def pretrain_backbone(settings: PretrainConfig, out_path: str, progress: Optiona
     """Train the classifier, save its body's state dict to ``out_path``; returns what was measured.
 
     ``progress(figures)`` is called after each epoch with ``epoch``, ``epochs``,
-    ``loss``, ``val_accuracy`` and ``seconds`` so far.
+    ``loss``, ``val_accuracy``, ``seconds`` so far and ``train_seconds`` (without making the images).
     """
     import numpy as np
     import torch
@@ -137,7 +137,7 @@ def pretrain_backbone(settings: PretrainConfig, out_path: str, progress: Optiona
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     generator = torch.Generator().manual_seed(settings.seed)
-    history = []
+    history, t_train = [], time.perf_counter()
     for epoch in range(settings.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
@@ -154,7 +154,8 @@ def pretrain_backbone(settings: PretrainConfig, out_path: str, progress: Optiona
             schedule.step()
             loss_sum += loss.item()
         figures = {"epoch": epoch + 1, "epochs": settings.epochs, "loss": loss_sum / steps_per_epoch,
-                   "val_accuracy": _accuracy(model, val_x, val_y), "seconds": time.perf_counter() - t0}
+                   "val_accuracy": _accuracy(model, val_x, val_y), "seconds": time.perf_counter() - t0,
+                   "train_seconds": time.perf_counter() - t_train}
         history.append(figures)
         if progress is not None:
             progress(figures)

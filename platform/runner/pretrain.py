@@ -71,7 +71,7 @@ def _pretrain(settings: PretrainConfig, root: str, say: Callable[[str], None]) -
         try:
             while True:
                 f = queue.get_nowait()
-                left = f["seconds"] / f["epoch"] * (f["epochs"] - f["epoch"])
+                left = f["train_seconds"] / f["epoch"] * (f["epochs"] - f["epoch"])
                 say(f"pretraining: epoch {f['epoch']}/{f['epochs']}, loss {f['loss']:.3f}, held-out accuracy "
                     f"{f['val_accuracy']:.3f}, {f['seconds']:.0f}s, about {left:.0f}s left")
         except Empty:
