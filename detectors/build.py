@@ -16,6 +16,7 @@ declarations know.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
@@ -266,8 +267,6 @@ def check_backbone(detector: Mapping[str, Any], num_classes: int = 2) -> None:
     """The backbone weights a detector section names fit the detector: a readable state dict of a
     known architecture, every key and shape as that network's, and a body of it in the detector.
     Raises :class:`ConfigError` at ``detector.backbone.weights`` with one line naming the file."""
-    import torch
-
     backbone = detector.get("backbone") or {}
     weights, loc = backbone.get("weights"), ("detector", "backbone", "weights")
     if weights is None:
@@ -279,13 +278,23 @@ def check_backbone(detector: Mapping[str, Any], num_classes: int = 2) -> None:
                                    "file (torchvision's ResNet-50 state dict)")
     else:
         arch = _checked_file(weights, *_stamp(weights))
-    with torch.device("meta"):
-        model = MODELS.build(detector["name"], num_classes=num_classes, scale=detector.get("scale", "tiny"),
-                             score_thresh=0.05, max_dets=100, **(detector.get("params") or {}))
-    if not find_bodies(model, arch):
+    params = json.dumps(detector.get("params") or {}, sort_keys=True)
+    if not _has_body(detector["name"], detector.get("scale", "tiny"), params, arch, num_classes):
         where = "the pretraining stage's" if weights == PRETRAIN else f"{weights}:"
         raise ConfigError(loc, f"{where} {arch} weights fit no backbone of detector '{detector['name']}' at scale "
                                f"'{detector.get('scale', 'tiny')}'")
+
+
+@functools.lru_cache(maxsize=256)
+def _has_body(name: str, scale: str, params: str, arch: str, num_classes: int) -> bool:
+    """Whether the detector has a body of ``arch`` (built on the meta device; remembered per
+    configuration, since a sweep's check validates every trial's config again)."""
+    import torch
+
+    with torch.device("meta"):
+        model = MODELS.build(name, num_classes=num_classes, scale=scale, score_thresh=0.05, max_dets=100,
+                             **json.loads(params))
+    return bool(find_bodies(model, arch))
 
 
 def _stamp(path: str) -> Tuple[int, int]:
