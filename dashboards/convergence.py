@@ -55,7 +55,9 @@ def ap_slope(epochs: Sequence[float], ap: Sequence[float], conf: float = CONF) -
         return out
     x, y = np.array(pairs[-k:]).T
     fit = _st.linregress(x, y)
-    half = float(_st.t.ppf(0.5 + conf / 2, k - 2)) * float(fit.stderr)
+    # A constant AP fits exactly, but linregress then leaves its stderr NaN (it divides by the AP's spread)
+    stderr = 0.0 if np.ptp(y) == 0 else float(fit.stderr)
+    half = float(_st.t.ppf(0.5 + conf / 2, k - 2)) * stderr
     slope = float(fit.slope)
     out.update(slope=slope, lo=slope - half, hi=slope + half, epochs=(int(x[0]), int(x[-1])),
                state="improving" if slope - half > 0 else "not improving")
@@ -127,7 +129,7 @@ def variant_marks(trials: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         if m == "still improving":
             head += ": " + ", ".join(f"seed {t['seed']} {fmt_slope(t['slope'])}" for t in having)
         elif m == "input-independent":
-            head += f": the same top box on every image with a detection (within {BOX_TOLERANCE_PX:g} px)"
+            head += f": within {BOX_TOLERANCE_PX:g} px the same top box on every image with a detection"
         text.append(head)
     unknown = 2 * sum(t["slope"]["state"] == "unknown" for t in trials) > n
     return {"marks": marks, "text": "; ".join(text), "seeds": n, "unknown_slope": unknown}

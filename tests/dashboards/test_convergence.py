@@ -36,6 +36,9 @@ def test_a_curve_that_only_rose_early_is_not_improving():
     # epochs 1-6: 0.1, 0.3, 0.5, 0.5, 0.5, 0.5: the last 3 are flat -> slope 0, stderr 0, lo = 0 is not > 0
     s = ap_slope(range(1, 7), [0.1, 0.3, 0.5, 0.5, 0.5, 0.5])
     assert s["state"] == "not improving" and s["slope"] == pytest.approx(0.0, abs=1e-12)
+    assert (s["lo"], s["hi"]) == (0.0, 0.0)   # an exact fit, not an unknown one
+    # AP 0 at every epoch (a detector that learnt nothing): the same, flat and exact
+    assert ap_slope([1, 2, 3], [0.0, 0.0, 0.0])["hi"] == 0.0
 
 
 def test_too_few_evaluated_epochs_are_unknown():
