@@ -104,3 +104,77 @@ def test_a_variant_is_marked_by_the_majority_of_its_seeds():
     assert variant_marks(two_of_three[:2])["marks"] == []
     unknown = variant_marks([_seed(s, "unknown", []) for s in (0, 1, 2)])
     assert unknown["marks"] == [] and unknown["unknown_slope"] and unknown["text"] == ""
+
+
+def _rising_study(aps):
+    """A StudyData of one seed per variant, val AP rising in a straight line to each final AP over 3 epochs."""
+    import pandas as pd
+
+    from dashboards.data import StudyData
+
+    trials = [{"trial_key": f"{v}/seed=0", "variant": v, "seed": 0, "status": "finished", "config": {}} for v in aps]
+    final = pd.DataFrame([{"trial_key": t["trial_key"], "variant": t["variant"], "seed": 0, "AP": aps[t["variant"]]}
+                          for t in trials])
+    epochs = pd.DataFrame([{"trial_key": t["trial_key"], "variant": t["variant"], "seed": 0, "step": e,
+                            "name": "val/AP", "value": aps[t["variant"]] * e / 3, "epoch": e}
+                           for t in trials for e in (1, 2, 3)])
+    return StudyData("s", {}, trials, final, epochs, list(aps), ["x"], {v: {} for v in aps})
+
+
+def test_no_winner_when_every_variant_is_set_aside():
+    from dashboards.analysis import Analysis, verdict
+
+    an = Analysis(_rising_study({"a": 0.3, "b": 0.6}))
+    # b: 0.2, 0.4, 0.6 -> slope 0.2 AP/epoch, exact; a: slope 0.1
+    assert an.set_aside() == {"a": "still improving in 1 of 1 seed: seed 0 +0.100 AP/epoch [0.100, 0.100]",
+                              "b": "still improving in 1 of 1 seed: seed 0 +0.200 AP/epoch [0.200, 0.200]"}
+    h = an.headline()
+    assert h["winner"] is None and h["runner_up"] is None and list(h["set_aside"]) == ["b", "a"]  # by mean AP
+    assert verdict(h).startswith("Every variant is set aside")
+
+
+def test_set_aside_variants_are_off_the_winner_line_and_the_budget_table(tmp_path):
+    """The fake zoo (fakes.ZOO): gfl has the best AP but its val AP rose in a straight line to the last epoch;
+    yolov1 is the fastest but draws one box at (10, 10, 30, 30) on every image. Neither may win nor hold a latency
+    budget, and the pages say why."""
+    import re
+
+    import fakes
+    from dashboards import build_study
+    from platform.track.store import Store
+
+    store = Store(f"sqlite:///{tmp_path}/r.db")
+    fakes.populate_zoo(store, str(tmp_path))
+    ctx = build_study(store, fakes.ZOO_STUDY, str(tmp_path / "reports"), resamples=10)
+    store.close()
+    an = ctx.an
+    assert an.ranking() == ["detector=gfl", "detector=retinanet", "detector=ssd", "detector=yolov1"]
+    h = an.headline()
+    assert (h["winner"], h["runner_up"]) == ("detector=retinanet", "detector=ssd")
+    assert list(h["set_aside"]) == ["detector=gfl", "detector=yolov1"]
+
+    text = (tmp_path / "reports" / fakes.ZOO_STUDY / "index.html").read_text()
+    assert "<b>Winner: detector=retinanet</b>" in text and "Runner-up: detector=ssd" in text
+    # gfl's val AP per epoch is AP/3, 2 AP/3, AP: slope AP/3 with no residual, the interval the point itself
+    slope = an.per_seed("detector=gfl", "AP")[0] / 3
+    assert (f"Set aside, not candidates for the winner: <b>detector=gfl</b> (still improving in 3 of 3 seeds: "
+            f"seed 0 {slope:+.3f} AP/epoch [{slope:.3f}, {slope:.3f}]") in text
+    assert "<b>detector=yolov1</b> (input-independent in 3 of 3 seeds: within 1 px the same top box" in text
+    assert "has a 95% t interval above 0" in text and "that AP is not the result of detecting anything" in text
+
+    # Latency means over seeds 0.1 ms apart: yolov1 3.1, ssd 5.1, retinanet 8.1, gfl 10.1. Unmarked, the frontier
+    # would be all four; with gfl and yolov1 set aside, ssd holds budgets from 5.1 ms and retinanet from 8.1 ms.
+    budget = text.split("Which detector wins at which latency budget")[1].split("<h2>")[0]
+    rows = re.findall(r'<tr><td class="l">([^<]+)</td><td>([^<]+)</td>', budget)
+    assert rows == [("from 5.1 ms up to 8.1 ms", "detector=ssd"),
+                    ("from 8.1 ms up to any larger budget", "detector=retinanet")]
+    assert "Set aside, not candidates for any budget: <b>detector=gfl</b> (still improving" in budget
+
+    speed = (tmp_path / "reports" / fakes.ZOO_STUDY / "speed.html").read_text()
+    pareto = dict(re.findall(r'<tr><td class="l">(detector=[a-z0-9]+)</td>.*?<td>([^<]*)</td></tr>', speed))
+    assert pareto == {"detector=gfl": "set aside", "detector=retinanet": "✓", "detector=ssd": "✓",
+                      "detector=yolov1": "set aside"}
+    accuracy = (tmp_path / "reports" / fakes.ZOO_STUDY / "accuracy.html").read_text()
+    assert "<h2>Convergence</h2>" in accuracy and accuracy.count(">input-independent</td>") == 3
+    everything = (tmp_path / "reports" / "index.html").read_text()
+    assert "detector=retinanet: AP" in everything and "set aside: detector=gfl, detector=yolov1" in everything
