@@ -3,6 +3,7 @@
     a = Analysis(load_study(store, name))
     a.summary("AP")        # variant, n, mean, lo, hi (95% t interval over seeds)
     a.headline()           # winner, runner-up, paired seed difference, image-bootstrap difference
+    a.set_aside()          # variants that are no candidates for the winner or the frontier, and why
     a.difference(v, w, "AP")   # diff, display CI, both tests and their joint verdict (paper comparison)
 
 The bootstrap over val images needs every compared trial's detections (trial
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from dashboards import stats
+from dashboards.convergence import study_convergence
 from dashboards.data import StudyData
 from detectors.evaluation.cocotools import coco_ground_truth
 
@@ -39,6 +41,7 @@ class Analysis:
         self._boot: Optional[Dict[str, np.ndarray]] = None
         self.boot_note = ""
         self.boot_cached = False  # whether the last bootstrap came from the cache file
+        self._conv: Optional[Dict[str, Dict[str, Any]]] = None
 
     # ------------------------------------------------------------- over seeds
 
@@ -59,6 +62,19 @@ class Analysis:
     def ranking(self, metric: str = "AP") -> List[str]:
         s = self.summary(metric).dropna(subset=["mean"])
         return s.sort_values("mean", ascending=False, kind="mergesort")["variant"].tolist()
+
+    # ---------------------------------------------------------- convergence
+
+    def convergence(self) -> Dict[str, Dict[str, Any]]:
+        """``dashboards.convergence.study_convergence`` of the study, computed once."""
+        if self._conv is None:
+            self._conv = study_convergence(self.sd)
+        return self._conv
+
+    def set_aside(self) -> Dict[str, str]:
+        """variant -> why it is no candidate for the winner or the speed-accuracy frontier (a majority of
+        its seeds still improving, input-independent or without detections), in sweep order."""
+        return {v: m["text"] for v, m in self.convergence()["variants"].items() if m["marks"]}
 
     # ---------------------------------------------------------- over images
 
@@ -160,12 +176,20 @@ class Analysis:
         return out
 
     def headline(self, metric: str = "AP") -> Dict[str, Any]:
-        """Winner by mean AP, the runner-up, and both tests of the lead (``stats.decide``)."""
-        order = self.ranking(metric)
-        if not order:
+        """Winner by mean AP, the runner-up, and both tests of the lead (``stats.decide``), both among the
+        variants not set aside (``set_aside``); ``set_aside`` lists the ranked ones that were, with why.
+        When every ranked variant is set aside, ``winner`` is None."""
+        ranked = self.ranking(metric)
+        if not ranked:
             return {}
+        aside = self.set_aside()
+        order = [v for v in ranked if v not in aside]
+        out: Dict[str, Any] = {"winner": None, "runner_up": None,
+                               "set_aside": {v: aside[v] for v in ranked if v in aside}}
+        if not order:
+            return out
         s = self.summary(metric).set_index("variant")
-        out: Dict[str, Any] = {"winner": order[0], "winner_ci": s.loc[order[0]].to_dict(), "runner_up": None}
+        out.update(winner=order[0], winner_ci=s.loc[order[0]].to_dict())
         if len(order) > 1:
             w, r = order[:2]
             d = self.difference(w, r, metric)
@@ -181,8 +205,11 @@ def verdict(h: Dict[str, Any]) -> str:
     (>= MIN_SEEDS seeds) and the image bootstrap both say so."""
     if not h:
         return "No finished trials."
+    if h["winner"] is None:
+        return "Every variant is set aside (still improving, input-independent or without detections): no winner."
     if h.get("runner_up") is None:
-        return "Only one variant finished: nothing to compare."
+        return ("No other variant is a candidate (the rest are set aside): nothing to compare." if h["set_aside"]
+                else "Only one variant finished: nothing to compare.")
     d = h["decision"]
     if d["sign"] == 1:
         head = "The lead is significant on both tests"

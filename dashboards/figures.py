@@ -208,15 +208,16 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> List[str]:
 
 
 def speed_accuracy(means: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, xtitle: str, ytitle: str,
-                   variants: Sequence[str]) -> go.Figure:
+                   variants: Sequence[str], set_aside: Sequence[str] = ()) -> go.Figure:
     """Speed against accuracy: variant means (large; stars on the Pareto frontier of the means), each
-    trial (small grey points: the spread over seeds), and the frontier as a step line."""
+    trial (small grey points: the spread over seeds), and the frontier as a step line. ``set_aside``
+    variants (``Analysis.set_aside``) are drawn as crosses and left out of the frontier."""
     fig = _fig(f"{ytitle} against {xtitle} (Pareto frontier: lower {xtitle}, higher {ytitle})",
                xaxis_title=xtitle, yaxis_title=ytitle)
     cols = colors(variants)
     fig.add_scatter(x=trials[x], y=trials[y], mode="markers", name="trial", hoverinfo="text",
                     text=trials["trial_key"], marker=dict(color="#bbb", size=6))
-    front = pareto_front(means.dropna(subset=[x, y]), x, y)
+    front = pareto_front(means[~means["variant"].isin(list(set_aside))].dropna(subset=[x, y]), x, y)
     f = means.set_index("variant").loc[front]
     fig.add_scatter(x=f[x], y=f[y], mode="lines", name="Pareto frontier", line=dict(color="#444", dash="dash",
                     shape="hv", width=1.5), hoverinfo="skip")
@@ -224,8 +225,10 @@ def speed_accuracy(means: pd.DataFrame, trials: pd.DataFrame, x: str, y: str, xt
         fig.add_scatter(x=[r[x]], y=[r[y]], mode="markers+text", name=r["variant"], text=[r["variant"]],
                         textposition="top center", textfont=dict(size=11, color=cols[r["variant"]]),
                         marker=dict(color=cols[r["variant"]], size=12,
-                                    symbol="star" if r["variant"] in front else "circle"),
-                        hovertemplate=f"{r['variant']}<br>{xtitle} %{{x:.3g}}<br>{ytitle} %{{y:.4f}}<extra></extra>")
+                                    symbol="star" if r["variant"] in front else
+                                    "x" if r["variant"] in set_aside else "circle"),
+                        hovertemplate=f"{r['variant']}<br>{xtitle} %{{x:.3g}}<br>{ytitle} %{{y:.4f}}"
+                                      + ("<br>set aside" if r["variant"] in set_aside else "") + "<extra></extra>")
     return fig
 
 

@@ -28,7 +28,7 @@ table{border-collapse:collapse;margin:.4em 0 1em;font-size:.9em}
 td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:right;white-space:nowrap}
 th{background:#f3f4f6}td.l,th.l{text-align:left;white-space:normal}
 .box{border:1px solid #d0d7de;border-radius:6px;padding:.6em 1em;margin:.6em 0}
-.ok{color:#1a7f37;font-weight:bold}.no{color:#b42318;font-weight:bold}.na{color:#777}
+.ok{color:#1a7f37;font-weight:bold}.no{color:#b42318;font-weight:bold}.na{color:#777}.warn{color:#b42318}
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;margin:.4em 0}
 dl.kv dt{color:#555}dl.kv dd{margin:0}
 .plotly-graph-div{margin:.4em 0 1em}.tw{overflow-x:auto;max-width:100%}

@@ -12,6 +12,7 @@ from dashboards import figures
 from dashboards import stats
 from dashboards.analysis import RULE, Analysis, latency_budgets, verdict
 from dashboards.context import PageContext
+from dashboards.convergence import BOX_TOLERANCE_PX
 from dashboards.data import fmt_value, load_study
 from dashboards.html import Figures, esc, interval, kv, mean_ci, nav, num, table, write_page
 from dashboards.paper import comparisons
@@ -129,6 +130,36 @@ def phases_text(sd) -> str:
     return f"<ul style='margin:0'>{''.join(lines)}</ul>" if lines else ""
 
 
+CONVERGENCE_RULE = (
+    "A variant is marked <i>still improving</i> when most of its seeds' val AP was still rising at the end of "
+    "training: the OLS slope of val AP against epoch over the last max(3, half) evaluated epochs has a 95% t "
+    "interval above 0 (fewer than 3 evaluated epochs leave it unknown). Its AP then measures the epoch budget as "
+    "much as the method, and more epochs could change the ranking. It is marked <i>input-independent</i> when "
+    f"most seeds draw the same highest-scoring box (within {BOX_TOLERANCE_PX:g} px) on every val image, and "
+    "<i>no detections</i> when most seeds found nothing: that AP is not the result of detecting anything. Marked "
+    "variants keep their rows but are set aside: no candidates for the winner or the speed-accuracy frontier.")
+
+
+def convergence_cell(an: Analysis, variant: str) -> str:
+    """A variant's convergence marks as a table cell (``dashboards.convergence.variant_marks``)."""
+    m = an.convergence()["variants"].get(variant)
+    if m is None:
+        return num(None)
+    if m["marks"]:
+        return f'<span class="warn">{esc(m["text"])}</span>'
+    if m["unknown_slope"]:
+        return '<span class="note">no mark; slope unknown (fewer than 3 evaluated epochs)</span>'
+    return '<span class="note">no mark</span>'
+
+
+def set_aside_text(aside: Dict[str, str], what: str) -> str:
+    """"Set aside, not candidates for <what>: v (why); w (why)." as a paragraph, or "" when nothing is."""
+    if not aside:
+        return ""
+    names = "; ".join(f"<b>{esc(v)}</b> ({esc(why)})" for v, why in aside.items())
+    return f"<p>Set aside, not candidates for {esc(what)}: {names}.</p>"
+
+
 def variants_table(ctx: PageContext) -> str:
     an, sd = ctx.an, ctx.sd
     cols = {"AP": an.summary("AP"), "AP50": an.summary("AP50"), "AP75": an.summary("AP75"),
@@ -143,8 +174,9 @@ def variants_table(ctx: PageContext) -> str:
             digits = 1 if name in ("train img/s", "latency p50 ms") else 3
             row[name + " ± 95% CI"] = mean_ci(r["mean"], r["lo"], r["hi"], digits)
         row["failed trials"] = failed.get(v, 0)
+        row["convergence"] = convergence_cell(an, v)
         rows.append(row)
-    return table(pd.DataFrame(rows))
+    return table(pd.DataFrame(rows), left=["convergence"]) + f"<p class=note>{CONVERGENCE_RULE}</p>"
 
 
 def result_section(ctx: PageContext, figs: Figures) -> str:
@@ -152,9 +184,13 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
     h = an.headline()
     if not h:
         return "<h2>Result</h2><p>No finished trials yet.</p>"
-    w = h["winner_ci"]
-    parts = [f"<p><b>Winner: {esc(h['winner'])}</b>, AP {mean_ci(w['mean'], w['lo'], w['hi'])} "
-             f"(mean over {int(w['n'])} seed{'s' if w['n'] != 1 else ''}, 95% t interval).</p>"]
+    if h["winner"] is None:
+        parts = ["<p><b>No winner</b>: every variant is set aside (see the convergence column below).</p>"]
+    else:
+        w = h["winner_ci"]
+        parts = [f"<p><b>Winner: {esc(h['winner'])}</b>, AP {mean_ci(w['mean'], w['lo'], w['hi'])} "
+                 f"(mean over {int(w['n'])} seed{'s' if w['n'] != 1 else ''}, 95% t interval).</p>"]
+    parts.append(set_aside_text(h["set_aside"], "the winner"))
     if h.get("runner_up"):
         p, b = h["paired"], h["boot"]
         parts.append(f"<p>Runner-up: {esc(h['runner_up'])}; lead {h['lead']:+.4f} AP. {esc(verdict(h))}</p>")
@@ -191,11 +227,13 @@ def budget_section(ctx: PageContext) -> str:
     if not any(k.startswith("detector.") for k in sd.swept) or "speed/latency_ms_p50" not in sd.final:
         return ""
     lat, ap = an.summary("speed/latency_ms_p50").set_index("variant"), an.summary("AP").set_index("variant")
-    means = pd.DataFrame({"variant": sd.variants, "lat": lat["mean"].reindex(sd.variants).values,
-                          "ap": ap["mean"].reindex(sd.variants).values}).dropna()
-    if len(means) < 2:
+    aside = an.set_aside()
+    candidates = [v for v in sd.variants if v not in aside]
+    means = pd.DataFrame({"variant": candidates, "lat": lat["mean"].reindex(candidates).values,
+                          "ap": ap["mean"].reindex(candidates).values}).dropna()
+    if len(means) < 2 and not aside:
         return ""
-    found = latency_budgets(means)
+    found = latency_budgets(means) if len(means) else {"budgets": [], "dominated": {}}
     rows, faster = [], None
     for v, lo, hi in found["budgets"]:
         upper = f"{hi:.1f} ms" if hi is not None else "any larger budget"
@@ -216,7 +254,7 @@ def budget_section(ctx: PageContext) -> str:
            + table(pd.DataFrame(rows), left=["latency budget (p50, batch 1)", "AP gained over the faster one"]))
     if dominated:
         out += f"<p>Off the frontier (another variant is both faster and more accurate): {', '.join(dominated)}.</p>"
-    return out
+    return out + set_aside_text(aside, "any budget")
 
 
 def paper_section(ctx: PageContext, figs: Figures) -> str:
@@ -310,13 +348,17 @@ def build_all_index(store, reports_dir: str, built: str) -> int:
         name = (f'<a href="{esc(info["name"])}/index.html">{esc(info["name"])}</a>' if os.path.exists(page)
                 else esc(info["name"]))
         statuses = status_counts(sd.trials)
-        if h:
+        if h and h["winner"] is None:
+            head = "no winner: every variant is set aside"
+        elif h:
             w = h["winner_ci"]
             head = f"{esc(h['winner'])}: AP {mean_ci(w['mean'], w['lo'], w['hi'])}"
             if h.get("runner_up"):
                 head += f"; lead {h['lead']:+.3f} over {esc(h['runner_up'])} ({esc(h['seed_word'])})"
         else:
             head = '<span class="na">no finished trials</span>'
+        if h and h["set_aside"]:  # still improving, input-independent or empty (the study page says why)
+            head += f"; set aside: {esc(', '.join(h['set_aside']))}"
         rows.append({"study": name, "description": esc(info["description"] or ""),
                      "variants": len(sd.variants),
                      "trials": esc(", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))),

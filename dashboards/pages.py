@@ -19,12 +19,14 @@ import pandas as pd
 from dashboards import figures
 from dashboards.analysis import BOOTSTRAP_CACHE, Analysis
 from dashboards.context import AP_METRICS, PageContext
+from dashboards.convergence import fmt_slope
 from dashboards.data import fmt_value, load_study
 from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
 from dashboards.fingerprint import fingerprint, mark_current
 from dashboards.html import Figures, esc, mean_ci, num, table, write_plotly_js
 from dashboards.stats import t_interval
-from dashboards.overview import build_all_index, build_study_index
+from dashboards.overview import (CONVERGENCE_RULE, build_all_index, build_study_index, convergence_cell,
+                                 set_aside_text)
 from dashboards.speed_page import build_speed
 
 
@@ -56,9 +58,11 @@ def build_accuracy(ctx: PageContext) -> str:
     present = [m for m in AP_METRICS if m in sd.final]
     summaries = {m: an.summary(m) for m in present}
     rows = [{"variant": esc(v), "seeds": len(sd.seeds(v)),
-             **{m: mean_ci(s.iloc[i]["mean"], s.iloc[i]["lo"], s.iloc[i]["hi"]) for m, s in summaries.items()}}
+             **{m: mean_ci(s.iloc[i]["mean"], s.iloc[i]["lo"], s.iloc[i]["hi"]) for m, s in summaries.items()},
+             "convergence": convergence_cell(an, v)}
             for i, v in enumerate(sd.variants)]
-    parts.append("<h2>COCO metrics (mean over seeds ± 95% CI half-width)</h2>" + table(pd.DataFrame(rows)))
+    parts.append("<h2>COCO metrics (mean over seeds ± 95% CI half-width)</h2>"
+                 + table(pd.DataFrame(rows), left=["convergence"]))
     if "APl" not in sd.final or sd.final["APl"].isna().all():
         parts.append('<p class="note">APl is undefined here: the val split has no object larger than 96² px.</p>')
     if sd.variants:
@@ -102,7 +106,33 @@ def build_accuracy(ctx: PageContext) -> str:
         parts.append(figs.div(figures.epoch_curves(ep, sorted(ep["name"].unique()), sd.variants,
                                                    "Val AP per epoch (mean over seeds)", x="epoch"),
                               height=380))
+    parts.append(_convergence_section(ctx))
     return ctx.write("accuracy.html", "Accuracy", "".join(parts), figs)
+
+
+def _convergence_section(ctx: PageContext) -> str:
+    """Per trial: the val AP slope over its last epochs and whether its top box moves with the image
+    (``dashboards.convergence``); which variants that sets aside, and why."""
+    an, sd = ctx.an, ctx.sd
+    trials = an.convergence()["trials"]
+    if not trials:
+        return ""
+    rows = []
+    for t in sd.finished:
+        c = trials[t["trial_key"]]
+        s, inp = c["slope"], c["input"]
+        fitted = (f"epochs {s['epochs'][0]}-{s['epochs'][1]} of {s['evaluated']} evaluated" if s["epochs"]
+                  else f"{s['evaluated']} evaluated")
+        rows.append({"trial": esc(t["trial_key"]), "val AP fitted": esc(fitted),
+                     "slope [95% CI]": esc(fmt_slope(s)) if s["epochs"] else num(None),
+                     "still improving": esc({"improving": "yes", "not improving": "no"}.get(s["state"], "unknown")),
+                     "images with a detection": num(inp["images"]),
+                     "top-box spread px": num(inp["spread"], 1),
+                     "detections": esc(inp["state"])})
+    return ("<h2>Convergence</h2><p class=note>" + CONVERGENCE_RULE + " Top-box spread: the largest range of a "
+            "coordinate (x, y, w, h) of each image's highest-scoring box over the val images.</p>"
+            + set_aside_text(an.set_aside(), "the winner or the speed-accuracy frontier")
+            + table(pd.DataFrame(rows), left=["val AP fitted", "detections"]))
 
 
 NOTHING_FOUND = 0.01  # AP50 below this: a variant with (almost) no true positive

@@ -10,6 +10,7 @@ from dashboards import figures
 from dashboards.context import SPEED_METRICS, STAGES, PageContext
 from dashboards.data import fmt_value
 from dashboards.html import Figures, esc, mean_ci, num, table
+from dashboards.overview import set_aside_text
 from detectors.evaluation.speed_phase import key_label
 
 
@@ -72,7 +73,9 @@ def build_speed(ctx: PageContext) -> str:
     for m in ("speed/latency_ms_p50", "AP"):
         s = an.summary(m)
         means[m], means[f"{m}_half"] = s["mean"].values, s["half"].fillna(0.0).values
-    front = set(figures.pareto_front(means.dropna(), "speed/latency_ms_p50", "AP")) if sd.variants else set()
+    aside = an.set_aside()  # still improving, input-independent or empty: no candidates for the frontier
+    candidates = means[~means["variant"].isin(aside)].dropna()
+    front = set(figures.pareto_front(candidates, "speed/latency_ms_p50", "AP")) if sd.variants else set()
     accuracy = {m: an.summary(m) for m in ("AP", "AP50", "APs") if m in sd.final}
     rows = []
     for i, v in enumerate(sd.variants):
@@ -85,7 +88,7 @@ def build_speed(ctx: PageContext) -> str:
             r = summaries[label].iloc[i]
             digits, factor = {"speed/params": (3, 1e-6), "speed/gflops": (3, 1.0)}.get(m, (1, 1.0))
             row[label] = mean_ci(r["mean"], r["lo"], r["hi"], digits, factor)
-        row["Pareto"] = "✓" if v in front else ""
+        row["Pareto"] = "✓" if v in front else ("set aside" if v in aside else "")
         rows.append(row)
     threads = sd.final["speed/threads"].dropna().unique() if "speed/threads" in sd.final else []
     skipped = ", ".join(label for m, label in present if m in TABLE_SKIPS)
@@ -106,14 +109,14 @@ def build_speed(ctx: PageContext) -> str:
                 "with care. Pareto: on the frontier of the variant means (lower latency p50, higher AP)."
                 + skipped_note + "</p>")
     parts = ["<h2>Accuracy, speed and size (mean over seeds ± 95% CI half-width)</h2>", table(pd.DataFrame(rows)), note,
-             isolated]
+             set_aside_text(aside, "the frontier (the overview's convergence column says why)"), isolated]
     if present:
         parts.append(figs.div(figures.small_multiples(plotted, sd.variants, "Speed figures per variant (95% CI)")))
     parts.append(_stages_section(ctx, figs))
     if sd.variants and "AP" in sd.final and "speed/latency_ms_p50" in sd.final:
         parts.append("<h2>Speed against accuracy</h2>")
         parts.append(figs.div(figures.speed_accuracy(means, sd.final, "speed/latency_ms_p50", "AP",
-                                                     "latency p50 (ms)", "AP", sd.variants), height=460))
+                                                     "latency p50 (ms)", "AP", sd.variants, aside), height=460))
     return ctx.write("speed.html", "Speed", "".join(parts), figs)
 
 

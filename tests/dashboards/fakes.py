@@ -38,6 +38,20 @@ SEEDS = (0, 1, 2)
 # speed-accuracy; loss: training loss, Figure-4 curves, easy-negative share, score vs IoU.
 EXPECTED_PLOTS = {"index.html": 2, "accuracy.html": 8, "speed.html": 2, "loss.html": 4, "../index.html": 0}
 EPOCHS = 3
+# Val AP per epoch as a share of the final AP. FLAT rose, then held over the last epochs (the slope's interval
+# holds 0: no "still improving" mark); RISING is a straight line to the end (slope AP / 3, no residual: marked).
+FLAT = (0.7, 1.0, 1.0)
+RISING = (1 / 3, 2 / 3, 1.0)
+
+# A detector sweep for the convergence marks (populate_zoo): the most accurate detector is still improving and the
+# fastest draws one fixed box on every image, so neither may win or stand on the speed-accuracy frontier.
+ZOO_STUDY = "fake_zoo"
+ZOO = {  # variant -> (detector, box jitter in px (None: one fixed box), false positives per image, latency ms, curve)
+    "detector=yolov1": ("yolov1", None, 0, 3.0, FLAT),
+    "detector=ssd": ("ssd", 4.0, 4, 5.0, FLAT),
+    "detector=retinanet": ("retinanet", 2.0, 2, 8.0, FLAT),
+    "detector=gfl": ("gfl", 0.6, 1, 10.0, RISING),
+}
 
 
 def write_ground_truth(path: str, num_images: int = 30, seed: int = 0) -> str:
@@ -134,8 +148,8 @@ def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, 
             # rows keyed by the optimiser step, with the epoch and the training phase as metrics
             epochs = [{"step": 8 * (e + 1), "epoch": e, "phase": 0, "train/loss": 2.0 / (e + 1) + 0.1 * n,
                        "train/loss_cls": 1.2 / (e + 1), "train/loss_box": 0.8 / (e + 1), "lr": 0.002,
-                       "train/img_s": 150.0 - 10 * n, "val/AP": ap * (e + 1) / EPOCHS,
-                       "val/AP50": min(1.0, 1.3 * ap * (e + 1) / EPOCHS),
+                       "train/img_s": 150.0 - 10 * n, "val/AP": ap * FLAT[e],
+                       "val/AP50": min(1.0, 1.3 * ap * FLAT[e]),
                        # a term only one variant reports (GFL's DFL), here to exercise the loss page
                        **({"train/loss_dfl": 0.3 / (e + 1)} if gamma == 5.0 else {})}
                       for e in range(EPOCHS)]
@@ -151,3 +165,34 @@ def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, 
     store.record_failed(STUDY, trial, "RuntimeError: loss is NaN at step 3", "runfailed" + "0" * 23, attempts=2)
     os.remove(gt_path)  # the trial configs still name it; the pages must not need it
     return trials
+
+
+def populate_zoo(store, tmp_dir: str) -> None:
+    """Write the fake detector sweep ``ZOO`` (3 seeds each) into ``store``: final AP and latency, val AP per epoch
+    along each variant's curve, detections and the val ground truth."""
+    from detectors.evaluation.cocotools import bbox_ground_truth, coco_ground_truth
+    from detectors.evaluation.evaluate import evaluate_coco
+
+    gt_path = write_ground_truth(os.path.join(tmp_dir, "zoo_val.json"))
+    with open(gt_path) as f:
+        gt = json.load(f)
+    coco = coco_ground_truth(gt)
+    store.upsert_study(ZOO_STUDY, "Fake detector sweep for the convergence marks.", {"name": ZOO_STUDY}, None)
+    t0 = datetime(2026, 1, 6, 12, 0, tzinfo=timezone.utc)
+    for n, (variant, (name, jitter, fp, latency, curve)) in enumerate(ZOO.items()):
+        for seed in SEEDS:
+            trial = dict(trial_dict(variant, 2.0, 0.25, seed, gt_path), study=ZOO_STUDY,
+                         detector={"name": name, "scale": "tiny", "params": {}})
+            if jitter is None:
+                dets = [{"image_id": img["id"], "category_id": 1, "bbox": [10.0, 10.0, 30.0, 30.0], "score": 0.6}
+                        for img in gt["images"]]
+            else:
+                dets = fake_detections(gt, jitter, fp, seed=100 * n + seed)
+            ev = evaluate_coco(coco, dets)
+            final = {**{k: v for k, v in ev["metrics"].items() if v is not None},
+                     "speed/latency_ms_p50": latency + 0.1 * seed}
+            epochs = [{"step": e + 1, "epoch": e, "val/AP": ev["metrics"]["AP"] * curve[e]} for e in range(EPOCHS)]
+            start = t0 + timedelta(minutes=3 * (3 * n + seed))
+            store.record_finished(ZOO_STUDY, trial, final, epochs, {"detections": dets}, None, start,
+                                  start + timedelta(seconds=150), val_ground_truth=bbox_ground_truth(gt))
+    os.remove(gt_path)
