@@ -27,15 +27,13 @@ affine parameters fixed, as both libraries do with a pretrained ResNet).
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["ARCHS", "read_weights", "architecture", "check_weights", "find_bodies", "load_backbone", "file_digest"]
+__all__ = ["ARCHS", "read_weights", "architecture", "check_weights", "find_bodies", "load_backbone", "frozen_names"]
 
 # Each architecture: the classification network whose weights a file holds (its state dict, minus the
 # classifier), how a file's keys map onto it, and its stages, first to last, as key prefixes.
@@ -156,15 +154,6 @@ def _freeze_batch_norm(module: nn.Module) -> None:
             setattr(module, name, frozen)
         else:
             _freeze_batch_norm(child)
-
-
-def file_digest(path: str, chunk: int = 1 << 20) -> str:
-    """sha256 of the file's bytes: the weights' identity in the trial hash and on the pages."""
-    h = hashlib.sha256()
-    with open(os.path.abspath(path), "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def frozen_names(model: nn.Module) -> Sequence[str]:

@@ -60,14 +60,19 @@ def test_fields_at_lists_the_items_of_lists_and_mappings_of_sections():
     assert fields_at(("detector", "params")) == ()  # the component says: build.check_components
 
 
-def test_unknown_key_in_a_phase_lists_the_phase_keys(tmp_path):
+def _load_error(tmp_path, tail: str):
+    """The StudyError of a minimal RetinaNet study with ``tail`` appended, and the file's path."""
     path = tmp_path / "s.yaml"
-    path.write_text("name: t\ndataset: {kind: synthetic}\ndetector: {name: retinanet}\n"
-                    "train: {phases: [{name: a, epochs: 1, lrr: 0.1}]}\n")
+    path.write_text("name: t\ndataset: {kind: synthetic}\ndetector: {name: retinanet}\n" + tail)
     with pytest.raises(StudyError) as info:
         load_study(str(path))
-    assert info.value.path == "train.phases[0].lrr"
-    assert info.value.message.startswith("unknown key; did you mean 'lr'? (known: name, epochs, trainable, frozen,")
+    return info.value, path
+
+
+def test_unknown_key_in_a_phase_lists_the_phase_keys(tmp_path):
+    error, _ = _load_error(tmp_path, "train: {phases: [{name: a, epochs: 1, lrr: 0.1}]}\n")
+    assert error.path == "train.phases[0].lrr"
+    assert error.message.startswith("unknown key; did you mean 'lr'? (known: name, epochs, trainable, frozen,")
 
 
 def test_set_key_walks_one_dotted_key_into_the_raw_dict():
@@ -100,10 +105,6 @@ def test_sweeping_the_name_of_a_defaulted_loss_role(tmp_path):
 
 
 def test_a_swept_list_is_named_by_its_choices(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text("name: t\ndataset: {kind: synthetic}\ndetector: {name: retinanet}\n"
-                    "sweep: {grid: {losses.box.name: l1}}\n")
-    with pytest.raises(StudyError) as info:
-        load_study(str(path))
-    assert str(info.value) == f"{path}: sweep.grid.losses.box.name: expected a list of values among 'l1', " \
+    error, path = _load_error(tmp_path, "sweep: {grid: {losses.box.name: l1}}\n")
+    assert str(error) == f"{path}: sweep.grid.losses.box.name: expected a list of values among 'l1', " \
                               "'smooth_l1', got 'l1'"
