@@ -185,6 +185,9 @@ class TrialConfig:
     speed_phase: bool = False          # set by the driver: latency and throughput come from the speed phase
     loader_workers: int = 0            # DataLoader worker processes
     backbone_digest: Optional[str] = None  # set by the driver: sha256 of the weights file, or of the pretraining
+    # Set by the driver for a study with ``sweep.tune`` (platform.runner.tuning); no worker reads them.
+    tuning: Optional[Mapping[str, Any]] = None  # a tuning sample: {"sample": i, "values": {dotted key: value}}
+    tuned: Optional[Mapping[str, Any]] = None   # a trial of the tuned study: the sample whose values it took
 
     @classmethod
     def from_dict(cls, trial: Union[Mapping[str, Any], "TrialConfig"]) -> "TrialConfig":

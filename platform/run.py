@@ -65,15 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cached_hashes(study) -> set:
     """Finished hashes from the store, read-only; empty if its SQLite file does not exist yet."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(study.tracking.store_url)
-    if url.get_backend_name() == "sqlite" and not (url.database and os.path.isfile(url.database)):
-        return set()
-    from platform.track.store import Store
-
     try:
-        store = Store(study.tracking.store_url, readonly=True)
+        store = _readonly_store(study)
+        if store is None:
+            return set()
         try:
             return store.finished_hashes(study.name)
         finally:
@@ -82,6 +77,44 @@ def _cached_hashes(study) -> set:
         print(f"warning: could not read the results store ({type(e).__name__}: {e}); "
               f"showing every trial as not cached", file=sys.stderr)
         return set()
+
+
+def _tuned_for_dry_run(study, trials: List[dict]) -> List[dict]:
+    """A study with ``sweep.tune``: the state of its searches, and its trials with their tuned
+    values once every search is done (until then, as written: their hashes change after tuning)."""
+    if study.sweep.tune is None:
+        return trials
+    from platform.runner.tuning import TuningFailed, TuningPlan, tuned_trials
+
+    store = _readonly_store(study)
+    plan = TuningPlan(study, store, trials) if store else None
+    if store:
+        store.close()
+    if plan is None:
+        print(f"tuning: {len(trials) // len(study.sweep.seeds)} variants x {study.sweep.tune.samples} samples, "
+              "none done; the trials below run with each variant's tuned values")
+        return trials
+    print(plan.describe())
+    if not plan.complete:
+        print("the trials below run with each variant's tuned values once it is tuned (their hashes change)")
+        return trials
+    try:
+        return tuned_trials(plan)
+    except TuningFailed as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        return trials
+
+
+def _readonly_store(study):
+    """The results store opened read-only, or None if its SQLite file does not exist yet."""
+    from sqlalchemy.engine import make_url
+
+    from platform.track.store import Store
+
+    url = make_url(study.tracking.store_url)
+    if url.get_backend_name() == "sqlite" and not (url.database and os.path.isfile(url.database)):
+        return None
+    return Store(study.tracking.store_url, readonly=True)
 
 
 def check_local_resources(study, address: Optional[str]) -> None:
@@ -144,6 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         study.resources.max_concurrent = args.max_concurrent
 
     if args.dry_run:
+        trials = _tuned_for_dry_run(study, trials)
         print(f"study {study.name} ({args.study}): {len(trials)} trials")
         print(f"  runs: {study.output.runs_dir}  reports: {study.output.reports_dir}")
         print(f"  store: {study.tracking.store_url}  mlflow: {study.tracking.mlflow_uri}")

@@ -40,6 +40,21 @@ def trial_error_text(trial) -> str:
     return "trial failed (no error file)"
 
 
+def tuning_data(trial: dict, epoch_rows: List[dict]) -> Dict[str, dict]:
+    """The trial data of a study with ``sweep.tune`` (``platform.runner.tuning``): a tuning sample's
+    values with its score (AP on the held-out part at its last epoch), epochs and whether the
+    scheduler stopped it early; a tuned trial's choice of sample."""
+    if trial.get("tuned"):
+        return {"tuned": trial["tuned"]}
+    if not trial.get("tuning"):
+        return {}
+    scored = [r["val/AP"] for r in epoch_rows if r.get("val/AP") is not None]
+    record = {k: v for k, v in trial["tuning"].items() if k != "max_epochs"}
+    record.update(score=scored[-1] if scored else None, epochs=len(epoch_rows),
+                  stopped_early=len(epoch_rows) < trial["tuning"].get("max_epochs", 0))
+    return {"tuning": record}
+
+
 def val_ground_truth(trial: dict) -> Optional[dict]:
     """What the pages' image bootstrap needs of the trial's val annotation file, so that
     the pages read the store alone; None when the file is gone."""
@@ -119,6 +134,7 @@ class StudyCallback(Callback):
         epochs = {**self.store.trial_epochs(self.study_name, spec["config_hash"]),
                   **self.epochs.get(trial.trial_id, {})}
         epoch_rows = [{**m, "step": s} for s, m in sorted(epochs.items())]
+        data.update(tuning_data(spec, epoch_rows))
         self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id, start, end,
                                    val_ground_truth=val_ground_truth(spec))
         self.tracker.end_child(run_id, "FINISHED", end_time=end, duration_s=duration)
@@ -222,7 +238,8 @@ class ProgressCallback(Callback):
         self.durations.append(self.clock.stop(trial.trial_id))
         self.done += 1
         key = trial.config["trial"]["trial_key"]
-        value = (trial.last_result or {}).get(self.metric)
+        last = trial.last_result or {}
+        value = last.get(self.metric, last.get(f"val/{self.metric}"))  # a tuning sample stopped at an epoch
         if value is not None and (self.best is None or value > self.best[0]):
             self.best = (value, key)
         shown = f"{self.metric} {value:.3f}" if value is not None else "no metric"

@@ -56,6 +56,7 @@ class _Run:
     tracker: Any = None  # platform.track.tracking.StudyTracker, once MLflow is needed
     parent: Optional[str] = None  # the study's MLflow run
     recorder: Any = None  # platform.runner.callbacks.StudyCallback, once the trials start
+    tuning: Any = None  # platform.runner.tuning.TuningPlan while a search of sweep.tune is unfinished
     interrupted: bool = False
 
     @property
@@ -83,7 +84,7 @@ def _run_study(study, trials: List[dict], args) -> int:
     try:
         run = _open_run(study, trials, args)
         _sync_mlflow(run)
-        if not run.todo:
+        if not run.todo and run.tuning is None:
             return _cached_run(run)
         prune_checkpoints(run.store, study.name, run.todo, force=args.force)  # resume only from what the store saw
         with _ray_session(run):
@@ -107,14 +108,39 @@ def _open_run(study, trials: List[dict], args) -> _Run:
     if problem:
         raise _CannotRun(problem)
     store = Store(study.tracking.store_url)
-    finished = set() if args.force else store.finished_hashes(study.name)
-    todo = [t for t in trials if t["config_hash"] not in finished]
-    print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
+    trials, plan = _tuned(study, trials, store)
+    todo = _not_finished(store, study.name, trials, args.force)
+    if plan is None:
+        print(f"study {study.name}: {len(trials)} trials, {len(trials) - len(todo)} cached, {len(todo)} to run")
+    else:
+        print(f"study {study.name}: {len(trials)} trials, run with each variant's values once it is tuned")
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
     ray_log = os.path.join(run_dir, "ray.log")
     _ray_logs_to_file(ray_log)  # (also quiets MLflow's start-up notices)
-    return _Run(study, trials, args, store, todo, run_dir, ray_log)
+    return _Run(study, trials, args, store, todo, run_dir, ray_log, tuning=plan)
+
+
+def _not_finished(store: Store, study_name: str, trials: List[dict], force: bool) -> List[dict]:
+    finished = set() if force else store.finished_hashes(study_name)
+    return [t for t in trials if t["config_hash"] not in finished]
+
+
+def _tuned(study, trials: List[dict], store: Store):
+    """A study with ``sweep.tune``: its trials with each variant's tuned values when every search
+    is done, with the plan None; else the trials as written and the plan of the searches left."""
+    if study.sweep.tune is None:
+        return trials, None
+    from platform.runner.tuning import TuningFailed, TuningPlan, tuned_trials
+
+    plan = TuningPlan(study, store, trials)
+    print(plan.describe())
+    if not plan.complete:
+        return trials, plan
+    try:
+        return tuned_trials(plan), None
+    except TuningFailed as exc:
+        raise _CannotRun(str(exc)) from None
 
 
 def _services(study) -> str | None:
@@ -243,18 +269,53 @@ def _run_trials_and_speed(run: _Run, concurrency: int) -> None:
 
     study, args = run.study, run.args
     run.todo = prepare_dataset(run.todo)
-    for t in run.todo:  # the worker leaves latency and throughput to the speed phase
-        t["speed_phase"] = uses_speed_phase(t)
     _start_parent(run)
     run_pretraining(run.store, study.name, run.todo, run.tracker)  # backbones the trials start from, once
+    if run.tuning is not None and not _tune(run, concurrency):
+        return  # interrupted: the samples that finished are kept
+    for t in run.todo:  # the worker leaves latency and throughput to the speed phase
+        t["speed_phase"] = uses_speed_phase(t)
     clock = TrialClock()  # one start and end per trial for the progress line, the store and MLflow
     run.recorder = StudyCallback(study.name, run.tracker, run.store, force=args.force, clock=clock)
     progress = ProgressCallback(len(run.todo), concurrency, clock=clock)
-    print(f"running {len(run.todo)} trials, up to {concurrency} at a time; Ray logs: {run.ray_log}")
-    run_trials(study, run.todo, [run.recorder, progress], concurrency)
+    if run.todo:  # (after tuning, every trial may be cached)
+        print(f"running {len(run.todo)} trials, up to {concurrency} at a time; Ray logs: {run.ray_log}")
+        run_trials(study, run.todo, [run.recorder, progress], concurrency)
     ran = {f["trial"]["config_hash"] for f in run.recorder.finished}
     groups = speed_groups(run.store, study.name, run.trials, detectors_code_version(), ran, args.force)
     run_speed_phase(run.store, study.name, groups, tracker=run.tracker)
+
+
+def _tune(run: _Run, concurrency: int) -> bool:
+    """The tuning stage (``platform.runner.tuning``): each variant's unfinished search, then the
+    study's trials with each variant's best values. False if interrupted."""
+    from platform.runner.callbacks import ProgressCallback, StudyCallback
+    from platform.runner.tuning import TuningFailed, TuningPlan, run_searches, tuned_trials, tuning_study
+
+    study, store = run.study, run.store
+    name = tuning_study(study.name)
+    store.upsert_study(name, f"tuning samples of {study.name}", study.model_dump(mode="json"),
+                       os.path.abspath(run.args.study))
+    clock = TrialClock()
+
+    def callbacks(todo: int) -> list:
+        run.recorder = StudyCallback(name, run.tracker, store, clock=clock)
+        return [run.recorder, ProgressCallback(todo, min(concurrency, todo), metric="AP", clock=clock)]
+
+    if not run_searches(run.tuning, prepare_dataset(run.trials), callbacks, concurrency):
+        run.interrupted = True
+        return False
+    plan = TuningPlan(study, store, run.trials)
+    try:
+        run.trials = tuned_trials(plan)
+    except TuningFailed as exc:
+        raise _CannotRun(str(exc)) from None
+    for label, choice in plan.choices().items():
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in choice["values"].items())
+        print(f"tuned {label}: {shown} (sample {choice['sample']}, held-out AP {choice['score']:.3f})")
+    run.todo = prepare_dataset(_not_finished(store, study.name, run.trials, run.args.force))
+    run.recorder, run.tuning = None, None
+    return True
 
 
 def _start_parent(run: _Run) -> None:

@@ -119,10 +119,15 @@ def _hashed_detector(detector: dict, weights_digest: Optional[str]) -> dict:
     return {**detector, "backbone": backbone}
 
 
-def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cache: Dict[str, str]) -> dict:
+def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cache: Dict[str, str],
+           holdout: Optional[Mapping[str, Any]] = None) -> dict:
+    """One trial dict; ``holdout`` (a tuning sample's) makes the held-out part of train its val set
+    (the driver fills in the split's paths) and counts in the dataset's identity."""
     sections = cfg.model_dump(mode="json", include=set(SWEEPABLE))
     dataset, identity = _dataset(sections["dataset"], cache)
     dataset_id = {"kind": dataset["kind"], "identity": identity}
+    if holdout is not None:
+        dataset_id["holdout"] = dict(holdout)
     dataset["digest"] = config_hash(dataset_id)  # the dataset part of the hash, for MLflow's dataset input
     hashed = {name: sections[name] for name in ("detector", "loss", "losses", "train", "eval")}
     weights_digest = _backbone_digest(sections["detector"]["backbone"], cache)
@@ -130,6 +135,7 @@ def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cach
     # or a laptop is the same trial); the pretraining stage by its settings, which the section holds.
     identity = {**hashed, "detector": _hashed_detector(sections["detector"], weights_digest)}
     digest = config_hash({**identity, "dataset": dataset_id, "seed": seed, "detectors_version": version})
+    folder = "trials" if holdout is None else "tuning"
     trial = {
         "study": study.name,
         "trial_key": f"{variant}/seed={seed}",
@@ -142,22 +148,20 @@ def _trial(study: Study, cfg: Study, variant: str, seed: int, version: str, cach
         "gpus": study.resources.gpus_per_trial,  # read by detectors.train to pick the device
         # > 1: trained on that many Ray Train workers of cpus/gpus each (detectors.train.distributed)
         "workers": study.resources.workers_per_trial, "cpus": study.resources.cpus_per_trial,
-        "trial_dir": os.path.join(study.output.runs_dir, study.name, "trials", digest[:12]),
+        "trial_dir": os.path.join(study.output.runs_dir, study.name, folder, digest[:12]),
         "backbone_digest": weights_digest,  # shown on the pages beside the variant
     }
     return json.loads(json.dumps(trial))  # plain JSON types only: tuples -> lists
 
 
-def expand(study: Study) -> List[dict]:
-    """All trials of a study, as plain JSON-able dicts; raises StudyError on a bad combination."""
-    version = detectors_code_version()
+def variant_plans(study: Study) -> List[Tuple[str, Dict[str, Any]]]:
+    """Each variant of the sweep (a variant x a grid combination) as (its label, its overrides),
+    in the order of the trials: variants as written outer, the grid's sorted keys inner."""
     grid_keys = sorted(study.sweep.grid)
     variants = study.sweep.variants or [{}]
     combos = list(itertools.product(*(study.sweep.grid[k] for k in grid_keys)))
     names = short_names(dict.fromkeys([k for v in variants for k in overrides_of(v)] + grid_keys))
-    cache: Dict[str, str] = {}
-    trials: List[dict] = []
-    seen: Dict[str, str] = {}
+    plans = []
     for variant in variants:
         for combo in combos:
             grid_part = dict(zip(grid_keys, combo))
@@ -165,19 +169,59 @@ def expand(study: Study) -> List[dict]:
             label = ",".join(f"{names[k]}={format_value(v)}" for k, v in overrides.items()) or "default"
             if LABEL in variant:  # a variant's own label, plus any grid values
                 label = ",".join([variant[LABEL]] + [f"{names[k]}={format_value(v)}" for k, v in grid_part.items()])
-            try:
-                cfg = apply_overrides(study, overrides)
-            except ConfigError as e:
-                raise StudyError(study.source, "sweep", f"trial '{label}': {dotted(e.loc)}: {e.msg}") from None
-            for seed in study.sweep.seeds:
-                trial = _trial(study, cfg, label, seed, version, cache)
-                for field in ("config_hash", "trial_key"):
-                    if trial[field] in seen:
-                        raise StudyError(study.source, "sweep", f"trials '{seen[trial[field]]}' and "
-                                         f"'{trial['trial_key']}' have the same {field.replace('_', ' ')}")
-                    seen[trial[field]] = trial["trial_key"]
-                trials.append(trial)
+            plans.append((label, overrides))
+    return plans
+
+
+def _configured(study: Study, label: str, overrides: Mapping[str, Any]) -> Study:
+    try:
+        return apply_overrides(study, overrides)
+    except ConfigError as e:
+        raise StudyError(study.source, "sweep", f"trial '{label}': {dotted(e.loc)}: {e.msg}") from None
+
+
+def expand(study: Study, tuned: Optional[Mapping[str, Mapping[str, Any]]] = None) -> List[dict]:
+    """All trials of a study, as plain JSON-able dicts; raises StudyError on a bad combination.
+    ``tuned``: variant label -> the tuning sample it takes (``{"sample", "values", "score"}``, from
+    ``platform.runner.tuning``): its values override the variant's, and its trials carry it."""
+    version = detectors_code_version()
+    cache: Dict[str, str] = {}
+    trials: List[dict] = []
+    seen: Dict[str, str] = {}
+    for label, overrides in variant_plans(study):
+        choice = (tuned or {}).get(label)
+        cfg = _configured(study, label, {**overrides, **(choice["values"] if choice else {})})
+        for seed in study.sweep.seeds:
+            trial = _trial(study, cfg, label, seed, version, cache)
+            if choice:
+                trial["tuned"] = json.loads(json.dumps(choice))
+            for field in ("config_hash", "trial_key"):
+                if trial[field] in seen:
+                    raise StudyError(study.source, "sweep", f"trials '{seen[trial[field]]}' and "
+                                     f"'{trial['trial_key']}' have the same {field.replace('_', ' ')}")
+                seen[trial[field]] = trial["trial_key"]
+            trials.append(trial)
     return trials
+
+
+def tuning_trial(study: Study, label: str, overrides: Mapping[str, Any], values: Mapping[str, Any],
+                 sample: int, split: Mapping[str, str], cache: Optional[Dict[str, str]] = None) -> dict:
+    """Sample ``sample`` of variant ``label``'s search: the variant with the sampled ``values``,
+    trained at the search's seed on train minus the held-out part and evaluated on that part after
+    every epoch (the search's scheduler stops on it). ``split``: the paths ``train_images``,
+    ``train_annotations`` and ``holdout_annotations`` (``detectors.data.holdout``) of the variant's
+    training set."""
+    tune = study.sweep.tune
+    cfg = _configured(study, label, {**overrides, **values, "train.eval_every_epoch": True})
+    holdout = {"fraction": tune.holdout, "seed": tune.seed}
+    trial = _trial(study, cfg, label, tune.seed, detectors_code_version(), {} if cache is None else cache, holdout)
+    trial["trial_key"] = f"{label}/sample={sample}"
+    trial["tuning"] = {"sample": sample, "values": dict(values)}
+    trial["speed_phase"] = True  # no speed figures for a search
+    ds = trial["dataset"]
+    ds["train_images"] = ds["val_images"] = split["train_images"]
+    ds["train_annotations"], ds["val_annotations"] = split["train_annotations"], split["holdout_annotations"]
+    return json.loads(json.dumps(trial))
 
 
 def resolve_dataset_paths(trials: List[dict], paths: Union[Mapping[str, str], Callable[[dict], Mapping[str, str]]]

@@ -189,10 +189,45 @@ class EvalSpec(_Strict):
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
 
 
+class SearchRange(_Strict):
+    """One searched key's range: uniform in [low, high], or log-uniform (``log: true``, low > 0).
+    Whether the key takes integers, and the range it allows, is the key space's (checked by the sweep)."""
+
+    low: float = Field(ge=-1e12, le=1e12)
+    high: float = Field(ge=-1e12, le=1e12)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def ordered(self) -> "SearchRange":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
+        return self
+
+
+class TuneSpec(_Strict):
+    """An equal tuning budget per variant (``platform.runner.tuning``): for each variant, ``samples``
+    configurations of the ``space`` keys drawn by Ray Tune's ``search`` algorithm, stopped early by
+    its ``scheduler``, each trained with the study's budget on train minus a held-out ``holdout``
+    fraction and scored by AP on that held-out part (never on val); then each variant's best
+    configuration trains over the study's seeds."""
+
+    space: Dict[str, SearchRange] = Field(min_length=1)  # dotted key -> its range
+    samples: int = Field(8, ge=1, le=10_000)             # configurations per variant
+    search: Literal["optuna", "random"] = "optuna"       # Optuna's TPE, or Optuna's random sampler
+    scheduler: Literal["asha", "none"] = "asha"          # ASHA early stopping, or every sample to the end
+    grace_epochs: int = Field(1, ge=1, le=10_000)        # ASHA: epochs before a sample can be stopped
+    reduction_factor: int = Field(3, ge=2, le=100)       # ASHA: 1 in this many goes on at each rung
+    holdout: float = Field(0.2, gt=0, lt=1)              # fraction of train images that scores the search
+    seed: Seed = 0                                       # the samples' training seed and the search's seed
+
+
 class SweepSpec(_Strict):
     grid: Dict[str, Any] = {}            # dotted key -> non-empty list of scalars (checked below)
     variants: List[Dict[str, Any]] = []  # each: dotted key -> scalar, applied together
     seeds: List[Seed] = Field([0], min_length=1)
+    tune: Optional[TuneSpec] = None      # None: every variant trains with the study's values as written
 
     @field_validator("seeds")
     @classmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Mapping, Tuple
 
-from detectors.registry import ConfigError, Param, show, suggest
+from detectors.registry import ConfigError, Param, ParamError, show, suggest
 from platform.study.checks import validate
 from platform.study.keys import KeySpace, check_sweepable, dotted, is_component_name, set_key
 from platform.study.spec import Study
@@ -101,6 +101,9 @@ def check_sweep(study: Study) -> None:
     spaces = [KeySpace(base) for base in bases or [study]]
     for key in study.sweep.grid:
         _check_grid_key(study, key, bases, spaces)
+    if study.sweep.tune is not None:
+        for key in study.sweep.tune.space:
+            _check_searched_key(study, key, spaces)
 
 
 def _check_variant(study: Study, j: int) -> Study:
@@ -145,3 +148,28 @@ def _check_grid_key(study: Study, key: str, bases: List[Study], spaces: List[Key
             except ConfigError as e:
                 err = _attribute(e, {key: loc + (i,)}, loc + (i,))
                 raise ConfigError(err.loc, err.msg + (f" (with sweep.variants[{j}])" if bases else "")) from None
+
+
+def _check_searched_key(study: Study, key: str, spaces: List[KeySpace]) -> None:
+    """``sweep.tune.space.<key>``: a number or integer key of the study, not also swept, whose
+    range's ends are values the key takes (integers for an integer key)."""
+    loc = ("sweep", "tune", "space", key)
+    param = _check_key(spaces, key, loc)
+    if param.kind not in ("number", "integer"):
+        raise ConfigError(loc, f"only numbers and integers can be searched; this key takes {param.describe()}")
+    swept = [f"sweep.variants[{j}]" for j, v in enumerate(study.sweep.variants) if key in v]
+    if key in study.sweep.grid:
+        swept.insert(0, "sweep.grid")
+    if swept:
+        raise ConfigError(loc, f"also set by {swept[0]}; a key is either searched or swept")
+    rng = study.sweep.tune.space[key]
+    for end in ("low", "high"):
+        value = getattr(rng, end)
+        if param.kind == "integer":
+            if not float(value).is_integer():
+                raise ConfigError(loc + (end,), f"this key takes integers, got {show(value)}")
+            value = int(value)
+        try:
+            param.check(value)
+        except ParamError as e:
+            raise ConfigError(loc + (end,), e.msg) from None

@@ -195,6 +195,10 @@ def _metric_rows(trial_id: int, values: Mapping[str, Any], step: Optional[int]) 
 class Store:
     """The results store. ``Store(url)`` creates missing tables; ``readonly=True`` never writes."""
 
+    # A study's tuning samples (``platform.runner.tuning``) are stored as a study of this name
+    # after the study's own; ``studies()`` leaves them out.
+    TUNING_SUFFIX = ".tune"
+
     def __init__(self, url: str, readonly: bool = False) -> None:
         self._args = (url, readonly)
         parsed = make_url(url)
@@ -386,7 +390,8 @@ class Store:
             return [{"name": r.name, "description": r.description, "spec": json.loads(r.spec_json),
                      "study_file": r.study_file, "created_at": r.created_at, "updated_at": r.updated_at,
                      "mlflow_experiment_id": r.mlflow_experiment_id, "last_parent_run_id": r.last_parent_run_id}
-                    for r in s.scalars(select(StudyRow).order_by(StudyRow.name))]
+                    for r in s.scalars(select(StudyRow).order_by(StudyRow.name))
+                    if not r.name.endswith(self.TUNING_SUFFIX)]
 
     def trials(self, study_name: str) -> List[Dict[str, Any]]:
         """Every trial of the study (any status), in the order they were first recorded."""

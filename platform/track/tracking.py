@@ -210,6 +210,8 @@ class StudyTracker:
             start = millis(start_time) if start_time is not None else None
             tags = {"mlflow.runName": trial["trial_key"], HASH_TAG: trial["config_hash"], STUDY_TAG: self.study_name,
                     "detbench.variant": trial["variant"], "detbench.seed": str(trial["seed"])}
+            if trial.get("tuning"):  # a tuning sample of the study (platform.runner.tuning)
+                tags["detbench.stage"] = "tune"
             if self.parent_run_id:
                 tags[PARENT_TAG] = self.parent_run_id
             run = self.client.create_run(self.experiment_id, start_time=start, tags=tags)
