@@ -180,6 +180,7 @@ def _sampler(spec, restarts: int):
 
 def _search(plan: TuningPlan, search: Search, split: Dict[str, str], epochs: int, callbacks: list,
             concurrency: int, todo: int) -> None:
+    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -189,6 +190,7 @@ def _search(plan: TuningPlan, search: Search, split: Dict[str, str], epochs: int
     from platform.runner.searcher import SampleSearcher
 
     study, spec = plan.study, plan.spec
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per search in the terminal
     inner = OptunaSearch(space=_space(study, spec.space), metric=METRIC, mode="max",
                          sampler=_sampler(spec, len(search.done)),
                          points_to_evaluate=[r["values"] for r in search.done] or None,
