@@ -48,3 +48,38 @@ def test_epoch_curves_mean_and_t_interval_over_the_seeds_of_each_epoch():
     assert curves["half"].iloc[0] == pytest.approx(0.248414, abs=1e-6) and math.isnan(curves["lo"].iloc[1])
     assert epoch_means(curves) == {1: {"a": pytest.approx(0.2)}, 2: {"a": 0.5}}
     assert epoch_curves(epochs.iloc[0:0], ["a"]).empty
+
+
+def test_the_page_sentence_says_from_which_epoch_or_never():
+    from dashboards.pages import _stability_text
+
+    swap = {1: ["a", "b"], 2: ["a", "b"], 3: ["b", "a"]}
+    assert _stability_text(swap) == ("The ranking is never stable within the run: the ordering at the last epoch "
+                                     "(3) differs from the one at epoch 2, so a longer budget could change it again.")
+    assert _stability_text({1: ["b", "a"], 2: ["a", "b"], 3: ["a", "b"]}).startswith(
+        "The ranking is stable from epoch 2: the same ordering at every evaluated epoch from 2 to 3, the last.")
+    assert _stability_text({4: ["a", "b"]}).startswith("Only epoch 4 was evaluated for every variant")
+    assert _stability_text({}).startswith("No epoch at which every variant was evaluated")
+
+
+def test_the_fake_zoo_ranking_settles_at_epoch_2(tmp_path):
+    """fakes.ZOO: gfl's val AP rises as AP/3, 2 AP/3, AP (RISING), the others' as 0.7 AP, AP, AP (FLAT). With the
+    zoo's final means, gfl is behind retinanet at epoch 1 and ahead from epoch 2 on."""
+    import re
+
+    import fakes
+    from dashboards import build_study
+    from platform.track.store import Store
+
+    store = Store(f"sqlite:///{tmp_path}/r.db")
+    fakes.populate_zoo(store, str(tmp_path))
+    an = build_study(store, fakes.ZOO_STUDY, str(tmp_path / "reports"), resamples=10).an
+    store.close()
+    ap = an.summary("AP").set_index("variant")["mean"]
+    gfl, retina = ap["detector=gfl"], ap["detector=retinanet"]
+    assert gfl / 3 < 0.7 * retina and 2 * gfl / 3 > retina   # the premise: the crossing falls between epochs 1 and 2
+    text = (tmp_path / "reports" / fakes.ZOO_STUDY / "accuracy.html").read_text()
+    budget = text.split("<h2>Val AP by epoch budget</h2>")[1].split("<h2>")[0]
+    assert "The ranking is stable from epoch 2: the same ordering at every evaluated epoch from 2 to 3" in budget
+    firsts = re.findall(r'<tr><td class="l">\d+</td><td class="l">(detector=[a-z0-9]+)', budget)
+    assert firsts == ["detector=retinanet", "detector=gfl", "detector=gfl"]
