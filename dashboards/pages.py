@@ -159,12 +159,12 @@ def _budget_section(ctx: PageContext, figs: Figures) -> str:
                       height=400)]
     if len(sd.variants) < 2:
         return "".join(parts)
-    ranks = budget.rankings(budget.epoch_means(curves), sd.variants)
+    means = budget.epoch_means(curves)
+    ranks = budget.rankings(means, sd.variants)
     parts.append(f"<p>{_stability_text(ranks)}</p>")
     if len(ranks) < curves["epoch"].nunique():
         parts.append(f"<p class=note>Only the {len(ranks)} epochs every variant was evaluated at are ranked "
                      f"(of {curves['epoch'].nunique()} with any evaluation).</p>")
-    means = budget.epoch_means(curves)
     last = ranks[max(ranks)] if ranks else []
     rows = [{"epoch": e, "ranking by mean val AP (best first)": " &gt; ".join(f"{esc(v)} {num(means[e][v])}"
                                                                             for v in r),
