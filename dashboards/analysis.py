@@ -154,6 +154,15 @@ class Analysis:
             return None
         return stats.bootstrap_difference(boot[a], boot[b], margin=stats.EQUIVALENCE_MARGIN)
 
+    def improvement(self, a: str, b: str, metric: str = "AP") -> Dict[str, float]:
+        """P(a > b) over seeds with its 95% stratified bootstrap interval (``stats.probability_of_improvement``).
+
+        The runs are the seeds' final ``metric`` and there is one task (the val set): AP is a property of a
+        set of images, not a sum of per-image scores, so the per-image records the image bootstrap resamples
+        give no per-image AP to stratify by."""
+        return stats.probability_of_improvement([list(self.per_seed(a, metric).values())],
+                                                [list(self.per_seed(b, metric).values())])
+
     def difference(self, a: str, b: str, metric: str) -> Optional[Dict[str, Any]]:
         """a - b in metric units: ``diff`` (of the means), a 95% CI ``lo``/``hi`` for display (the
         image bootstrap for AP when available, else the paired t interval; ``method`` says which),

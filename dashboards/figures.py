@@ -167,6 +167,29 @@ def epoch_curves(epochs: pd.DataFrame, names: Sequence[str], variants: Sequence[
     return fig
 
 
+def budget_curves(curves: pd.DataFrame, variants: Sequence[str], title: str, ytitle: str = "val AP") -> go.Figure:
+    """Per variant the mean over seeds at each epoch with its 95% t interval as a band (``dashboards.budget.
+    epoch_curves`` rows); an epoch with one seed has the mean alone."""
+    fig = _fig(title, xaxis_title="epoch (budget)", yaxis_title=ytitle)
+    cols = colors(variants)
+    for v in variants:
+        d = curves[curves["variant"] == v].sort_values("epoch")
+        if d.empty:
+            continue
+        band = d[np.isfinite(d["lo"].astype(float)) & np.isfinite(d["hi"].astype(float))]
+        if len(band):  # a closed polygon: the upper ends left to right, the lower ends back
+            fig.add_scatter(x=band["epoch"].tolist() + band["epoch"].tolist()[::-1],
+                            y=band["hi"].tolist() + band["lo"].tolist()[::-1], fill="toself", mode="lines",
+                            line=dict(width=0), fillcolor=cols[v], opacity=0.18, legendgroup=v, showlegend=False,
+                            hoverinfo="skip", name=f"{v} 95% CI")
+        fig.add_scatter(x=d["epoch"], y=d["mean"], mode="lines+markers", name=v, legendgroup=v,
+                        line=dict(color=cols[v]), marker=dict(size=5), customdata=d[["lo", "hi", "n"]].values,
+                        hovertemplate=f"{v}<br>epoch %{{x}}: %{{y:.4f}} [%{{customdata[0]:.4f}}, "
+                                      f"%{{customdata[1]:.4f}}], %{{customdata[2]}} seeds<extra></extra>")
+    fig.update_xaxes(dtick=1 if curves["epoch"].nunique() <= 20 else None)
+    return fig
+
+
 def small_multiples(summaries: Dict[str, pd.DataFrame], variants: Sequence[str], title: str,
                     ncols: int = 4) -> go.Figure:
     """One bar panel per metric (speed figures), mean over seeds with CI error bars."""

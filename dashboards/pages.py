@@ -16,15 +16,15 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
-from dashboards import figures
+from dashboards import budget, figures
 from dashboards.analysis import BOOTSTRAP_CACHE, Analysis
 from dashboards.context import AP_METRICS, PageContext
 from dashboards.convergence import fmt_slope
 from dashboards.data import fmt_value, load_study
 from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
 from dashboards.fingerprint import fingerprint, mark_current
-from dashboards.html import Figures, esc, mean_ci, num, table, write_plotly_js
-from dashboards.stats import t_interval
+from dashboards.html import Figures, esc, interval, mean_ci, num, table, write_plotly_js
+from dashboards.stats import IMPROVEMENT_RESAMPLES, t_interval
 from dashboards.overview import (CONVERGENCE_RULE, build_all_index, build_study_index, convergence_cell,
                                  set_aside_text)
 from dashboards.speed_page import build_speed
@@ -78,6 +78,7 @@ def build_accuracy(ctx: PageContext) -> str:
         parts.append(f"<h2>The swept parameter against AP{note}</h2>")
         parts.append(figs.div(figures.swept_param(sd.metric("AP"), summaries.get("AP", an.summary("AP")), xs,
                                                   key or "variant", "AP", numeric), height=420))
+    parts.append(_pairwise_section(ctx))
     pca, pr = sd.data("per_class_ap"), sd.data("pr_curves")
     parts.append("<h2>Per-class AP (mean over seeds)</h2>")
     if pca:
@@ -106,8 +107,84 @@ def build_accuracy(ctx: PageContext) -> str:
         parts.append(figs.div(figures.epoch_curves(ep, sorted(ep["name"].unique()), sd.variants,
                                                    "Val AP per epoch (mean over seeds)", x="epoch"),
                               height=380))
+    parts.append(_budget_section(ctx, figs))
     parts.append(_convergence_section(ctx))
     return ctx.write("accuracy.html", "Accuracy", "".join(parts), figs)
+
+
+IMPROVEMENT_TEXT = (
+    "P(X &gt; Y) is the probability of improvement (Agarwal et al., NeurIPS 2021): the chance that a seed of X "
+    "ends with a higher AP than a seed of Y, ties counting half (the Mann-Whitney U over all pairs of their "
+    f"seeds divided by the number of pairs), with a 95% percentile interval from {IMPROVEMENT_RESAMPLES} "
+    "bootstrap resamples of each variant's seeds; one task, this val set (AP has no per-image score to "
+    "stratify by). 0.5: neither tends to beat the other; unlike the tests it says how often X wins, not by "
+    "how much.")
+
+
+def _pairwise_section(ctx: PageContext) -> str:
+    """Every pair of variants, X ranked above Y by mean AP: the gap with its interval, both tests' words
+    (``Analysis.difference``) and the probability of improvement over seeds (``Analysis.improvement``)."""
+    an = ctx.an
+    order = an.ranking("AP")
+    if len(order) < 2:
+        return ""
+    rows, methods = [], set()
+    for i, x in enumerate(order):
+        for y in order[i + 1:]:
+            d, pi = an.difference(x, y, "AP"), an.improvement(x, y, "AP")
+            if d:
+                methods.add(d["method"])
+            probability = num(None) if not math.isfinite(pi["p"]) else (
+                f'{pi["p"]:.2f} <span class="note">[{pi["lo"]:.2f}, {pi["hi"]:.2f}]</span>')
+            rows.append({"X": esc(x), "Y": esc(y),
+                         "X - Y AP [95% CI]": interval(d["diff"], d["lo"], d["hi"], 4) if d else num(None),
+                         "tests": esc(d["why"]) if d else "–", "P(X > Y) [CI]": probability})
+    return ("<h2>Pairwise comparisons (AP)</h2><p class=note>Every pair, X ranked above Y by mean AP. "
+            f"X - Y: the gap of the means, 95% CI by {esc('; '.join(sorted(methods)) or 'none')}; the tests as on "
+            f"the overview. {IMPROVEMENT_TEXT}</p>" + table(pd.DataFrame(rows), left=["Y", "tests"]))
+
+
+def _budget_section(ctx: PageContext, figs: Figures) -> str:
+    """Val AP per epoch budget (mean over seeds, 95% t band), the ranking at each budget and from which epoch
+    on it holds to the last (``dashboards.budget``)."""
+    sd = ctx.sd
+    curves = budget.epoch_curves(sd.epochs, sd.variants)
+    if curves.empty:
+        return ""
+    parts = ["<h2>Val AP by epoch budget</h2><p class=note>Val AP at each evaluated epoch (1-based, counted on "
+             "across a multi-phase trial's phases), mean over the seeds evaluated then; the band is the 95% t "
+             "interval over them. Each ranking orders the variants by that mean, as if training had stopped "
+             "at that epoch.</p>",
+             figs.div(figures.budget_curves(curves, sd.variants, "Val AP per epoch: mean over seeds, 95% CI"),
+                      height=400)]
+    if len(sd.variants) < 2:
+        return "".join(parts)
+    means = budget.epoch_means(curves)
+    ranks = budget.rankings(means, sd.variants)
+    parts.append(f"<p>{_stability_text(ranks)}</p>")
+    if len(ranks) < curves["epoch"].nunique():
+        parts.append(f"<p class=note>Only the {len(ranks)} epochs every variant was evaluated at are ranked "
+                     f"(of {curves['epoch'].nunique()} with any evaluation).</p>")
+    last = ranks[max(ranks)] if ranks else []
+    rows = [{"epoch": e, "ranking by mean val AP (best first)": " &gt; ".join(f"{esc(v)} {num(means[e][v])}"
+                                                                            for v in r),
+             "as at the last epoch": "yes" if r == last else "no"} for e, r in ranks.items()]
+    return "".join(parts) + (table(pd.DataFrame(rows), left=["ranking by mean val AP (best first)"]) if rows else "")
+
+
+def _stability_text(ranks: Dict[int, List[str]]) -> str:
+    """One sentence: from which epoch budget the ranking holds (``budget.stable_from``), or that it never does."""
+    if not ranks:
+        return "No epoch at which every variant was evaluated: no ranking by epoch budget."
+    epochs = sorted(ranks)
+    if len(epochs) == 1:
+        return f"Only epoch {epochs[0]} was evaluated for every variant: one budget, no stability to read."
+    first = budget.stable_from(ranks)
+    if first is None:
+        return (f"The ranking is never stable within the run: the ordering at the last epoch ({epochs[-1]}) "
+                f"differs from the one at epoch {epochs[-2]}, so a longer budget could change it again.")
+    return (f"The ranking is stable from epoch {first}: the same ordering at every evaluated epoch from {first} "
+            f"to {epochs[-1]}, the last.")
 
 
 def _convergence_section(ctx: PageContext) -> str:

@@ -20,6 +20,10 @@ COCOeval's Python loop (the tests hold the three equal). AP is read from the pre
 as ``summarize`` reads it (mean of the defined entries, area all, 100 detections).
 Seeds are pooled: in each resample a variant's AP is the mean over its seeds.
 
+Probability of improvement (``probability_of_improvement``, Agarwal et al. 2021): how often a run of
+one variant beats a run of another (the Mann-Whitney statistic), averaged over tasks, with a bootstrap
+that resamples runs within each task. A description beside the tests, not a verdict.
+
 Verdicts (``decide``) need both kinds of evidence. Two variants *differ* only when
 the paired t test over at least ``MIN_SEEDS`` matching seeds and the image
 bootstrap both exclude 0 on the same side (95%); they are *equivalent* only when
@@ -264,6 +268,53 @@ def bootstrap_difference(a: np.ndarray, b: np.ndarray, conf: float = CONF,
     p_equiv = math.nan if margin is None else float(max(np.mean(d <= -margin), np.mean(d >= margin)))
     return {"lo": float(lo), "hi": float(hi), "p_better": float(np.mean(d > 0)), "n": int(d.size),
             "p_equiv": p_equiv}
+
+
+# ------------------------------------------------------------------ probability of improvement
+
+IMPROVEMENT_RESAMPLES = 2000
+IMPROVEMENT_SEED = 0
+
+
+def _u_share(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mann-Whitney U of ``x`` against ``y`` over the last axis divided by n * m, i.e. P(X > Y) + 0.5 P(X = Y)
+    over all run pairs; ``x`` ``[..., n]``, ``y`` ``[..., m]`` with the same leading shape (one value each)."""
+    # Only the statistic is used; "asymptotic" skips the exact p-value's enumeration.
+    u = _st.mannwhitneyu(x, y, axis=-1, alternative="greater", method="asymptotic").statistic
+    return np.asarray(u, dtype=float) / (x.shape[-1] * y.shape[-1])
+
+
+def probability_of_improvement(x: Sequence[Sequence[float]], y: Sequence[Sequence[float]],
+                               resamples: int = IMPROVEMENT_RESAMPLES, conf: float = CONF,
+                               rng_seed: int = IMPROVEMENT_SEED) -> Dict[str, float]:
+    """P(X > Y) as in Agarwal et al., "Deep RL at the edge of the statistical precipice", NeurIPS 2021
+    (rliable's ``probability_of_improvement``), with its stratified bootstrap interval.
+
+    Args:
+        x, y: per task, the scores of X's and of Y's runs (task k of both is the same task; run
+            counts may differ between X and Y). Non-finite scores are dropped.
+    Returns:
+        ``p``: per task the Mann-Whitney U of X's runs against Y's over n * m (the share of run pairs
+        where X scores higher, ties counting half), averaged over tasks; ``lo`` / ``hi``: the percentile
+        interval of the same over ``resamples`` stratified bootstrap draws (within each task X's runs and
+        Y's runs are each resampled with replacement); ``tasks``. All NaN when a task has no runs of X or Y.
+
+    Unlike a test of the mean difference, it says how often a run of X beats a run of Y, not by how much.
+    """
+    xs = [np.asarray([v for v in a if math.isfinite(v)], dtype=float) for a in x]
+    ys = [np.asarray([v for v in b if math.isfinite(v)], dtype=float) for b in y]
+    if not xs or len(xs) != len(ys) or any(a.size == 0 for a in xs) or any(b.size == 0 for b in ys):
+        return {"p": math.nan, "lo": math.nan, "hi": math.nan, "tasks": len(xs)}
+    point = float(np.mean([_u_share(a, b) for a, b in zip(xs, ys)]))
+    rng = np.random.default_rng(rng_seed)
+    draws = np.zeros(resamples)
+    for a, b in zip(xs, ys):  # the strata: runs are resampled within their task only
+        ra = a[rng.integers(0, a.size, size=(resamples, a.size))]
+        rb = b[rng.integers(0, b.size, size=(resamples, b.size))]
+        draws += _u_share(ra, rb)
+    draws /= len(xs)
+    lo, hi = np.percentile(draws, [50 * (1 - conf), 100 - 50 * (1 - conf)])
+    return {"p": point, "lo": float(lo), "hi": float(hi), "tasks": len(xs)}
 
 
 # ------------------------------------------------------------------ verdicts

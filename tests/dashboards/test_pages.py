@@ -88,6 +88,29 @@ def test_loss_page_plots_every_reported_loss_term_per_variant(fake_reports):
     assert panels["x4"] == {"gamma=5,alpha=0.25"}
 
 
+def test_accuracy_page_ranks_by_epoch_budget_and_gives_the_probability_of_improvement(fake_reports):
+    text = page(fake_reports, "accuracy.html")
+    order = ["gamma=5,alpha=0.25", "gamma=2,alpha=0.25", "gamma=0,alpha=0.75"]
+    # every variant's val AP is fakes.FLAT (0.7, 1, 1) of its final AP: the final order at epochs 1, 2 and 3
+    budget = text.split("<h2>Val AP by epoch budget</h2>")[1].split("<h2>")[0]
+    assert "The ranking is stable from epoch 1: the same ordering at every evaluated epoch from 1 to 3, the last." \
+        in budget
+    rows = re.findall(r'<tr><td class="l">(\d+)</td><td class="l">(.*?)</td><td>(yes|no)</td></tr>', budget)
+    assert [(e, re.findall(r"gamma=[0-9.]+,alpha=[0-9.]+", r), same) for e, r, same in rows] == [
+        (str(e), order, "yes") for e in (1, 2, 3)]
+    # pairs X above Y in that order; every seed of X beats every seed of Y (below), so P(X > Y) = 9 / 9 = 1 and
+    # each bootstrap draw of the seeds keeps it: the interval is [1, 1]
+    an = fake_reports["ctx"].an
+    pairs = [(order[0], order[1]), (order[0], order[2]), (order[1], order[2])]
+    for x, y in pairs:
+        assert min(an.per_seed(x, "AP").values()) > max(an.per_seed(y, "AP").values())
+    pairwise = text.split("<h2>Pairwise comparisons (AP)</h2>")[1].split("<h2>")[0]
+    assert "<th>P(X &gt; Y) [CI]</th>" in pairwise and "probability of improvement (Agarwal et al." in pairwise
+    found = re.findall(r'<tr><td class="l">([^<]+)</td><td class="l">([^<]+)</td>.*?<td>([^<]+) '
+                       r'<span class="note">\[([^\]]+)\]</span></td></tr>', pairwise)
+    assert found == [(x, y, "1.00", "1.00, 1.00") for x, y in pairs]
+
+
 def test_loss_names_and_epochs_from_step_keyed_rows():
     import pandas as pd
 

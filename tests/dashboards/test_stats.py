@@ -168,6 +168,33 @@ def test_bootstrap_difference_is_paired_and_ordered(tmp_path):
     assert np.array_equal(again["good"], boot["good"])  # deterministic for a seed
 
 
+def test_probability_of_improvement_known_answers():
+    # complete separation: every one of the 3 x 3 pairs has X above Y -> U = 9, 9 / 9 = 1; every bootstrap
+    # draw keeps the separation, so the interval is the point
+    sep = stats.probability_of_improvement([[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0]])
+    assert (sep["p"], sep["lo"], sep["hi"]) == (1.0, 1.0, 1.0)
+    # the same runs: pairs (1,1) tie 0.5, (1,2) 0, (2,1) 1, (2,2) tie 0.5 -> 2 / 4 = 0.5
+    same = stats.probability_of_improvement([[1.0, 2.0]], [[1.0, 2.0]])
+    assert same["p"] == 0.5 and same["lo"] <= 0.5 <= same["hi"]
+    # 0.3 beats 0.1 only (1); each 0.5 ties 0.5 and beats 0.1 (1.5 each): 4 / 6
+    ties = stats.probability_of_improvement([[0.3, 0.5, 0.5]], [[0.5, 0.1]])
+    assert ties["p"] == pytest.approx(4 / 6)
+    assert ties["lo"] <= ties["p"] <= ties["hi"]
+    # a fixed numpy seed: the same interval on every call; a NaN run is dropped, no run at all gives NaN
+    assert stats.probability_of_improvement([[0.3, 0.5, 0.5]], [[0.5, 0.1, math.nan]]) == ties
+    assert math.isnan(stats.probability_of_improvement([[math.nan]], [[0.1]])["p"])
+
+
+def test_probability_of_improvement_is_stratified_by_task():
+    # task 1: X above Y in all 9 pairs (1); task 2: one run each, X 0 below Y 1 (0) -> mean over tasks 0.5. Each
+    # task's runs are resampled within it, so every draw gives 1 and 0 again: the interval is [0.5, 0.5]. Pooling
+    # the runs instead would give X = 1, 2, 3, 0 against Y = 0, 0, 0, 1: (3.5 + 4 + 4 + 1.5) / 16 = 0.8125.
+    pi = stats.probability_of_improvement([[1.0, 2.0, 3.0], [0.0]], [[0.0, 0.0, 0.0], [1.0]])
+    assert (pi["p"], pi["lo"], pi["hi"], pi["tasks"]) == (0.5, 0.5, 0.5, 2)
+    pooled = stats.probability_of_improvement([[1.0, 2.0, 3.0, 0.0]], [[0.0, 0.0, 0.0, 1.0]])
+    assert pooled["p"] == 0.8125
+
+
 def test_pareto_front():
     pts = pd.DataFrame({"variant": ["a", "b", "c", "d"], "lat": [1.0, 2.0, 3.0, 2.5], "ap": [0.2, 0.5, 0.6, 0.4]})
     # d is beaten by b (faster and more accurate)
