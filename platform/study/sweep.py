@@ -154,6 +154,9 @@ def _check_searched_key(study: Study, key: str, spaces: List[KeySpace]) -> None:
     """``sweep.tune.space.<key>``: a number or integer key of the study, not also swept, whose
     range's ends are values the key takes (integers for an integer key)."""
     loc = ("sweep", "tune", "space", key)
+    if key.startswith(("dataset.", "detector.backbone.")):  # made once before the search, not per sample
+        raise ConfigError(loc, "the dataset and the backbone's pretraining are made once for the whole "
+                               "search; they can be swept, not searched")
     param = _check_key(spaces, key, loc)
     if param.kind not in ("number", "integer"):
         raise ConfigError(loc, f"only numbers and integers can be searched; this key takes {param.describe()}")

@@ -114,9 +114,9 @@ def test_a_study_trial_parses_into_the_typed_config(tmp_path, monkeypatch):
     assert [p.lr for p in cfg.train.phases] == [0.01, None]  # None: the phase takes train.lr
     assert cfg.train.phases[1].frozen == ("backbone",)
     assert (cfg.losses["rpn_box"].name, cfg.loss) == ("l1", None)
-    # nothing lost or added on the way; the driver sets the two others later, if at all
+    # nothing lost or added on the way; the driver sets the others later, if at all (tuning: sweep.tune)
     assert {k: v for k, v in to_dict(cfg).items() if k in trial} == trial
-    assert set(to_dict(cfg)) - set(trial) == {"speed_phase", "loader_workers"}
+    assert set(to_dict(cfg)) - set(trial) == {"speed_phase", "loader_workers", "tuning", "tuned"}
 
 
 def test_the_typed_config_rejects_an_unknown_key():
