@@ -10,16 +10,20 @@ every study (status, hashes, times, attempts, runs: a finished, failed or re-run
 trial changes them), the speed figures the trials name, the dashboards source
 and the bootstrap setting. It is cheap (a few queries, no metrics read) and
 imports nothing heavy, so a cached ``platform.run`` can skip the build.
+
+The fingerprint file holds the fingerprint on its first line and then the
+study's pages beyond ``PAGES`` that the build wrote (``tuning.html`` for a study
+with tuning trials), one a line, so a missing one is rebuilt too.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 FINGERPRINT_FILE = ".fingerprint"
-PAGES = ("index.html", "accuracy.html", "speed.html", "loss.html")
+PAGES = ("index.html", "accuracy.html", "speed.html", "loss.html")  # every study's; others are in the file
 _DASHBOARDS = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -52,18 +56,18 @@ def fingerprint(store, study_name: str, resamples: Optional[int] = None) -> str:
 def is_current(reports_dir: str, study_name: str, fp: str) -> bool:
     """The pages exist and were built from data with this fingerprint."""
     study_dir = os.path.join(reports_dir, study_name)
-    needed = [os.path.join(study_dir, p) for p in PAGES] + [os.path.join(reports_dir, "index.html")]
-    if not all(os.path.isfile(p) for p in needed):
-        return False
     try:
         with open(os.path.join(study_dir, FINGERPRINT_FILE)) as f:
-            return f.read().strip() == fp
-    except OSError:
+            recorded, *built = f.read().split()
+    except (OSError, ValueError):  # ValueError: an empty file
         return False
+    needed = [os.path.join(study_dir, p) for p in (*PAGES, *built)] + [os.path.join(reports_dir, "index.html")]
+    return recorded == fp and all(os.path.isfile(p) for p in needed)
 
 
-def mark_current(reports_dir: str, study_name: str, fp: str) -> None:
+def mark_current(reports_dir: str, study_name: str, fp: str, pages: Sequence[str] = PAGES) -> None:
+    """Record that the study's pages (``pages``, those beyond ``PAGES`` kept in the file) were built from ``fp``."""
     path = os.path.join(reports_dir, study_name, FINGERPRINT_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        f.write(fp + "\n")
+        f.write("".join(f"{line}\n" for line in (fp, *(p for p in pages if p not in PAGES))))
