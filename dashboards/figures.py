@@ -306,10 +306,11 @@ def _rgba(color: str, alpha: float) -> str:
 
 
 def tuning_scores(samples: pd.DataFrame, keys: Sequence[str], log_keys: Sequence[str], variants: Sequence[str],
-                  ncols: int = 3) -> go.Figure:
+                  ranges: Optional[Dict[str, tuple]] = None, ncols: int = 3) -> go.Figure:
     """Tuning score against each searched key, one panel per key (log x axis for log-scale keys), one colour per
     variant; samples stopped early are hollow. ``samples``: variant, sample, score, stopped_early and one column
-    per key (``dashboards.tuning.samples_frame``)."""
+    per key (``dashboards.tuning.samples_frame``); ``ranges``: key -> (low, high), the span of its x axis (a
+    little wider), so a sample at an end of the search range shows there."""
     ncols = max(1, min(ncols, len(keys)))
     nrows = max(1, math.ceil(len(keys) / ncols))
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=list(keys), horizontal_spacing=0.08,
@@ -327,7 +328,12 @@ def tuning_scores(samples: pd.DataFrame, keys: Sequence[str], log_keys: Sequence
                             text=[f"sample {s}" + (", stopped early" if e else "")
                                   for s, e in zip(d["sample"], d["stopped_early"])], row=row, col=col,
                             hovertemplate=f"{v}<br>%{{text}}<br>{key} %{{x:.4g}}: %{{y:.4f}}<extra></extra>")
-        fig.update_xaxes(title_text=key, type="log" if key in log_keys else "linear", row=row, col=col)
+        log = key in log_keys
+        span = None
+        if key in (ranges or {}):
+            lo, hi = (math.log10(x) for x in ranges[key]) if log else ranges[key]
+            span = [lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo)]  # plotly gives a log axis's range in log10 units
+        fig.update_xaxes(title_text=key, type="log" if log else "linear", range=span, row=row, col=col)
         fig.update_yaxes(title_text="tuning score" if col == 1 else None, row=row, col=col)
     return fig
 

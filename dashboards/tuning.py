@@ -207,7 +207,7 @@ def _variants_section(ctx: PageContext, tsd: StudyData, samples: pd.DataFrame, v
     edge = (f"<p class=warn>A chosen value within {EDGE:.0%} of an end of its range"
             f"{' (on the log scale for log keys)' if any(r.get('log') for r in space.values()) else ''}:</p>"
             f"<ul>{''.join(notes)}</ul>") if notes else ""
-    return ("<h2>Per variant</h2>" + table(pd.DataFrame(rows), left=["samples done", "sample"])
+    return ("<h2>Per variant</h2>" + table(pd.DataFrame(rows), left=["samples done"])
             + "<p class=note>Epochs spent: the sum over the variant's samples; tuning score: val AP on the tuning "
               "split of the chosen sample; sample: its index in the order the search created them (from 0).</p>"
             + edge)
@@ -217,9 +217,11 @@ def _figures_section(samples: pd.DataFrame, variants: List[str], space: Dict[str
     out = ["<h2>What each sample scored</h2>"]
     if space:
         out.append("<p class=note>One point per sample; hollow: stopped early by ASHA, at the score it had "
-                   "then.</p>")
+                   "then. Each x axis spans the key's search range.</p>")
+        ranges = {k: (r["low"], r["high"]) for k, r in space.items() if r.get("low") is not None
+                  and r.get("high") is not None}
         out.append(figs.div(figures.tuning_scores(samples, list(space), [k for k, r in space.items() if r.get("log")],
-                                                  variants), height=420))
+                                                  variants, ranges), height=420))
     best = {}
     for v in variants:
         mine = samples[samples["variant"] == v].sort_values("sample")
