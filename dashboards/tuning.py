@@ -119,7 +119,9 @@ def samples_frame(tsd: StudyData, keys: Sequence[str]) -> pd.DataFrame:
         d = data.get(t["trial_key"])
         if d is None:
             continue
-        rows.append({"variant": t["variant"], "sample": int(d["sample"]), "score": float(d["score"]),
+        score = d.get("score")  # None: a sample that never reported a score (left out of the statistics)
+        rows.append({"variant": t["variant"], "sample": int(d["sample"]),
+                     "score": math.nan if score is None else float(score),
                      "epochs": d.get("epochs"), "stopped_early": bool(d.get("stopped_early")),
                      **{k: (d.get("values") or {}).get(k) for k in keys}})
     columns = ["variant", "sample", "score", "epochs", "stopped_early", *keys]
@@ -234,7 +236,7 @@ def _figures_section(samples: pd.DataFrame, variants: List[str], space: Dict[str
 def _expected_section(samples: pd.DataFrame, variants: List[str], figs: Figures) -> str:
     curves, bands, rows = {}, {}, []
     for v in variants:
-        scores = samples.loc[samples["variant"] == v, "score"].tolist()
+        scores = samples.loc[samples["variant"] == v, "score"].dropna().tolist()
         if not scores:
             continue
         mean, sd = expected_max_curve(scores)
