@@ -6,8 +6,9 @@
 The pages read the results store alone, so a page built from the same store
 content by the same dashboards code is the same page. The fingerprint covers
 every study row (the all-studies index lists them all), every trial row of
-every study (status, hashes, times, attempts, runs: a finished, failed or re-run
-trial changes them), the speed figures the trials name, the dashboards source
+every study and of the study's tuning samples (``<study>.tune``, which
+``studies()`` leaves out; status, hashes, times, attempts, runs: a finished,
+failed or re-run trial changes them), the speed figures the trials name, the dashboards source
 and the bootstrap setting. It is cheap (a few queries, no metrics read) and
 imports nothing heavy, so a cached ``platform.run`` can skip the build.
 
@@ -42,9 +43,10 @@ def code_version(root: str = _DASHBOARDS) -> str:
 def fingerprint(store, study_name: str, resamples: Optional[int] = None) -> str:
     """sha256 of what the study's pages (and the all-studies index) are built from."""
     studies = [{k: str(v) for k, v in s.items() if k != "spec"} | {"spec": s["spec"]} for s in store.studies()]
-    trials = {s["name"]: [[t["config_hash"], t["trial_key"], t["status"], str(t["started_at"]), str(t["finished_at"]),
-                           t["attempts"], t["mlflow_run_id"], t["error"]] for t in store.trials(s["name"])]
-              for s in studies}
+    tuning = study_name + getattr(store, "TUNING_SUFFIX", ".tune")
+    trials = {name: [[t["config_hash"], t["trial_key"], t["status"], str(t["started_at"]), str(t["finished_at"]),
+                      t["attempts"], t["mlflow_run_id"], t["error"]] for t in store.trials(name)]
+              for name in [s["name"] for s in studies] + [tuning]}
     speed_keys = store.trial_data(study_name, "speed_key")
     speed = {d: str(f["measured_at"]) for d, f in store.speed_figures(set(speed_keys.values())).items()} \
         if speed_keys else {}

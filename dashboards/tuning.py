@@ -98,12 +98,13 @@ def tuning_name(store, study_name: str) -> str:
 
 
 def load_tuning(store, study_name: str) -> Optional[StudyData]:
-    """The study's tuning trials (``load_study`` of ``<study>.tune``), or None when it has no finished one."""
+    """The study's tuning trials (``load_study`` of ``<study>.tune``), or None when it has no finished one.
+    The store's ``studies()`` leaves tuning studies out, so their trials are looked up by name."""
     name = tuning_name(store, study_name)
-    if not any(s["name"] == name for s in store.studies()):
+    if not any(t["status"] == "finished" for t in store.trials(name)):
         return None
-    tsd = load_study(store, name)
-    return tsd if tsd.finished else None
+    info = next((s for s in store.studies() if s["name"] == name), None) or {"name": name, "spec": {}}
+    return load_study(store, name, info=info)
 
 
 def tune_spec(sd: StudyData) -> Dict[str, Any]:
@@ -111,13 +112,30 @@ def tune_spec(sd: StudyData) -> Dict[str, Any]:
     return (sd.spec.get("sweep") or {}).get("tune") or {}
 
 
-def samples_frame(tsd: StudyData, keys: Sequence[str]) -> pd.DataFrame:
-    """One row per finished tuning trial: variant, sample, score, epochs, stopped_early and one column per key."""
+def current_search(sd: StudyData, tsd: StudyData) -> Dict[str, Any]:
+    """Variant -> the search (the records' ``"search"`` key) whose samples the page shows: the one the variant's
+    final trials took their values from (trial data "tuned"), else the one its newest sample belongs to. A search
+    whose settings changed is a new search; the store keeps the old one's samples under the same study."""
+    data, tuned = tsd.data("tuning"), sd.data("tuned")
+    out: Dict[str, Any] = {}
+    for t in tsd.finished:  # trial order: the newest last
+        out[t["variant"]] = (data.get(t["trial_key"]) or {}).get("search")
+    for t in sd.finished:
+        choice = tuned.get(t["trial_key"])
+        record = data.get(f"{t['variant']}/sample={choice['sample']}") if choice else None
+        if record is not None:
+            out[t["variant"]] = record.get("search")
+    return out
+
+
+def samples_frame(tsd: StudyData, keys: Sequence[str], search: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
+    """One row per finished tuning trial of each variant's ``search`` (all when None): variant, sample, score,
+    epochs, stopped_early and one column per key."""
     data = tsd.data("tuning")
     rows = []
     for t in tsd.finished:
         d = data.get(t["trial_key"])
-        if d is None:
+        if d is None or (search is not None and d.get("search") != search.get(t["variant"])):
             continue
         score = d.get("score")  # None: a sample that never reported a score (left out of the statistics)
         rows.append({"variant": t["variant"], "sample": int(d["sample"]),
@@ -285,7 +303,7 @@ def build_tuning(ctx: PageContext, tsd: StudyData) -> str:
     for d in found.values():  # keys the stored spec does not name (an older spec): shown without a range
         for k in d.get("values") or {}:
             space.setdefault(k, {})
-    samples = samples_frame(tsd, list(space))
+    samples = samples_frame(tsd, list(space), current_search(ctx.sd, tsd))
     variants = [v for v in ctx.sd.variants if v in set(samples["variant"])]
     variants += [v for v in dict.fromkeys(samples["variant"]) if v not in variants]
     body = (_searched_section(ctx, tune, space)

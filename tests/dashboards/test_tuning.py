@@ -103,6 +103,7 @@ def test_tuning_page_states_the_search_and_the_choices(tuned):
     # chosen lr and warmup_iters, tuning score, sample
     assert cells["gamma=2,alpha=0.25"][:7] == ["8 of 8", "18", "3", "0.0098", "150", "0.800", "4"]
     assert cells["gamma=0,alpha=0.75"][:7] == ["8 of 8", "24", "0", "0.002", "37", "0.520", "1"]
+    assert "0.900" not in text  # the older search's sample (score 0.9) is no part of gamma=0's current one
     assert ("gamma=2,alpha=0.25: the best lr is at the range's edge: the search may have cut it off (0.0098, "
             "at the high end") in text
     assert text.count("at the range's edge") == 1  # gamma=0's 0.002 and 37 are inside
@@ -126,6 +127,24 @@ def test_tuning_page_is_linked_and_the_tuning_study_is_not_listed(tuned):
     (study / "tuning.html").unlink()
     assert not is_current(str(tuned["reports"]), fakes.TUNED_STUDY, fp)
     (study / "tuning.html").write_text(page)
+
+
+def test_tuning_trials_load_though_studies_leaves_them_out(tuned):
+    from dashboards.tuning import load_tuning
+
+    class Hiding:  # the store's contract: studies() lists no "<study>.tune"
+        def __init__(self, store):
+            self.store = store
+
+        def studies(self):
+            return [s for s in self.store.studies() if not s["name"].endswith(".tune")]
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+    tsd = load_tuning(Hiding(tuned["store"]), fakes.TUNED_STUDY)
+    assert tsd.name == f"{fakes.TUNED_STUDY}.tune" and len(tsd.finished) == 17  # 2 x 8 samples + the old search's
+    assert load_tuning(Hiding(tuned["store"]), "no_such_study") is None
 
 
 def test_a_study_without_tuning_has_no_tuning_page(fake_reports):
