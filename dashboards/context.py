@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from dashboards.analysis import Analysis
 from dashboards.data import StudyData
@@ -12,6 +12,7 @@ from dashboards.html import PLOTLY_JS, esc, nav, write_page
 
 PAGES = (("Overview", "index.html"), ("Accuracy", "accuracy.html"), ("Speed", "speed.html"),
          ("Losses", "loss.html"))
+TUNING_PAGE = ("Tuning", "tuning.html")  # only for a study with tuning trials (dashboards.tuning)
 # workflowType: MLflow 3.17's UI shows its GenAI view unless the URL (or its global switch) asks for model training
 MLFLOW_RUN_URL = "http://127.0.0.1:5000/#/experiments/{exp}/runs/{run}?workflowType=machine_learning"
 
@@ -36,6 +37,7 @@ class PageContext:
     sizes: Dict[str, int] = field(default_factory=dict)        # page file -> bytes
     plots: Dict[str, int] = field(default_factory=dict)        # page file -> number of figures
     pretrainings: Dict[str, Any] = field(default_factory=dict)  # the store's pretraining runs, by digest
+    pages: Tuple[Tuple[str, str], ...] = PAGES                  # (label, file) of the study's pages, the nav
 
     @property
     def study_dir(self) -> str:
@@ -55,7 +57,7 @@ class PageContext:
         return path
 
     def nav(self, here: str) -> str:
-        return nav((("All studies", "../index.html"),) + PAGES, here)
+        return nav((("All studies", "../index.html"),) + self.pages, here)
 
     def source(self) -> str:
         url = self.sd.info.get("store_url") or ""

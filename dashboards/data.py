@@ -161,9 +161,10 @@ def _with_epoch(epochs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def load_study(store, study_name: str) -> StudyData:
-    """Everything the pages need from the store except the per-trial data blobs (lazy)."""
-    info = next((s for s in store.studies() if s["name"] == study_name), None)
+def load_study(store, study_name: str, info: Optional[Dict[str, Any]] = None) -> StudyData:
+    """Everything the pages need from the store except the per-trial data blobs (lazy). ``info``: the study's
+    ``studies()`` entry, for a study that ``studies()`` leaves out (a study's tuning samples, ``dashboards.tuning``)."""
+    info = info or next((s for s in store.studies() if s["name"] == study_name), None)
     if info is None:
         raise KeyError(study_name)
     trials = store.trials(study_name)

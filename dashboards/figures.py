@@ -318,3 +318,78 @@ def score_vs_iou(points: Dict[str, Dict[str, List[float]]], variants: Sequence[s
                           marker=dict(color=cols[v], size=4, opacity=0.45))
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="score = IoU", line=dict(color="#444", dash="dot"))
     return fig
+
+
+def _rgba(color: str, alpha: float) -> str:
+    """A palette colour ("#1f77b4" or "rgb(102,194,165)") with transparency."""
+    from plotly.colors import hex_to_rgb, unlabel_rgb
+
+    r, g, b = hex_to_rgb(color) if color.startswith("#") else unlabel_rgb(color)
+    return f"rgba({r:g},{g:g},{b:g},{alpha})"
+
+
+def tuning_scores(samples: pd.DataFrame, keys: Sequence[str], log_keys: Sequence[str], variants: Sequence[str],
+                  ranges: Optional[Dict[str, tuple]] = None, ncols: int = 3) -> go.Figure:
+    """Tuning score against each searched key, one panel per key (log x axis for log-scale keys), one colour per
+    variant; samples stopped early are hollow. ``samples``: variant, sample, score, stopped_early and one column
+    per key (``dashboards.tuning.samples_frame``); ``ranges``: key -> (low, high), the span of its x axis (a
+    little wider), so a sample at an end of the search range shows there."""
+    ncols = max(1, min(ncols, len(keys)))
+    nrows = max(1, math.ceil(len(keys) / ncols))
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=list(keys), horizontal_spacing=0.08,
+                        vertical_spacing=0.3 / nrows if nrows > 1 else 0.1)
+    fig.update_layout(template=TEMPLATE, height=360 * nrows + 60,
+                      title=dict(text="Tuning score against each searched value (hollow: stopped early)", x=0.01))
+    cols = colors(variants)
+    for j, key in enumerate(keys):
+        row, col = j // ncols + 1, j % ncols + 1
+        for v in variants:
+            d = samples[(samples["variant"] == v) & samples[key].notna()]
+            fig.add_scatter(x=d[key], y=d["score"], mode="markers", name=v, legendgroup=v, showlegend=j == 0,
+                            marker=dict(color=cols[v], size=9, line=dict(color=cols[v], width=2),
+                                        symbol=["circle-open" if s else "circle" for s in d["stopped_early"]]),
+                            text=[f"sample {s}" + (", stopped early" if e else "")
+                                  for s, e in zip(d["sample"], d["stopped_early"])], row=row, col=col,
+                            hovertemplate=f"{v}<br>%{{text}}<br>{key} %{{x:.4g}}: %{{y:.4f}}<extra></extra>")
+        log = key in log_keys
+        span = None
+        if key in (ranges or {}):
+            lo, hi = (math.log10(x) for x in ranges[key]) if log else ranges[key]
+            span = [lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo)]  # plotly gives a log axis's range in log10 units
+        fig.update_xaxes(title_text=key, type="log" if log else "linear", range=span, row=row, col=col)
+        fig.update_yaxes(title_text="tuning score" if col == 1 else None, row=row, col=col)
+    return fig
+
+
+def tuning_curve(best: Dict[str, tuple], variants: Sequence[str]) -> go.Figure:
+    """The best tuning score so far against the sample index, per variant. ``best``: variant -> (sample indices,
+    best score among the samples up to each)."""
+    fig = _fig("Tuning curve: best score so far", xaxis_title="sample (order created, from 0)",
+               yaxis_title="best tuning score so far")
+    cols = colors(variants)
+    for v in variants:
+        x, y = best.get(v, ([], []))
+        fig.add_scatter(x=x, y=y, mode="lines+markers", name=v, line=dict(color=cols[v], shape="hv"),
+                        hovertemplate=f"{v}<br>after sample %{{x}}: %{{y:.4f}}<extra></extra>")
+    return fig
+
+
+def expected_max(curves: Dict[str, Sequence[float]], bands: Dict[str, tuple], variants: Sequence[str]) -> go.Figure:
+    """Expected best tuning score against the number of samples n = 1..N per variant (Dodge et al. 2019), with a
+    shaded band. ``curves``: variant -> E[max] at n = 1..N; ``bands``: variant -> (lower, upper) at the same n."""
+    fig = _fig("Expected best tuning score after n samples (±1 sd)", xaxis_title="samples n",
+               yaxis_title="expected best tuning score")
+    cols = colors(variants)
+    for v in variants:
+        if v not in curves:
+            continue
+        n = list(range(1, len(curves[v]) + 1))
+        lo, hi = bands[v]
+        fig.add_scatter(x=n, y=list(hi), mode="lines", line=dict(width=0), legendgroup=v, showlegend=False,
+                        hoverinfo="skip")
+        fig.add_scatter(x=n, y=list(lo), mode="lines", line=dict(width=0), fill="tonexty",
+                        fillcolor=_rgba(cols[v], 0.18), legendgroup=v, showlegend=False, hoverinfo="skip")
+        fig.add_scatter(x=n, y=list(curves[v]), mode="lines+markers", name=v, legendgroup=v,
+                        line=dict(color=cols[v], width=2),
+                        hovertemplate=f"{v}<br>n = %{{x}}: %{{y:.4f}}<extra></extra>")
+    return fig

@@ -11,11 +11,12 @@ import pandas as pd
 from dashboards import figures
 from dashboards import stats
 from dashboards.analysis import RULE, Analysis, latency_budgets, verdict
-from dashboards.context import PageContext
+from dashboards.context import TUNING_PAGE, PageContext
 from dashboards.convergence import BOX_TOLERANCE_PX
 from dashboards.data import fmt_value, load_study
 from dashboards.html import Figures, esc, interval, kv, mean_ci, nav, num, table, write_page
 from dashboards.paper import comparisons
+from dashboards.tuning import tuning_name
 
 
 def _fmt_time(t) -> str:
@@ -314,8 +315,9 @@ def trials_section(ctx: PageContext) -> str:
 
 def build_study_index(ctx: PageContext) -> str:
     figs = Figures("overview")
-    links = " · ".join(f'<a href="{href}">{label}</a>' for label, href in
-                       (("Accuracy", "accuracy.html"), ("Speed", "speed.html"), ("Loss diagnostics", "loss.html")))
+    pages = (("Accuracy", "accuracy.html"), ("Speed", "speed.html"), ("Loss diagnostics", "loss.html"))
+    pages += tuple(p for p in ctx.pages if p == TUNING_PAGE)
+    links = " · ".join(f'<a href="{href}">{label}</a>' for label, href in pages)
     body = (f"<h1>{esc(ctx.sd.name)}</h1><p class=lead>{esc(ctx.sd.info.get('description') or '')}</p>"
             f"<p>Pages: {links} · <a href='../index.html'>all studies</a></p>"
             + setup_section(ctx) + result_section(ctx, figs) + budget_section(ctx) + paper_section(ctx, figs)
@@ -341,7 +343,11 @@ def study_headline(store, name: str) -> Dict[str, Any]:
 
 def build_all_index(store, reports_dir: str, built: str) -> int:
     rows = []
-    for info in store.studies():
+    studies = store.studies()
+    tuning = {tuning_name(store, info["name"]) for info in studies}
+    for info in studies:
+        if info["name"] in tuning:  # a study's tuning trials: that study's tuning page shows them
+            continue
         s = study_headline(store, info["name"])
         sd, h = s["sd"], s["headline"]
         page = os.path.join(reports_dir, info["name"], "index.html")

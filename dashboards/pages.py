@@ -2,7 +2,8 @@
 
     build_reports(store, "focal_gamma_sweep", "reports")  # -> reports/focal_gamma_sweep/index.html
 
-writes ``reports/<study>/{index,accuracy,speed,loss}.html``, ``reports/index.html``
+writes ``reports/<study>/{index,accuracy,speed,loss}.html`` (and ``tuning.html`` for a study with tuning
+trials: ``dashboards.tuning``), ``reports/index.html``
 (every study) and ``reports/plotly.min.js`` (once; every page loads it with a
 relative link, so the pages work offline from file://). Rebuild at any time
 with ``python -m platform.report STUDY``.
@@ -18,7 +19,7 @@ import pandas as pd
 
 from dashboards import budget, figures
 from dashboards.analysis import BOOTSTRAP_CACHE, Analysis
-from dashboards.context import AP_METRICS, PageContext
+from dashboards.context import AP_METRICS, TUNING_PAGE, PAGES, PageContext
 from dashboards.convergence import fmt_slope
 from dashboards.data import fmt_value, load_study
 from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
@@ -28,6 +29,7 @@ from dashboards.stats import IMPROVEMENT_RESAMPLES, t_interval
 from dashboards.overview import (CONVERGENCE_RULE, build_all_index, build_study_index, convergence_cell,
                                  set_aside_text)
 from dashboards.speed_page import build_speed
+from dashboards.tuning import build_tuning, load_tuning
 
 
 def _missing(what: str) -> str:
@@ -377,20 +379,34 @@ def build_study(store, study_name: str, reports_dir: str, resamples: int | None 
     sd.info["store_url"] = _safe_url(getattr(store, "url", ""))
     cache = os.path.join(os.path.abspath(reports_dir), study_name, BOOTSTRAP_CACHE)
     an = Analysis(sd, cache_path=cache) if resamples is None else Analysis(sd, resamples, cache_path=cache)
-    ctx = PageContext(sd, an, os.path.abspath(reports_dir), pretrainings=store.pretrainings())
+    tuning = load_tuning(store, study_name)
+    ctx = PageContext(sd, an, os.path.abspath(reports_dir), pretrainings=store.pretrainings(),
+                      pages=PAGES + ((TUNING_PAGE,) if tuning else ()))
     write_plotly_js(ctx.reports_dir)
     build_study_index(ctx)
     build_accuracy(ctx)
     build_speed(ctx)
     build_loss(ctx)
+    if tuning:
+        build_tuning(ctx, tuning)
+    else:  # a tuning page from an earlier build of the study would be out of date and linked from nowhere
+        _remove(os.path.join(ctx.study_dir, TUNING_PAGE[1]))
     ctx.sizes["../index.html"], ctx.plots["../index.html"] = build_all_index(store, ctx.reports_dir, ctx.built), 0
-    mark_current(ctx.reports_dir, study_name, fingerprint(store, study_name, resamples))
+    mark_current(ctx.reports_dir, study_name, fingerprint(store, study_name, resamples),
+                 pages=[file for _, file in ctx.pages])
     return ctx
 
 
 def build_reports(store, study_name: str, reports_dir: str) -> str:
     """Build a study's pages and the all-studies index; returns the path of the study's index.html."""
     return os.path.join(build_study(store, study_name, reports_dir).study_dir, "index.html")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _safe_url(url: str) -> str:

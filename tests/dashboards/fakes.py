@@ -196,3 +196,61 @@ def populate_zoo(store, tmp_dir: str) -> None:
             store.record_finished(ZOO_STUDY, trial, final, epochs, {"detections": dets}, None, start,
                                   start + timedelta(seconds=150), val_ground_truth=bbox_ground_truth(gt))
     os.remove(gt_path)
+
+
+# A study with an equal tuning budget per variant (sweep.tune): 8 samples each of train.lr (log scale) and
+# train.warmup_iters, stored as the study "fake_tuned.tune", and 2 seeds of each variant's chosen configuration.
+TUNED_STUDY = "fake_tuned"
+TUNE = {"space": {"train.lr": {"low": 3e-4, "high": 1e-2, "log": True},
+                  "train.warmup_iters": {"low": 0, "high": 200, "log": False}},
+        "samples": 8, "search": "optuna", "scheduler": "asha", "grace_epochs": 1, "reduction_factor": 3,
+        "holdout": 0.2, "seed": 0}
+# variant -> samples in the order created: (lr, warmup_iters, tuning score, stopped early). gamma=2 scores 0.1 ..
+# 0.8 (its best lr, 0.0098, at the range's top edge); gamma=0 scores 0.48 .. 0.52 (best lr 0.002, mid-range).
+# Before them, one sample of an older search of gamma=0 (other settings: another "search" key), scoring 0.9: the
+# page leaves it out.
+TUNED = {
+    "gamma=2,alpha=0.25": [(0.001, 20, 0.3, False), (0.0004, 180, 0.1, True), (0.003, 60, 0.5, False),
+                           (0.0005, 90, 0.2, True), (0.0098, 150, 0.8, False), (0.0007, 10, 0.4, True),
+                           (0.006, 120, 0.7, False), (0.004, 30, 0.6, False)],
+    "gamma=0,alpha=0.75": [(0.001, 100, 0.5, False), (0.002, 37, 0.52, False), (0.0009, 5, 0.5, False),
+                           (0.0012, 70, 0.5, False), (0.0011, 110, 0.5, False), (0.0006, 160, 0.48, False),
+                           (0.0015, 140, 0.5, False), (0.0013, 90, 0.5, False)],
+}
+
+
+def populate_tuned(store) -> None:
+    """Write ``TUNED_STUDY`` and its tuning trials (the storage contract of ``dashboards.tuning``) into ``store``."""
+    tuning = TUNED_STUDY + getattr(store, "TUNING_SUFFIX", ".tune")
+    spec = {"name": TUNED_STUDY, "sweep": {"tune": TUNE}}
+    store.upsert_study(TUNED_STUDY, "Fake tuned sweep for the tuning page.", spec, None)
+    store.upsert_study(tuning, "", spec, None)
+    t0 = datetime(2026, 1, 7, 12, 0, tzinfo=timezone.utc)
+    old = [("gamma=0,alpha=0.75", 8, (0.005, 50, 0.9, False), "old-search")]
+    new = [(variant, i, sample, f"search-{variant}") for variant, samples in TUNED.items()
+           for i, sample in enumerate(samples)]
+    for variant, i, (lr, warmup, score, stopped), search in old + new:
+        gamma, alpha = VARIANTS[variant][:2]
+        trial = dict(trial_dict(variant, gamma, alpha, 0, "/nonexistent"), study=tuning,
+                     trial_key=f"{variant}/sample={i}", config_hash=f"tune-{search}-{i}")
+        trial["train"] = dict(trial["train"], lr=lr, warmup_iters=warmup)
+        epochs = 1 if stopped else EPOCHS
+        data = {"tuning": {"sample": i, "values": {"train.lr": lr, "train.warmup_iters": warmup}, "search": search,
+                           "score": score, "epochs": epochs, "stopped_early": stopped}}
+        start = t0 + timedelta(minutes=i)
+        store.record_finished(tuning, trial, {"AP": score}, [{"step": e + 1, "epoch": e, "val/AP": score}
+                                                             for e in range(epochs)],
+                              data, None, start, start + timedelta(seconds=30))
+    for variant, samples in TUNED.items():
+        gamma, alpha = VARIANTS[variant][:2]
+        best = max(range(len(samples)), key=lambda i: samples[i][2])
+        lr, warmup, score, _ = samples[best]
+        tuned = {"values": {"train.lr": lr, "train.warmup_iters": warmup}, "sample": best, "score": score}
+        for seed in (0, 1):
+            trial = dict(trial_dict(variant, gamma, alpha, seed, "/nonexistent"), study=TUNED_STUDY)
+            trial["train"] = dict(trial["train"], lr=lr, warmup_iters=warmup)
+            ap = score / 2 + 0.01 * seed
+            start = t0 + timedelta(hours=1, minutes=seed)
+            store.record_finished(TUNED_STUDY, trial, {"AP": ap, "AP50": 1.5 * ap},
+                                  [{"step": e + 1, "epoch": e, "val/AP": ap * FLAT[e]} for e in range(EPOCHS)],
+                                  {"tuned": tuned}, None, start, start + timedelta(seconds=60))
