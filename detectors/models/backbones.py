@@ -27,6 +27,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from detectors.models.anchors import SIZE_DIVISIBLE
+
 PYRAMID_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
 # The tiny body's stage widths: one body for every tiny detector, so one pretrained body serves them all.
 TINY_WIDTHS = [16, 32, 48, 64, 96]
@@ -138,17 +140,12 @@ def single_level_backbone(scale: str, cfg: dict) -> SingleLevelBackbone:
 
 def pyramid_transform(cfg: dict, mean: List[float], std: List[float]) -> GeneralizedRCNNTransform:
     """Resize to ``cfg["min_size"]``/``cfg["max_size"]``, normalise, and pad the batch to a
-    multiple of the coarsest stride (128, P7).
+    multiple of 32 (torchvision's, Detectron2's): an 800 x 1333 image becomes 800 x 1344.
 
-    Why 128 and not torchvision's default 32: its ``AnchorGenerator`` infers each level's
-    stride as padded size // grid size, and stride-2 convs round the grid up, so on a
-    padded side that is not a multiple of 128 the P6/P7 anchors drift from the
-    features (a 192 px side puts P7 centres at 0 and 96, not 0 and 128; an 800 px one
-    puts the last at 684, not 768). With a multiple of 128 every level divides
-    exactly and centres sit at k * nominal stride.
+    The anchors need no more: ``StridedAnchorGenerator`` puts level l's centres at
+    k * nominal stride on its ceil(side / stride) cells, whatever the padded size.
     """
-    return GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], mean, std,
-                                    size_divisible=PYRAMID_STRIDES[-1])
+    return GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], mean, std, size_divisible=SIZE_DIVISIBLE)
 
 
 def pyramid_backbone(scale: str, cfg: dict) -> PyramidBackbone:

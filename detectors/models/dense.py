@@ -37,13 +37,13 @@ from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence,
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectors.assigners import atss_assign, fcos_assign, fcos_size_ranges, max_iou_assign
 from detectors.boxes import aligned_box_iou, box_centres, box_to_distance, clip_boxes, distance_to_box
 from detectors.losses import CLS_LOSSES, balanced_ce_loss, focal_loss
 from detectors.losses.gfl import giou_loss
+from detectors.models.anchors import StridedAnchorGenerator
 from detectors.models.backbones import pyramid_backbone, pyramid_transform, scale_config
 from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, InStrides, NumConvs, TopK, Width
 from detectors.models.contract import MODELS, LossRole, register_detector
@@ -73,7 +73,7 @@ class DenseDetector(nn.Module):
         box_repr: the box representation (``detectors.models.box_repr``).
     """
 
-    def __init__(self, *, backbone: nn.Module, head: DenseHead, anchor_generator: AnchorGenerator,
+    def __init__(self, *, backbone: nn.Module, head: DenseHead, anchor_generator: StridedAnchorGenerator,
                  transform: GeneralizedRCNNTransform, cls_loss: Callable[..., Tensor], strides: Sequence[int],
                  assigner: Callable[[Tensor, List[int], Tensor], Tensor], box_repr,
                  quality: str = "joint", score_thresh: float = 0.05, nms_iou: float = 0.6,
@@ -307,8 +307,8 @@ def build_dense(num_classes: int, scale: str = "tiny", cls_loss: Optional[Callab
     head = DenseHead(backbone.out_channels, num_classes, cfg["head_width"], cfg["head_convs"],
                      cfg["head_norm"], prior_prob, box_repr, has_quality=quality in ("centerness", "iou"),
                      num_levels=len(strides), box_bias=cfg["anchor_scale"] / 2)
-    anchor_gen = AnchorGenerator(sizes=tuple((cfg["anchor_scale"] * s,) for s in strides),
-                                 aspect_ratios=((1.0,),) * len(strides))
+    anchor_gen = StridedAnchorGenerator(sizes=tuple((cfg["anchor_scale"] * s,) for s in strides),
+                                        aspect_ratios=((1.0,),) * len(strides), strides=strides)
     return DenseDetector(
         backbone=backbone, head=head, anchor_generator=anchor_gen,
         transform=pyramid_transform(cfg, IMAGENET_MEAN, IMAGENET_STD),

@@ -34,6 +34,7 @@ from typing import Annotated, Callable, Dict, List, Literal, Optional
 from torch import Tensor, nn
 
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, SOFTMAX_LOSSES, smooth_l1_loss
+from detectors.models.anchors import SIZE_DIVISIBLE
 from detectors.models.common import Count, Epochs, ImageSide, RoISize, RoIsPerImage, UnitLow, Width
 from detectors.models.contract import LossRole, register_detector
 from detectors.models.fast_rcnn import ROI_ROLES, roi_head_for
@@ -211,6 +212,8 @@ def build_faster_rcnn(num_classes: int, scale: str = "tiny", rpn_cls_loss: Optio
                          roi_box_loss or partial(smooth_l1_loss, beta=1.0),
                          rois_per_image=rois_per_image, fg_fraction=fg_fraction, fg_iou=fg_iou, bg_iou_lo=bg_iou_lo,
                          score_thresh=score_thresh, nms_iou=nms_iou, max_dets=max_dets)
-    return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=heads, transform=make_transform(cfg, max(strides)),
+    # Padded to 32 as torchvision's (FPN: P6's anchors sit on stride 64 anyway); one map: to its stride.
+    transform = make_transform(cfg, min(max(strides), SIZE_DIVISIBLE))
+    return FasterRCNN(backbone=backbone, rpn=rpn, roi_heads=heads, transform=transform,
                       training=training, roi_levels=roi_levels,
                       rpn_backbone=make_backbone() if training == "alternating" else None)

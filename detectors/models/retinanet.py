@@ -21,12 +21,12 @@ from typing import Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detectors.assigners import max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
+from detectors.models.anchors import StridedAnchorGenerator
 from detectors.models.backbones import (TINY_WIDTHS, PYRAMID_STRIDES, pyramid_backbone, pyramid_transform, scale_config,
                                         single_level_backbone)
 from detectors.models.common import IMAGENET_MEAN, IMAGENET_STD, ImageSide, InStrides, NumConvs, TopK, Width
@@ -102,14 +102,15 @@ class RetinaNet(nn.Module):
         backbone: module returning an ordered dict of pyramid features, with
             ``out_channels``.
         head: module mapping the feature list to (logits, deltas).
-        anchor_generator: torchvision ``AnchorGenerator`` matching the head's order.
+        anchor_generator: ``StridedAnchorGenerator`` (torchvision's, on the backbone's strides)
+            matching the head's order.
         transform: torchvision ``GeneralizedRCNNTransform`` (resize, normalise,
             batch; maps boxes back to the input size).
         cls_loss: ``fn(logits [M,K], targets [M,K], reduction=...)`` from
             ``detectors.losses``; box_loss likewise on deltas.
     """
 
-    def __init__(self, *, backbone: nn.Module, head: nn.Module, anchor_generator: AnchorGenerator,
+    def __init__(self, *, backbone: nn.Module, head: nn.Module, anchor_generator: StridedAnchorGenerator,
                  transform: GeneralizedRCNNTransform, cls_loss: Callable[..., Tensor],
                  box_loss: Callable[..., Tensor], box_coder: Optional[BoxCoder] = None,
                  pos_iou: float = 0.5, neg_iou: float = 0.4, allow_low_quality: bool = True,
@@ -215,16 +216,19 @@ SCALES = {
 }
 
 
-def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128), fpn: bool = True) -> AnchorGenerator:
+def retinanet_anchor_generator(anchor_base: float, strides=(8, 16, 32, 64, 128), fpn: bool = True,
+                               map_stride: int = 16) -> StridedAnchorGenerator:
     """3 scales (2^0, 2^(1/3), 2^(2/3)) x 3 ratios (1:2, 1:1, 2:1) per level (paper sec. 4).
 
-    ``fpn=False``: the sizes of every level in ``strides`` on one map (15 sizes x 3 ratios).
+    ``fpn=False``: the sizes of every level in ``strides`` on one map of stride ``map_stride``
+    (15 sizes x 3 ratios).
     """
     octaves = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     sizes = tuple(tuple(anchor_base * s * o for o in octaves) for s in strides)
     if not fpn:
-        return AnchorGenerator(sizes=(sum(sizes, ()),), aspect_ratios=((0.5, 1.0, 2.0),))
-    return AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
+        return StridedAnchorGenerator(sizes=(sum(sizes, ()),), aspect_ratios=((0.5, 1.0, 2.0),),
+                                      strides=(map_stride,))
+    return StridedAnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(strides), strides=strides)
 
 
 def check_common(params: dict) -> None:
@@ -259,7 +263,7 @@ def build_retinanet(num_classes: int, scale: str = "tiny", cls_loss: Optional[Ca
     cfg = scale_config(SCALES, scale, head_norm, anchor_base=anchor_base, head_width=head_width,
                        head_convs=head_convs, fpn_width=fpn_width, min_size=min_size, max_size=max_size)
     backbone = pyramid_backbone(scale, cfg) if fpn else single_level_backbone(scale, cfg)
-    anchors = retinanet_anchor_generator(cfg["anchor_base"], PYRAMID_STRIDES, fpn)
+    anchors = retinanet_anchor_generator(cfg["anchor_base"], PYRAMID_STRIDES, fpn, backbone.strides[0])
     head = RetinaHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes, cfg["head_width"],
                       cfg["head_convs"], cfg["head_norm"], prior_prob)
     return RetinaNet(

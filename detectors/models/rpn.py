@@ -1,7 +1,7 @@
 """Region Proposal Network (Faster R-CNN, Ren et al., arXiv 1506.01497, sec. 3.1).
 
 torchvision's ``RegionProposalNetwork`` supplies the pieces: the 3x3 conv + sibling
-1x1 convs head (``RPNHead``), the anchors (``AnchorGenerator``), per-level top-N
+1x1 convs head (``RPNHead``), the anchors (``AnchorGenerator``, here on the declared strides), per-level top-N
 before NMS, clipping, NMS at 0.7 and top-N after it (``filter_proposals``), and the
 256-anchor sampler (``BalancedPositiveNegativeSampler``, up to 1:1). What
 differs here, hence the subclass:
@@ -33,18 +33,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
 from detectors.assigners import BACKGROUND, IGNORE, max_iou_assign
+from detectors.models.anchors import StridedAnchorGenerator
 from detectors.train.runtime import worker_mean
 
 __all__ = ["RPN", "rpn_anchor_generator"]
 
 
 def rpn_anchor_generator(strides: Sequence[int], anchor_sizes: Sequence[float], anchor_base: float,
-                         scales_per_level: int = 3) -> AnchorGenerator:
+                         scales_per_level: int = 3) -> StridedAnchorGenerator:
     """3 ratios (1:2, 1:1, 2:1) per scale and location. One level: the 3 ``anchor_sizes``
     (the Faster R-CNN paper's 9 anchors); a pyramid: ``anchor_base * stride`` on each level,
     one scale (the FPN paper, sec. 4.1: areas 32^2 to 512^2 on P2-P6 at anchor_base 8, 3 anchors
@@ -54,7 +54,7 @@ def rpn_anchor_generator(strides: Sequence[int], anchor_sizes: Sequence[float], 
     else:
         octaves = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))[:scales_per_level]
         sizes = tuple(tuple(anchor_base * s * o for o in octaves) for s in strides)
-    return AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
+    return StridedAnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes), strides=strides)
 
 
 class RPN(RegionProposalNetwork):

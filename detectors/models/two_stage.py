@@ -135,9 +135,9 @@ def fpn_backbone(scale: str, cfg: dict) -> NamedFeatures:
 
 
 def make_transform(cfg: dict, size_divisible: int) -> GeneralizedRCNNTransform:
-    """Resize to ``min_size`` / ``max_size``, normalise, pad the batch to a multiple of the
-    coarsest stride (so every level's anchors sit on their nominal stride; see
-    ``backbones.pyramid_transform``)."""
+    """Resize to ``min_size`` / ``max_size``, normalise, pad the batch to a multiple of
+    ``size_divisible`` (each builder's: the anchors sit on their nominal strides at any
+    padding, see ``detectors.models.anchors``)."""
     return GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], IMAGENET_MEAN, IMAGENET_STD,
                                     size_divisible=size_divisible)
 

@@ -25,6 +25,8 @@ sections (targets from issue 11):
   zoo            every registered detector at tiny scale: params, FLOPs, latency, throughput (1 thread)
   memory         a Ray worker's resident memory as it loads what a trial needs, and after a tiny trial
                  (target <= 1.5 GB)
+  padding        paper-scale RetinaNet and Faster R-CNN (FPN) on one 800 x 1333 image padded to 32 against the
+                 multiple they padded to before (128, 64; issue 22): padded size, anchors, GFLOPs, latency (1 thread)
   data           on the headline study's set (800 training images): an epoch of batches with / without the
                  decoded-image cache and with 0 / 2 DataLoader workers; training steps with 0 / 2 workers
 
@@ -46,20 +48,22 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SECTIONS = ("retinanet", "orchestration", "concurrency", "evaluation", "zoo", "memory", "data")
+SECTIONS = ("retinanet", "orchestration", "concurrency", "evaluation", "zoo", "memory", "data", "padding")
 
 # quick / full sizes of everything that costs time
 SIZES = {
     "quick": dict(rounds=12, steps=8, profile_repeats=10, trials=2, train_images=200, epochs=2, conc_trials=4,
                   conc_train_images=160, conc_epochs=2, eval_images=(500, 5000), eval_repeats=(3, 1), zoo_images=10,
-                  data_steps=10, bootstrap_resamples=20, data_set={"num_train": 800, "num_val": 150}),
+                  data_steps=10, padding_repeats=3, bootstrap_resamples=20,
+                  data_set={"num_train": 800, "num_val": 150}),
     "full": dict(rounds=20, steps=5, profile_repeats=30, trials=3, train_images=800, epochs=6, conc_trials=4,
                  conc_train_images=400, conc_epochs=3, eval_images=(500, 5000), eval_repeats=(5, 3), zoo_images=30,
-                 data_steps=30, bootstrap_resamples=50, data_set={"num_train": 800, "num_val": 150}),
+                 data_steps=30, padding_repeats=5, bootstrap_resamples=50,
+                 data_set={"num_train": 800, "num_val": 150}),
     # --smoke: that the command runs (the tests); its numbers mean nothing
     "smoke": dict(rounds=2, steps=1, profile_repeats=2, trials=1, train_images=16, epochs=1, conc_trials=2,
                   conc_train_images=16, conc_epochs=1, eval_images=(20, 40), eval_repeats=(1, 1), zoo_images=2,
-                  data_steps=2, bootstrap_resamples=2, data_set={"num_train": 16, "num_val": 8}),
+                  data_steps=2, padding_repeats=1, bootstrap_resamples=2, data_set={"num_train": 16, "num_val": 8}),
 }
 
 
@@ -244,6 +248,15 @@ def bench_zoo(paths: dict, size: dict) -> List[Dict[str, Any]]:
     return detector_zoo(paths, latency_images=size["zoo_images"], warmup=3, repeats=3)
 
 
+def bench_padding(size: dict) -> List[Dict[str, Any]]:
+    from platform.bench.measurements import padding_cost
+
+    rows = padding_cost(repeats=size["padding_repeats"])
+    for r in rows:
+        r["wall_ms"], r["cpu_ms"] = median_spread(r["wall_ms"]), median_spread(r["cpu_ms"])
+    return rows
+
+
 def bench_memory(paths: dict) -> Dict[str, Any]:
     import ray
     import ray.cloudpickle
@@ -351,6 +364,14 @@ def markdown(result: Dict[str, Any]) -> str:
         lines += ["\n## Data path\n", "| what | wall s |", "|---|---|"]
         for k, v in d.items():
             lines.append(f"| {k} | {v['wall']:.3f}" + (f" ({v['img_s']:.1f} img/s)" if "img_s" in v else "") + " |")
+    if "padding" in s:
+        lines += ["\n## Padding to 32 against the coarsest stride (paper scale, one 800 x 1333 image, 1 thread)\n",
+                  "| detector | pad to | padded | pixels | anchors | GFLOPs | latency ms (wall) | latency ms (CPU) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in s["padding"]:
+            h, w = r["padded"]
+            lines.append(f"| {r['detector']} | {r['size_divisible']} | {h} x {w} | {h * w / 1e6:.3f} M | "
+                         f"{r['anchors']} | {r['gflops']:.1f} | {fmt(r['wall_ms'], 0)} | {fmt(r['cpu_ms'], 0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -377,7 +398,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "retinanet": lambda: bench_retinanet(paths, size), "orchestration": lambda: bench_orchestration(size, cache),
         "concurrency": lambda: bench_concurrency(size, cache), "evaluation": lambda: bench_evaluation(size),
         "zoo": lambda: bench_zoo(paths, size), "memory": lambda: bench_memory(paths),
-        "data": lambda: bench_data(generate(size["data_set"], cache), size)}
+        "data": lambda: bench_data(generate(size["data_set"], cache), size), "padding": lambda: bench_padding(size)}
     for name in args.only or SECTIONS:
         t0 = time.perf_counter()
         print(f"bench: {name} ...", flush=True)

@@ -14,6 +14,8 @@ so side-by-side ratios are read from it (on an idle machine the two agree).
   between the two (assignment, loss forward + backward, post-processing);
 - :func:`detector_zoo`: every registered detector at a scale: params, FLOPs,
   latency, throughput;
+- :func:`padding_cost`: FLOPs and latency of paper-scale RetinaNet and Faster R-CNN on
+  one 800 x 1333 image padded to 32 (now) and to the coarsest stride (before, issue 22);
 - :func:`data_path`: an epoch of batches with and without the decoded-image
   cache, with 0 and 2 DataLoader workers, and training steps with 0 and 2 workers;
 - :func:`eval_backends`: pycocotools against faster-coco-eval on generated detections;
@@ -199,6 +201,52 @@ def detector_zoo(paths: dict, scale: str = "tiny", threads: int = 1, latency_ima
         f = measure_speed(model, val, "cpu", latency_images=latency_images, warmup=warmup, throughput_batch=8,
                           throughput_batches=2, repeats=repeats)
         rows.append({"detector": name, "scale": scale, "threads": threads, **f})
+    return rows
+
+
+# (detector, builder overrides, the multiple its transform padded to before anchors took declared strides)
+PADDING_DETECTORS = (("retinanet", {}, 128), ("faster_rcnn", {"fpn": True}, 64))
+
+
+def padding_cost(repeats: int = 3, threads: int = 1, size=(800, 1333),
+                 detectors=PADDING_DETECTORS) -> List[Dict[str, object]]:
+    """Per detector (paper scale, untrained, eval, min / max size = ``size``, so the image is not resized) and
+    per padding multiple (32, and the one it had before): the padded size, the anchors, GFLOPs of one forward
+    (``torch.utils.flop_counter``) and its latency (wall and CPU ms, ``repeats`` times after a warm-up, the two
+    paddings interleaved). Only the transform's ``size_divisible`` differs between them: at the old multiple the
+    anchors are exactly the old ones (every level's grid * stride is the padded side)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from detectors.models import MODELS
+
+    torch.set_num_threads(threads)
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for name, overrides, before in detectors:
+        torch.manual_seed(0)
+        model = MODELS.build(name, num_classes=80, scale="paper", min_size=min(size), max_size=max(size),
+                             **overrides).eval()
+        generator = model.rpn.anchor_generator if hasattr(model, "rpn") else model.anchor_generator
+        by_pad: Dict[int, Dict[str, object]] = {}
+        with torch.no_grad():
+            for pad in (before, 32):
+                model.transform.size_divisible = pad
+                image_list, _ = model.transform([image])
+                feats = list(model.backbone(image_list.tensors).values())
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    model([image])
+                by_pad[pad] = {"detector": name, "size_divisible": pad, "padded": list(image_list.tensors.shape[-2:]),
+                               "anchors": generator(image_list, feats)[0].shape[0],
+                               "gflops": counter.get_total_flops() / 1e9, "wall_ms": [], "cpu_ms": []}
+            for r in range(repeats):
+                for pad in ((before, 32) if r % 2 == 0 else (32, before)):  # alternate who goes first
+                    model.transform.size_divisible = pad
+                    t = timed(model, [image])
+                    by_pad[pad]["wall_ms"].append(t["wall"] * 1000.0)
+                    by_pad[pad]["cpu_ms"].append(t["cpu"] * 1000.0)
+        rows += [by_pad[before], by_pad[32]]
     return rows
 
 

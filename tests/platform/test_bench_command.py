@@ -44,3 +44,23 @@ def test_orchestration_overhead_splits_into_fixed_and_per_trial_parts():
     md = markdown({"mode": "quick", "started": "now", "machine": {"cpu": "x", "cpu_cores": 2}, "load_before": 0.1,
                    "load_after": 0.2, "sections": {"orchestration": dict(out, cached_rerun_s=1.5)}})
     assert "17.0 s per study" in md and "3.0 s per trial" in md and "| 100 s | 1.200 | 1.064 | 1.047 | 1.041 |" in md
+
+
+
+def test_padding_table_has_padded_size_pixels_and_flops():
+    from platform.bench import markdown
+
+    def row(pad, padded, anchors, gflops, wall, cpu):
+        return {"detector": "retinanet", "size_divisible": pad, "padded": padded, "anchors": anchors, "gflops": gflops,
+                "wall_ms": {"median": wall[0], "spread": wall[1], "n": 3},
+                "cpu_ms": {"median": cpu[0], "spread": cpu[1], "n": 3}}
+
+    # 896 x 1408 = 1,261,568 px -> "1.262 M"; 800 x 1344 = 1,075,200 px -> "1.075 M" (17.3% fewer).
+    # Anchors, 9 per cell: (112*176 + 56*88 + 28*44 + 14*22 + 7*11) * 9 = 26257 * 9 = 236313;
+    # (100*168 + 50*84 + 25*42 + 13*21 + 7*11) * 9 = 22400 * 9 = 201600. Spreads print halved.
+    rows = [row(128, [896, 1408], 236313, 300.0, (5000.0, 200.0), (4900.0, 100.0)),
+            row(32, [800, 1344], 201600, 256.0, (4300.0, 20.0), (4200.0, 10.0))]
+    md = markdown({"mode": "quick", "started": "now", "machine": {"cpu": "x", "cpu_cores": 2}, "load_before": 0.1,
+                   "load_after": 0.2, "sections": {"padding": rows}})
+    assert "| retinanet | 128 | 896 x 1408 | 1.262 M | 236313 | 300.0 | 5000 ± 100 (n=3) | 4900 ± 50 (n=3) |" in md
+    assert "| retinanet | 32 | 800 x 1344 | 1.075 M | 201600 | 256.0 | 4300 ± 10 (n=3) | 4200 ± 5 (n=3) |" in md
