@@ -149,19 +149,20 @@ def _check(file: str, images_dir: str, coco) -> Dict[str, int]:
 
     # schema: records that are objects, with the fields the loader reads, of the right types
     for key, records in (("images", images), ("categories", categories), ("annotations", anns)):
-        faults.where(key, np.array([type(r) is not dict for r in records], dtype=bool),
-                     lambda i: "must be a JSON object")
+        if not set(map(type, records)) <= {dict}:
+            faults.where(key, np.array([type(r) is not dict for r in records], dtype=bool),
+                         lambda i: "must be a JSON object")
     faults.raise_any()
-    img_id = _typed(faults, "images", images, "id", _is_int, "an integer")
-    _typed(faults, "images", images, "file_name", lambda v: type(v) is str and v != "", "a file name")
+    img_id = _typed(faults, "images", images, "id", int)
+    _typed(faults, "images", images, "file_name", str)
     for key in ("width", "height"):
-        _typed(faults, "images", images, key, lambda v: _is_int(v) and v > 0, "an integer > 0", optional=True)
-    cat_id = _typed(faults, "categories", categories, "id", _is_int, "an integer")
+        _typed(faults, "images", images, key, int, low=1, optional=True)
+    cat_id = _typed(faults, "categories", categories, "id", int)
     # COCOeval keeps matched annotation ids with 0 meaning "unmatched": id 0 would turn a hit into a miss
-    ann_id = _typed(faults, "annotations", anns, "id", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-    ann_img = _typed(faults, "annotations", anns, "image_id", _is_int, "an integer")
-    ann_cat = _typed(faults, "annotations", anns, "category_id", _is_int, "an integer")
-    _typed(faults, "annotations", anns, "iscrowd", lambda v: _is_int(v) and v in (0, 1), "0 or 1", optional=True)
+    ann_id = _typed(faults, "annotations", anns, "id", int, low=1)
+    ann_img = _typed(faults, "annotations", anns, "image_id", int)
+    ann_cat = _typed(faults, "annotations", anns, "category_id", int)
+    _typed(faults, "annotations", anns, "iscrowd", int, low=0, high=1, optional=True)
     boxes = _boxes(faults, anns)
     faults.raise_any()
     img_id, cat_id, ann_id, ann_img, ann_cat = (_int64(faults, k, c) for k, c in (
@@ -219,8 +220,11 @@ def _check_boxes(faults: "_Faults", boxes: np.ndarray, images: list, image_row: 
 
 def _check_files(faults: "_Faults", images_dir: str, images: list) -> Dict[str, int]:
     """Every image's file in its directory: one listing per directory. Returns {dir: mtime_ns}."""
-    paths = [os.path.join(images_dir, r["file_name"]) for r in images]
-    split = [os.path.split(os.path.normpath(p)) for p in paths]
+    names = [r["file_name"] for r in images]
+    if any(os.sep in n or (os.altsep and os.altsep in n) for n in names):  # files in subdirectories
+        split = [os.path.split(os.path.normpath(os.path.join(images_dir, n))) for n in names]
+    else:  # COCO's layout: every file in images_dir itself
+        split = [(images_dir, n) for n in names]
     listed: Dict[str, set] = {}
     dirs: Dict[str, int] = {}
     for d in dict.fromkeys(d for d, _ in split):
@@ -231,7 +235,7 @@ def _check_files(faults: "_Faults", images_dir: str, images: list) -> Dict[str, 
         except OSError:
             listed[d] = set()
     missing = np.array([name not in listed[d] for d, name in split], dtype=bool)
-    faults.where("images", missing, lambda i: f"file {paths[i]} does not exist")
+    faults.where("images", missing, lambda i: f"file {os.path.join(*split[i])} does not exist")
     return dirs
 
 
@@ -245,11 +249,28 @@ def _int_or(v, default):
     return v if _is_int(v) else default
 
 
-def _typed(faults: "_Faults", key: str, records: list, field: str, ok, want: str, optional: bool = False) -> list:
-    """``records``' values of ``field`` (a plain list); a fault for each missing or mistyped one."""
+def _typed(faults: "_Faults", key: str, records: list, field: str, kind: type, low: Optional[int] = None,
+           high: Optional[int] = None, optional: bool = False) -> list:
+    """``records``' values of ``field`` (a plain list): integers in [low, high], or non-empty strings;
+    a fault for each missing or mistyped one."""
     column = [r.get(field, _MISSING) for r in records]
-    if all(ok(v) or (optional and v is _MISSING) for v in column):  # the common case: one pass, no record named
+    present = [v for v in column if v is not _MISSING] if optional else column
+    # the common case in a few passes at C speed (type() excludes bool, a subclass of int)
+    if set(map(type, present)) <= {kind} and (all(present) if kind is str else
+                                              (low is None or min(present, default=low) >= low)
+                                              and (high is None or max(present, default=high) <= high)):
         return column
+    if kind is str:
+        want = "a non-empty string"
+    else:
+        want = "an integer" + (f" >= {low}" if high is None and low is not None else
+                               f" from {low} to {high}" if high is not None else "")
+
+    def ok(v) -> bool:
+        if kind is str:
+            return type(v) is str and v != ""
+        return type(v) is int and (low is None or v >= low) and (high is None or v <= high)
+
     for i, v in enumerate(column):
         if v is _MISSING and not optional:
             faults.add(faults.name(key, i), f"required field '{field}' is missing")
