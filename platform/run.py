@@ -14,8 +14,10 @@ from typing import List, Optional
 EPILOG = """\
 what happens:
   1. STUDY is validated (unknown keys, types, detector/loss names and their
-     parameters, swept keys and values); any problem is one line naming the
-     file and key, and exits 2 before anything is written.
+     parameters, swept keys and values), and a COCO dataset's annotation files
+     are parsed and checked (schema, ids, boxes, image files); any problem is
+     one line naming the file and key or record, and exits 2 before anything
+     is written.
   2. The sweep expands to trials (variants x grid x seeds), each with a hash of
      everything that decides its result.
   3. Trials whose hash already finished (results store) are skipped; the rest
@@ -157,6 +159,7 @@ def check_local_resources(study, address: Optional[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
+    from platform.study.datasets import check_datasets
     from platform.study.expand import describe
     from platform.study.memo import load_expanded, remember
     from platform.study.load import StudyError
@@ -165,9 +168,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         # the validated expansion of an unchanged file is remembered (platform.study.memo): no torch import
         study, trials, remembered = load_expanded(args.study)
         check_local_resources(study, args.address)
+        # COCO annotation files parsed and checked here, not in a worker after Ray started (a passed
+        # check is remembered; a dry run reads but writes no verdict)
+        checked = check_datasets(study, trials, write=not args.dry_run)
     except StudyError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in getattr(e, "lines", [str(e)]):  # a dataset's faults: one line each
+            print(f"error: {line}", file=sys.stderr)
         return 2
+    if not args.dry_run:
+        for line in checked:
+            print(line)
     if not remembered and not args.dry_run:
         try:
             remember(args.study, study, trials)

@@ -30,6 +30,9 @@ sections (targets from issue 11):
   data           on the headline study's set (800 training images): an epoch of batches with / without the
                  decoded-image cache and with 0 / 2 DataLoader workers; training steps with 0 / 2 workers
 
+--dataset-check (alone, no sections, nothing written): the driver's COCO annotation check on a generated file of
+train2017's size (118k images, 860k boxes), first and cached (targets 20 s and 1 s; platform.bench.dataset_check).
+
 the measurements themselves are platform.bench.measurements; python -m platform.bench.threads times one
 short trial per thread count (train img/s, latency). Benchmarks live here, not in detectors/, whose every
 file is hashed into each trial's config hash.
@@ -383,7 +386,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests: tiny sizes
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help=f"some of: {', '.join(SECTIONS)}")
     ap.add_argument("--out", default=os.path.join("runs", "bench"), help="where bench.json and bench.md go")
+    ap.add_argument("--dataset-check", action="store_true",
+                    help="only time the driver's COCO annotation check, first and cached (prints; writes nothing)")
     args = ap.parse_args(argv)
+    if args.dataset_check:
+        from platform.bench.dataset_check import bench_dataset_check
+
+        bench_dataset_check()
+        return 0
 
     from detectors.data.synthetic import generate
     from detectors.evaluation.speed_phase import hardware

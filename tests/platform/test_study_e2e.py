@@ -149,12 +149,14 @@ def test_changed_grid_value_runs_only_the_new_trial(first_run):
 
 def test_failing_trial_is_retried_then_recorded_while_others_finish(tmp_path):
     # A COCO-format dataset on disk; one variant's annotation file names an image
-    # that does not exist. Validation cannot see that (the files exist), so the
-    # worker raises DatasetError, Tune retries once, and the trial is recorded failed.
+    # file that exists but is not an image. The driver's check cannot see that (it
+    # lists files, it does not decode them), so the worker raises DatasetError,
+    # Tune retries once, and the trial is recorded failed.
     paths = generate({"num_train": 8, "num_val": 4, "seed": 5}, str(tmp_path / "data"))
     with open(paths["train_annotations"]) as f:
         bad = json.load(f)
-    bad["images"].append({"id": 9999, "file_name": "missing.png", "width": 128, "height": 128})
+    bad["images"].append({"id": 9999, "file_name": "corrupt.png", "width": 128, "height": 128})
+    open(os.path.join(paths["train_images"], "corrupt.png"), "wb").close()
     bad_path = tmp_path / "instances_train_bad.json"
     bad_path.write_text(json.dumps(bad))
     study = write_study(tmp_path / "failing.yaml", tmp_path, [2],
@@ -175,7 +177,7 @@ def test_failing_trial_is_retried_then_recorded_while_others_finish(tmp_path):
     by_status = {t["status"]: t for t in store.trials("smoke")}
     assert set(by_status) == {"finished", "failed"}
     failed = by_status["failed"]
-    assert "missing.png" in failed["error"] and "9999" in failed["error"]
+    assert "corrupt.png" in failed["error"] and "9999" in failed["error"]
     assert failed["attempts"] == 2  # the first try and one retry
     _, children = mlflow_runs(tmp_path / "runs")
     assert len(children) == 2  # the retry continued its own child run
