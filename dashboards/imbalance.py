@@ -54,11 +54,14 @@ def focus(config: Dict[str, Any]) -> float:
     return float((loss.get("params") or {}).get("gamma", 2.0)) if loss.get("name") == "focal" else 0.0
 
 
-def _level_name(configs: List[Dict[str, Any]], ident: str, all_idents: List[Dict[str, Any]]) -> str:
-    """A level by the dataset settings that differ between levels (``image_size=384``)."""
-    mine = flatten((configs[0].get("dataset") or {}))
-    others = [flatten(c.get("dataset") or {}) for c in all_idents]
+def _level_name(config: Dict[str, Any], ident: str, levels: List[Dict[str, Any]]) -> str:
+    """A level by the dataset settings that differ between levels (``image_size=384``); ``levels``:
+    one trial config per level."""
+    mine = flatten(config.get("dataset") or {})
+    others = [flatten(c.get("dataset") or {}) for c in levels]
     keys = sorted(k for k in mine if k != "digest" and any(o.get(k) != mine[k] for o in others))
+    # A generated set's paths follow from its settings: name it by the settings alone.
+    keys = [k for k in keys if k.startswith("synthetic.")] or keys
     return ",".join(f"{k.rsplit('.', 1)[-1]}={mine[k]}" for k in keys) or ident[:8]
 
 
@@ -91,7 +94,7 @@ def imbalance_levels(sd: StudyData, metric: str = "AP") -> Optional[Dict[str, An
         mine = [t for t in trials if dataset_identity(t["config"]) == ident]
         per_loss = {k: {t["seed"]: value[t["trial_key"]] for t in mine if loss_identity(t["config"]) == k}
                     for k in by_focus}
-        level = {"name": _level_name([firsts[ident]], ident, list(firsts.values())),
+        level = {"name": _level_name(firsts[ident], ident, list(firsts.values())),
                  "trials": len(mine),
                  **{name.split("/")[-1]: _mean([figures[name].get(t["trial_key"]) for t in mine])
                     for name in FIGURES},
@@ -100,7 +103,8 @@ def imbalance_levels(sd: StudyData, metric: str = "AP") -> Optional[Dict[str, An
         level["gain"] = paired_difference(per_loss[focal], per_loss[base])
         levels.append(level)
     # Most imbalanced first: the lowest foreground fraction (unknown fractions last, in name order).
-    levels.sort(key=lambda lv: (not math.isfinite(lv["fg_fraction"]), lv["fg_fraction"], lv["name"]))
+    levels.sort(key=lambda lv: (not math.isfinite(lv["fg_fraction"]),
+                                lv["fg_fraction"] if math.isfinite(lv["fg_fraction"]) else 0.0, lv["name"]))
     return {"metric": metric, "base": base, "focal": focal, "labels": labels, "loss_order": by_focus,
             "levels": levels, "trend": _trend(levels, base, focal)}
 

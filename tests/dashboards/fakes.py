@@ -218,6 +218,8 @@ def populate_imbalance(store) -> None:
         for seed in SEEDS:
             trial = dict(trial_dict(variant, gamma, alpha, seed, "/nonexistent/val.json"), study=IMBALANCE_STUDY)
             trial["dataset"]["synthetic"]["image_size"] = size
+            # as the driver writes them: a generated set's own paths and the dataset digest
+            trial["dataset"].update(digest=f"ds{size}", train_annotations=f"/runs/datasets/synthetic-{size}/train.json")
             epochs = [{"step": e + 1, "epoch": e, "val/AP": aps[seed], "train/loss": 1.0,
                        "train/fg_fraction": fg * (0.9, 1.0, 1.1)[e], "train/anchors_per_image": anchors}
                       for e in range(EPOCHS)]
