@@ -25,6 +25,7 @@ from dashboards.data import fmt_value, load_study
 from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
 from dashboards.fingerprint import fingerprint, mark_current
 from dashboards.html import Figures, esc, interval, mean_ci, num, table, write_plotly_js
+from dashboards.imbalance import imbalance_levels
 from dashboards.stats import IMPROVEMENT_RESAMPLES, t_interval
 from dashboards.overview import (CONVERGENCE_RULE, build_all_index, build_study_index, convergence_cell,
                                  set_aside_text)
@@ -67,6 +68,7 @@ def build_accuracy(ctx: PageContext) -> str:
                  + table(pd.DataFrame(rows), left=["convergence"]))
     if "APl" not in sd.final or sd.final["APl"].isna().all():
         parts.append('<p class="note">APl is undefined here: the val split has no object larger than 96² px.</p>')
+    parts.append(_imbalance_section(ctx))
     if sd.variants:
         parts.append(figs.div(figures.metric_bars(summaries, sd.variants), height=420))
         key = sd.primary_param()
@@ -187,6 +189,62 @@ def _stability_text(ranks: Dict[int, List[str]]) -> str:
                 f"differs from the one at epoch {epochs[-2]}, so a longer budget could change it again.")
     return (f"The ranking is stable from epoch {first}: the same ordering at every evaluated epoch from {first} "
             f"to {epochs[-1]}, the last.")
+def _share(fraction: float) -> str:
+    """A foreground fraction as "0.59% (1 in 170)"."""
+    if not math.isfinite(fraction) or fraction <= 0:
+        return num(None)
+    return f"{fraction * 100:.2g}% (1 in {1 / fraction:,.0f})"
+
+
+def _imbalance_section(ctx: PageContext) -> str:
+    """Where the variants differ by dataset and by loss: each dataset's foreground share of the anchors,
+    each loss's AP, the most focused loss's gain over the least, and whether that gain grows with the
+    imbalance (``dashboards.imbalance``)."""
+    res = imbalance_levels(ctx.sd)
+    if res is None:
+        return ""
+    base, focal, labels = res["base"], res["focal"], res["labels"]
+    rows = []
+    for lv in res["levels"]:
+        g = lv["gain"]
+        rows.append({"dataset": esc(lv["name"]), "trials": lv["trials"],
+                     "foreground fraction": _share(lv["fg_fraction"]),
+                     "anchors / image": (f"{lv['anchors_per_image']:,.0f}" if math.isfinite(lv["anchors_per_image"])
+                                         else num(None)),
+                     **{f"AP {esc(labels[k])}": mean_ci(lv["losses"][k]["mean"], lv["losses"][k]["lo"],
+                                                       lv["losses"][k]["hi"]) for k in res["loss_order"]},
+                     "gain (paired, 95% CI)": interval(g["mean"], g["lo"], g["hi"], 3),
+                     "p": num(g["p"])})
+    text = (f"<h2>Focal loss and foreground imbalance</h2><p class=note>Focal loss was made for extreme "
+            f"foreground-background imbalance (about 100k anchors per image, nearly all easy negatives). The "
+            f"foreground fraction is positives / (positives + negatives) of the assigner, ignored anchors left "
+            f"out (<code>train/fg_fraction</code>, mean over each trial's epochs, then over the level's trials). "
+            f"The gain is AP of {esc(labels[focal])} minus AP of {esc(labels[base])}, seed by seed, with a 95% "
+            f"t interval; the most imbalanced level first.</p>"
+            + table(pd.DataFrame(rows)))
+    return text + f"<p>{_trend_sentence(res)}</p>"
+
+
+def _trend_sentence(res: Dict) -> str:
+    """Whether the gain is larger at the more imbalanced level, with the interval of the difference."""
+    t, labels = res["trend"], res["labels"]
+    if t is None:
+        return ("Which level is more imbalanced is unknown: the trials logged no foreground fraction (dense "
+                "detectors log <code>train/fg_fraction</code>).")
+    more = next(lv for lv in res["levels"] if lv["name"] == t["more"])
+    less = next(lv for lv in res["levels"] if lv["name"] == t["less"])
+    if not math.isfinite(t["mean"]):
+        return f"No seed has both losses at both levels {esc(t['more'])} and {esc(t['less'])}."
+    size = "larger" if t["mean"] > 0 else "smaller" if t["mean"] < 0 else "no different"
+    head = (f"The gain of {esc(labels[res['focal']])} over {esc(labels[res['base']])} is <b>{size}</b> at the "
+            f"more imbalanced level ({esc(t['more'])}, foreground {_share(more['fg_fraction'])}) than at "
+            f"{esc(t['less'])} (foreground {_share(less['fg_fraction'])}): by "
+            f"{interval(t['mean'], t['lo'], t['hi'], 3)} AP over {t['n']} matching seeds")
+    if t["significant"] is None:
+        return head + ", too few seeds (or a constant difference) for an interval: the seeds do not settle it."
+    if t["significant"]:
+        return head + ", an interval that excludes 0."
+    return head + ", an interval that holds 0: the seeds do not settle whether the gain grows with imbalance."
 
 
 def _convergence_section(ctx: PageContext) -> str:

@@ -11,7 +11,7 @@ assignment picks targets, it is not part of the graph.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from torch import Tensor
 from detectors.boxes import box_area, box_centres, box_iou, box_to_distance
 
 __all__ = ["BACKGROUND", "IGNORE", "LOW_QUALITY_TARGETS", "max_iou_assign", "roi_assign", "atss_assign", "fcos_assign",
-           "fcos_size_ranges"]
+           "fcos_size_ranges", "assignment_figures"]
 
 # Negative codes so that every value >= 0 can be a gt index.
 BACKGROUND = -1  # classification target all zeros, no box loss
@@ -136,6 +136,29 @@ def roi_assign(proposals: Tensor, gt_boxes: Tensor, fg_iou: float = 0.5, bg_iou_
     assigned[best_iou < fg_iou] = BACKGROUND
     assigned[best_iou < bg_iou_lo] = IGNORE
     return assigned
+
+
+@torch.no_grad()
+def assignment_figures(matched: Tensor, num_images: int) -> Dict[str, float]:
+    """How imbalanced one batch's assignment is: the figures a dense detector reports to the loop.
+
+    ``fg_fraction`` is positives / (positives + negatives): the share of foreground
+    among the anchors (or points) the classification loss sees, IGNORE left out.
+    The focal loss paper's case is about 1e-3 or less (~100k anchors per image, sec. 1);
+    the smaller it is, the more easy negatives swamp plain cross entropy.
+    ``anchors_per_image`` counts every anchor, ignored ones included.
+
+    Args:
+        matched: int64 assignment codes of the whole batch, any shape (``[B, A]`` or
+            ``[B * A]``): gt index ``>= 0``, ``BACKGROUND`` or ``IGNORE``.
+        num_images: B.
+    Returns:
+        ``{"fg_fraction": float, "anchors_per_image": float}``; ``fg_fraction`` is 0.0
+        when no anchor counts.
+    """
+    pos = int((matched >= 0).sum())
+    neg = int((matched == BACKGROUND).sum())
+    return {"fg_fraction": pos / max(1, pos + neg), "anchors_per_image": matched.numel() / max(1, num_images)}
 
 
 def _background(n: int, device) -> Tensor:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from detectors.assigners import atss_assign, fcos_assign, fcos_size_ranges, max_iou_assign
+from detectors.assigners import assignment_figures, atss_assign, fcos_assign, fcos_size_ranges, max_iou_assign
 from detectors.boxes import aligned_box_iou, box_centres, box_to_distance, clip_boxes, distance_to_box
 from detectors.losses import CLS_LOSSES, balanced_ce_loss, focal_loss
 from detectors.losses.gfl import giou_loss
@@ -87,6 +87,7 @@ class DenseDetector(nn.Module):
         self.assigner, self.box_repr, self.quality = assigner, box_repr, quality
         self.score_thresh, self.nms_iou, self.max_dets = score_thresh, nms_iou, max_dets
         self.topk_candidates = topk_candidates
+        self.train_figures: Dict[str, float] = {}  # the last training batch's assignment figures (RetinaNet's)
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
         if self.training and targets is None:
@@ -132,6 +133,7 @@ class DenseDetector(nn.Module):
             matched.append(torch.where(m >= 0, m + offset, m))
             offset += t["boxes"].shape[0]
         m = torch.cat(matched)
+        self.train_figures = assignment_figures(m, num_images)  # logged by the training loop (RetinaNet's)
         gt_all = torch.cat([t["boxes"] for t in targets])
         labels_all = torch.cat([t["labels"] for t in targets])
         logits = out["cls"].flatten(0, 1)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from detectors.assigners import max_iou_assign
+from detectors.assigners import assignment_figures, max_iou_assign
 from detectors.boxes import BoxCoder, clip_boxes
 from detectors.losses import BOX_LOSSES, CLS_LOSSES, smooth_l1_loss
 from detectors.models.anchors import StridedAnchorGenerator
@@ -124,6 +124,9 @@ class RetinaNet(nn.Module):
         self.pos_iou, self.neg_iou, self.allow_low_quality = pos_iou, neg_iou, allow_low_quality
         self.score_thresh, self.nms_iou, self.max_dets = score_thresh, nms_iou, max_dets
         self.topk_candidates = topk_candidates
+        # The last training batch's assignment figures (``assignment_figures``): not losses, so not in
+        # the returned dict; the training loop reads them after each step and logs ``train/<name>``.
+        self.train_figures: Dict[str, float] = {}
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
         if self.training and targets is None:
@@ -166,6 +169,7 @@ class RetinaNet(nn.Module):
         loop over images built a full ``[A, K]`` matrix per image and copied it again.
         """
         m = torch.stack(self.assign(targets, anchors))  # [B, A] gt index, BACKGROUND or IGNORE
+        self.train_figures = assignment_figures(m, len(targets))
         offsets = torch.tensor([0] + [t["boxes"].shape[0] for t in targets[:-1]], device=m.device).cumsum(0)
         gt_boxes = torch.cat([t["boxes"] for t in targets])
         gt_labels = torch.cat([t["labels"] for t in targets])

@@ -200,8 +200,11 @@ def _train_epoch(model, train_ds, cfg: TrialConfig, run: PhaseRun, runtime, scal
         loss, raw = _step(model, images, targets, cfg, run, device, scaler, progress)
         n_batches += 1
         n_images += len(images)
-        for k, v in raw.items():
-            sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + v.item()
+        # The model's own figures of the step (a dense detector's foreground share of its anchors):
+        # not losses, so they travel beside them; averaged over the epoch's batches the same way.
+        figures = {k: v.item() for k, v in raw.items()} | getattr(model, "train_figures", {})
+        for k, v in figures.items():
+            sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + v
         sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
     elapsed = time.perf_counter() - t0
     progress.train_time += elapsed

@@ -254,3 +254,31 @@ def populate_tuned(store) -> None:
             store.record_finished(TUNED_STUDY, trial, {"AP": ap, "AP50": 1.5 * ap},
                                   [{"step": e + 1, "epoch": e, "val/AP": ap * FLAT[e]} for e in range(EPOCHS)],
                                   {"tuned": tuned}, None, start, start + timedelta(seconds=60))
+# The imbalance question (populate_imbalance): alpha-balanced CE and focal loss on two datasets, the second with
+# 3x the image side (9x the anchors for the same objects). Hand-set AP per seed (0, 1, 2), no detections:
+IMBALANCE_STUDY = "fake_imbalance"
+IMBALANCE = {  # variant -> (image_size, gamma, alpha, AP per seed, foreground fraction, anchors per image)
+    "bce,128px": (128, 0.0, 0.75, (0.30, 0.32, 0.31), 0.006, 3069),
+    "focal,128px": (128, 2.0, 0.25, (0.32, 0.33, 0.34), 0.006, 3069),
+    "bce,384px": (384, 0.0, 0.75, (0.20, 0.22, 0.21), 0.0008, 27621),
+    "focal,384px": (384, 2.0, 0.25, (0.26, 0.26, 0.28), 0.0008, 27621),
+}
+
+
+def populate_imbalance(store) -> None:
+    """Write the fake ``IMBALANCE`` sweep into ``store``: final AP and, per epoch, the assignment figures
+    (the foreground fraction moves a little over epochs; its epoch mean is the table's value)."""
+    store.upsert_study(IMBALANCE_STUDY, "Fake imbalance study.", {"name": IMBALANCE_STUDY}, None)
+    t0 = datetime(2026, 1, 7, 12, 0, tzinfo=timezone.utc)
+    for n, (variant, (size, gamma, alpha, aps, fg, anchors)) in enumerate(IMBALANCE.items()):
+        for seed in SEEDS:
+            trial = dict(trial_dict(variant, gamma, alpha, seed, "/nonexistent/val.json"), study=IMBALANCE_STUDY)
+            trial["dataset"]["synthetic"]["image_size"] = size
+            # as the driver writes them: a generated set's own paths and the dataset digest
+            trial["dataset"].update(digest=f"ds{size}", train_annotations=f"/runs/datasets/synthetic-{size}/train.json")
+            epochs = [{"step": e + 1, "epoch": e, "val/AP": aps[seed], "train/loss": 1.0,
+                       "train/fg_fraction": fg * (0.9, 1.0, 1.1)[e], "train/anchors_per_image": anchors}
+                      for e in range(EPOCHS)]
+            start = t0 + timedelta(minutes=3 * (3 * n + seed))
+            store.record_finished(IMBALANCE_STUDY, trial, {"AP": aps[seed]}, epochs, {}, None, start,
+                                  start + timedelta(seconds=150))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from detectors.assigners import BACKGROUND, IGNORE, max_iou_assign
+from detectors.assigners import BACKGROUND, IGNORE, assignment_figures, max_iou_assign
 
 BG, IG = BACKGROUND, IGNORE
 
@@ -138,3 +138,23 @@ def test_no_grad_and_bad_thresholds():
     assert not max_iou_assign(anchors, gt).requires_grad
     with pytest.raises(ValueError):
         max_iou_assign(anchors, gt, pos_iou=0.4, neg_iou=0.5)
+
+
+def test_assignment_figures_count_foreground_among_the_anchors_that_count():
+    # A 4 x 4 grid of 8 px anchors tiling a 32 px image (stride 8), two images.
+    grid = _t([[x, y, x + 8, y + 8] for y in range(0, 32, 8) for x in range(0, 32, 8)])  # 16 anchors
+    # Image 1: the gt is exactly the anchor at row 1, column 1 (IoU 1): 1 positive; every other anchor
+    # at most touches it (intersection 0): 15 background.
+    one = max_iou_assign(grid, _t([[8, 8, 16, 16]]))
+    # Image 2: gt [8, 8, 16, 26], area 8 * 18 = 144; anchors [8, 8, 16, 16] and [8, 16, 16, 24] overlap it by
+    # 64: IoU 64 / 144 = 0.444 -> ignored (no low-quality matches here); [8, 24, 16, 32] by 8 * 2 = 16:
+    # IoU 16 / (64 + 144 - 16) = 0.083 -> background; the 13 others 0. So 0 positives, 2 ignored, 14 background.
+    two = max_iou_assign(grid, _t([[8, 8, 16, 26]]), allow_low_quality=False)
+    assert ((one >= 0).sum(), (two == IG).sum()) == (1, 2)
+    figures = assignment_figures(torch.stack([one, two]), num_images=2)
+    # positives 1, negatives 15 + 14 = 29 (the 2 ignored count for neither): 1 / 30; 32 anchors / 2 images = 16
+    assert figures["fg_fraction"] == pytest.approx(1 / 30)
+    assert figures["anchors_per_image"] == 16.0
+    # Nothing that counts (every anchor ignored, or no anchors): 0, not a division by zero.
+    assert assignment_figures(torch.full((1, 4), IG), 1) == {"fg_fraction": 0.0, "anchors_per_image": 4.0}
+    assert assignment_figures(torch.zeros(0, 0, dtype=torch.int64), 0)["fg_fraction"] == 0.0

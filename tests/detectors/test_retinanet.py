@@ -40,6 +40,9 @@ def test_tiny_train_step_and_eval(loss):
     assert set(losses) == {"loss_cls", "loss_box"}
     total = sum(losses.values())
     assert torch.isfinite(total)
+    # 128 px: P3-P7 (strides 8-128) have 16^2 + 8^2 + 4^2 + 2^2 + 1^2 = 341 locations, 9 anchors each = 3069
+    assert model.train_figures["anchors_per_image"] == 3069
+    assert 0 < model.train_figures["fg_fraction"] < 0.05  # a few dozen positives among ~6000 anchors
     total.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -38,6 +38,10 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     # 3 epoch reports with checkpoints, then the final report with final=1.
     assert [int(m["epoch"]) for m, _ in reports] == [0, 1, 2, 2]
     assert reports[-1][0]["final"] == 1 and "AP50" in reports[-1][0]
+    # RetinaNet's assignment figures, averaged over the epoch's batches like the losses: 128 px images have
+    # 3069 anchors each (test_retinanet), and the foreground is a small share of those that count.
+    assert all(m["train/anchors_per_image"] == 3069 for m, _ in reports[:3])
+    assert all(0 < m["train/fg_fraction"] < 0.05 for m, _ in reports[:3])
 
     # Same trial, "killed" right after the first epoch's checkpoint, then resumed.
     trial2 = dict(trial, trial_dir=str(tmp_path / "trial2"))
