@@ -187,15 +187,25 @@ class Analysis:
     def headline(self, metric: str = "AP") -> Dict[str, Any]:
         """Winner by mean AP, the runner-up, and both tests of the lead (``stats.decide``), both among the
         variants not set aside (``set_aside``); ``set_aside`` lists the ranked ones that were, with why.
-        When every ranked variant is set aside, ``winner`` is None."""
+        When every ranked variant is set aside, ``winner`` is None; so it is when variants still improving
+        rank above the best candidate (``ahead_improving``; ``best_settled`` names that candidate)."""
         ranked = self.ranking(metric)
         if not ranked:
             return {}
         aside = self.set_aside()
         order = [v for v in ranked if v not in aside]
-        out: Dict[str, Any] = {"winner": None, "runner_up": None,
+        out: Dict[str, Any] = {"winner": None, "runner_up": None, "ahead_improving": [],
                                "set_aside": {v: aside[v] for v in ranked if v in aside}}
         if not order:
+            return out
+        # A variant still improving that ranks above every candidate could only gain with more epochs:
+        # the best settled variant does not win, the budget decides (the zoo crowned YOLOv1 at AP 0.006).
+        marks = self.convergence()["variants"]
+        out["ahead_improving"] = [v for v in ranked[:ranked.index(order[0])]
+                                  if "still improving" in marks[v]["marks"]]
+        if out["ahead_improving"]:
+            s = self.summary(metric).set_index("variant")
+            out.update(best_settled=order[0], best_settled_ci=s.loc[order[0]].to_dict())
             return out
         s = self.summary(metric).set_index("variant")
         out.update(winner=order[0], winner_ci=s.loc[order[0]].to_dict())
@@ -214,6 +224,11 @@ def verdict(h: Dict[str, Any]) -> str:
     (>= MIN_SEEDS seeds) and the image bootstrap both say so."""
     if not h:
         return "No finished trials."
+    if h["winner"] is None and h.get("ahead_improving"):
+        ahead = h["ahead_improving"]
+        verb = ("ranks above every settled variant but is" if len(ahead) == 1
+                else "rank above every settled variant but are")
+        return f"No winner: {', '.join(ahead)} {verb} still improving, so more epochs could only widen the gap."
     if h["winner"] is None:
         return "Every variant is set aside (still improving, input-independent or without detections): no winner."
     if h.get("runner_up") is None:

@@ -185,7 +185,14 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
     h = an.headline()
     if not h:
         return "<h2>Result</h2><p>No finished trials yet.</p>"
-    if h["winner"] is None:
+    if h["winner"] is None and h["ahead_improving"]:
+        ahead, b = h["ahead_improving"], h["best_settled_ci"]
+        verb = ("ranks above every settled variant but is" if len(ahead) == 1
+                else "rank above every settled variant but are")
+        parts = [f"<p><b>No winner</b>: {esc(', '.join(ahead))} {verb} still improving, so the epoch budget decides "
+                 "the ranking as much as the method; train longer to know. The best settled variant is "
+                 f"{esc(h['best_settled'])}, AP {mean_ci(b['mean'], b['lo'], b['hi'])}.</p>"]
+    elif h["winner"] is None:
         parts = ["<p><b>No winner</b>: every variant is set aside (see the convergence column below).</p>"]
     else:
         w = h["winner_ci"]
@@ -354,7 +361,9 @@ def build_all_index(store, reports_dir: str, built: str) -> int:
         name = (f'<a href="{esc(info["name"])}/index.html">{esc(info["name"])}</a>' if os.path.exists(page)
                 else esc(info["name"]))
         statuses = status_counts(sd.trials)
-        if h and h["winner"] is None:
+        if h and h["winner"] is None and h["ahead_improving"]:
+            head = f"no winner: {esc(', '.join(h['ahead_improving']))} ahead but still improving"
+        elif h and h["winner"] is None:
             head = "no winner: every variant is set aside"
         elif h:
             w = h["winner_ci"]
