@@ -114,7 +114,8 @@ def speed_label(config: Mapping[str, Any], figure: Optional[Mapping[str, Any]], 
     or "...; in the trial, beside others" (each trial timed itself as it finished)."""
     if figure is not None:
         key, hw = figure["key"], figure.get("hardware") or {}
-        where = "alone on " + ", ".join(str(x) for x in (hw.get("cpu"), hw.get("gpu")) if x) if hw else "alone"
+        machine = ", ".join(str(x) for x in (hw.get("cpu"), hw.get("gpu")) if x)
+        where = f"alone on {machine}" if machine else "alone"
     else:
         tr = config.get("train") or {}
         key = {"scale": (config.get("detector") or {}).get("scale", "tiny"), "threads": config.get("num_threads", 1),
@@ -138,7 +139,7 @@ def _speed_figures(store, entries: Sequence[LeaderboardEntry]) -> Dict[str, Dict
 
 def variant_rows(entry: LeaderboardEntry, figures: Mapping[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One dict per finished variant of the study: its ``key``, ``dataset`` text, AP summary, AP50 and latency
-    means, ``speed`` label, convergence ``marks`` and the cells the table shows."""
+    means, ``speed`` label (one per speed figure its seeds name), convergence ``marks`` and the study's link."""
     sd, an = entry.sd, entry.an
     summaries = {m: an.summary(m).set_index("variant") for m in ("AP", "AP50", "speed/latency_ms_p50")
                  if m in sd.final}
