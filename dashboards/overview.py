@@ -15,6 +15,7 @@ from dashboards.context import TUNING_PAGE, PageContext
 from dashboards.convergence import BOX_TOLERANCE_PX
 from dashboards.data import fmt_value, load_study
 from dashboards.html import Figures, esc, interval, kv, mean_ci, nav, num, table, write_page
+from dashboards.leaderboard import LeaderboardEntry, leaderboard_section
 from dashboards.paper import comparisons
 from dashboards.tuning import tuning_name
 
@@ -345,11 +346,13 @@ def study_headline(store, name: str) -> Dict[str, Any]:
     an.boot_note = "not computed for the index"
     h = an.headline()
     ends = [t["finished_at"] for t in sd.trials if t["finished_at"]]
-    return {"sd": sd, "headline": h, "last": max(ends) if ends else sd.info.get("updated_at")}
+    return {"sd": sd, "an": an, "headline": h, "last": max(ends) if ends else sd.info.get("updated_at")}
 
 
 def build_all_index(store, reports_dir: str, built: str) -> int:
-    rows = []
+    """Every study with its headline, then the cross-study leaderboard (``dashboards.leaderboard``); each
+    study is read from the store once for both."""
+    rows, entries = [], []
     studies = store.studies()
     tuning = {tuning_name(store, info["name"]) for info in studies}
     for info in studies:
@@ -358,8 +361,9 @@ def build_all_index(store, reports_dir: str, built: str) -> int:
         s = study_headline(store, info["name"])
         sd, h = s["sd"], s["headline"]
         page = os.path.join(reports_dir, info["name"], "index.html")
-        name = (f'<a href="{esc(info["name"])}/index.html">{esc(info["name"])}</a>' if os.path.exists(page)
-                else esc(info["name"]))
+        href = f'{info["name"]}/index.html' if os.path.exists(page) else None
+        name = f'<a href="{esc(href)}">{esc(info["name"])}</a>' if href else esc(info["name"])
+        entries.append(LeaderboardEntry(sd, s["an"], href))
         statuses = status_counts(sd.trials)
         if h and h["winner"] is None and h["ahead_improving"]:
             head = f"no winner: {esc(', '.join(h['ahead_improving']))} ahead but still improving"
@@ -380,9 +384,11 @@ def build_all_index(store, reports_dir: str, built: str) -> int:
                      "last run": _fmt_time(s["last"]), "headline (winner by mean AP, 95% CI)": head})
     body = ("<h1>detbench studies</h1><p class=lead>Every study in the results store. Each study's page has the "
             "full comparison: a lead counts as significant there only when the seed test and the bootstrap over "
-            "images both say so.</p>"
+            "images both say so. Below: <a href=\"#leaderboard\">every variant of every study</a>, ranked beside "
+            "those trained on the same data with the same budget.</p>"
             + table(pd.DataFrame(rows), left=["description", "trials", "last run",
-                                              "headline (winner by mean AP, 95% CI)"]))
+                                              "headline (winner by mean AP, 95% CI)"])
+            + leaderboard_section(entries, store))
     return write_page(os.path.join(reports_dir, "index.html"), "detbench reports", nav((("All studies", "index.html"),),
                                                                                         "All studies"),
                       body, "plotly.min.js", built, "all studies")
