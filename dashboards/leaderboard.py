@@ -11,7 +11,9 @@ for the same budget. Each finished variant gets a comparison key from its first 
 * epochs: the sum of the trial's phases' epochs (``detectors.build.trial_phases``: ``train.phases``, else the
   detector's declared scheme, else one phase of ``train.epochs``);
 * batch: ``train.batch_size`` (global, over every worker), and ``train.max_steps`` (per phase; none: no cap);
-* backbone: where it started, random weights or pretrained ones with the weights' digest (``backbone_digest``).
+* backbone: where it started, random weights or pretrained ones with the weights' digest (``backbone_digest``);
+* tuning: none, or the samples per variant of the study's ``sweep.tune`` (``tuned.samples``): a tuned
+  variant had more compute and the chance to fit its hyperparameters, an untuned one neither.
 
 Variants with equal keys form a group and share one ranking, by mean AP over seeds; a variant that
 ``dashboards.convergence`` marks (still improving, input-independent, no detections) keeps its row below
@@ -36,8 +38,9 @@ from dashboards.html import esc, mean_ci, num, table
 BUDGET_RULE = (
     "Variants share a ranking only when they trained on the same data (the sha256 of the dataset's identity: "
     "images, annotations, splits, generator settings) with the same budget: detector scale, total epochs (summed "
-    "over a multi-phase scheme's phases), batch size, step cap (<code>train.max_steps</code>) and where the "
-    "backbone started (random weights, or pretrained weights with their digest). Anything else that differs "
+    "over a multi-phase scheme's phases), batch size, step cap (<code>train.max_steps</code>), where the "
+    "backbone started (random weights, or pretrained weights with their digest) and the tuning budget (none, or "
+    "the samples each variant searched with, <code>sweep.tune</code>). Anything else that differs "
     "(detector, loss, learning rate) is what the rows compare. Within a group rows are ordered by mean AP over "
     "seeds (95% t interval); a variant marked <i>still improving</i>, <i>input-independent</i> or <i>no "
     "detections</i> (its study page says why) is listed after every unmarked one and gets no rank. Latency is "
@@ -77,14 +80,15 @@ def data_identity(ds: Mapping[str, Any]) -> str:
 
 
 def comparison_key(config: Mapping[str, Any]) -> ComparisonKey:
-    """(data identity, scale, total epochs, batch size, max steps, backbone start): the variants whose
-    results may be ranked together have equal keys."""
+    """(data identity, scale, total epochs, batch size, max steps, backbone start, tuning samples): the
+    variants whose results may be ranked together have equal keys."""
     det, tr = config.get("detector") or {}, config.get("train") or {}
     weights = (det.get("backbone") or {}).get("weights")
     # the digest names the weights themselves; a config from before digests has the file's name only
     backbone = "random" if weights is None else str(config.get("backbone_digest") or os.path.basename(weights))
+    tuned = (config.get("tuned") or {}).get("samples", 0)
     return (data_identity(config.get("dataset") or {}), det.get("scale", "tiny"), total_epochs(config),
-            tr.get("batch_size"), tr.get("max_steps"), backbone)
+            tr.get("batch_size"), tr.get("max_steps"), backbone, tuned)
 
 
 def dataset_text(ds: Mapping[str, Any]) -> str:
@@ -103,10 +107,11 @@ def dataset_text(ds: Mapping[str, Any]) -> str:
 
 def budget_text(key: ComparisonKey) -> str:
     """"tiny scale, 3 epochs, batch 8, no step cap, random backbone" from a ``comparison_key``."""
-    _, scale, epochs, batch, max_steps, backbone = key
+    _, scale, epochs, batch, max_steps, backbone, tuned = key
     steps = f"at most {max_steps} steps a phase" if max_steps else "no step cap"
     start = "random backbone" if backbone == "random" else f"pretrained backbone {backbone[:12]}"
-    return f"{scale} scale, {epochs} epochs, batch {batch}, {steps}, {start}"
+    tuning = f"tuned with {tuned} samples per variant" if tuned else "untuned"
+    return f"{scale} scale, {epochs} epochs, batch {batch}, {steps}, {start}, {tuning}"
 
 
 def speed_label(config: Mapping[str, Any], figure: Optional[Mapping[str, Any]], isolated: bool) -> str:

@@ -80,7 +80,7 @@ class TuningPlan:
         return sum(min(len(s.done), self.spec.samples) for s in self.searches)
 
     def choices(self) -> Dict[str, dict]:
-        """Variant label -> the sample it takes: ``{"sample", "values", "score"}``. Raises
+        """Variant label -> the sample it takes: ``{"sample", "values", "score", "samples"}``. Raises
         TuningFailed for a variant none of whose samples finished with a score."""
         out = {}
         for s in self.searches:
@@ -88,7 +88,8 @@ class TuningPlan:
             if best is None:
                 raise TuningFailed(f"tuning: no sample of variant '{s.label}' finished with a score "
                                    f"({len(s.done)} finished); its trials cannot take tuned values")
-            out[s.label] = {"sample": best["sample"], "values": best["values"], "score": best["score"]}
+            out[s.label] = {"sample": best["sample"], "values": best["values"], "score": best["score"],
+                            "samples": self.spec.samples}  # the tuning budget, part of what a result cost
         return out
 
     def describe(self) -> str:

@@ -81,8 +81,8 @@ def leaderboard_rows(text):
 def test_same_data_and_budget_share_one_ranking_best_mean_first(store, tmp_path):
     text = build(store, tmp_path)
     groups = leaderboard_rows(text)
-    assert [g[1] for g in groups] == ["tiny scale, 3 epochs, batch 8, no step cap, random backbone",
-                                      "tiny scale, 6 epochs, batch 8, no step cap, random backbone"]
+    assert [g[1] for g in groups] == ["tiny scale, 3 epochs, batch 8, no step cap, random backbone, untuned",
+                                      "tiny scale, 6 epochs, batch 8, no step cap, random backbone, untuned"]
     data = "synthetic: 64 train / 30 val images, 128 px, 3 classes (generator seed 0); data sha256 dddddddddddd"
     assert [g[0] for g in groups] == [data, data]
     assert text.count("<h3>") == 1  # one dataset, one heading over both budgets
@@ -124,7 +124,7 @@ def test_latency_with_its_speed_configuration(store, tmp_path):
 def test_comparison_key_splits_on_data_and_budget_only():
     base = config("s", "v", 0, 3)
     key = comparison_key(base)
-    assert key == (DIGEST, "tiny", 3, 8, None, "random")
+    assert key == (DIGEST, "tiny", 3, 8, None, "random", 0)
     other_lr = copy.deepcopy(base)
     other_lr["train"]["lr"] = 0.01
     other_lr["loss"]["params"]["gamma"] = 0.0
@@ -141,7 +141,10 @@ def test_comparison_key_splits_on_data_and_budget_only():
     pretrained = copy.deepcopy(base)
     pretrained["detector"]["backbone"] = {"weights": "pretrain"}
     pretrained["backbone_digest"] = "f" * 64
-    assert comparison_key(pretrained)[-1] == "f" * 64
+    assert comparison_key(pretrained)[-2] == "f" * 64
+    tuned = copy.deepcopy(base)  # the same variant after 8 samples of sweep.tune: more compute, its own ranking
+    tuned["tuned"] = {"sample": 3, "values": {"train.lr": 0.004}, "score": 0.3, "samples": 8}
+    assert comparison_key(tuned)[-1] == 8 and comparison_key(tuned)[:-1] == key[:-1]
 
 
 def test_dataset_and_speed_text():

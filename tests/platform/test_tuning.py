@@ -97,8 +97,8 @@ def test_plan_finds_each_variants_finished_samples_and_takes_the_best(tmp_path):
     }
     plan = TuningPlan(study, FakeStore(records), untuned)
     assert plan.complete and plan.samples_done() == 4
-    assert plan.choices() == {"gamma=0": {"sample": 0, "values": values[0], "score": 0.4},
-                              "gamma=2": {"sample": 1, "values": values[3], "score": 0.5}}
+    assert plan.choices() == {"gamma=0": {"sample": 0, "values": values[0], "score": 0.4, "samples": 2},
+                              "gamma=2": {"sample": 1, "values": values[3], "score": 0.5, "samples": 2}}
     assert "2 variants x 2 samples" in plan.describe() and "4 of 4 samples done" in plan.describe()
     tuned = expand(study, plan.choices())
     g2 = [t for t in tuned if t["variant"] == "gamma=2"]

@@ -46,7 +46,7 @@ def test_each_variant_is_searched_with_the_same_budget_then_trained_with_its_bes
         variant = key.split("/")[0]
         own = [r for k, r in samples.items() if k.startswith(variant + "/")]
         best = min(own, key=lambda r: (-r["score"], r["sample"]))
-        assert choice == {"sample": best["sample"], "values": best["values"], "score": best["score"]}
+        assert choice == {"sample": best["sample"], "values": best["values"], "score": best["score"], "samples": 2}
         config = [t for t in store.trials("tuned") if t["trial_key"] == key][0]["config"]
         assert config["train"]["lr"] == best["values"]["train.lr"]
     assert [s["name"] for s in store.studies()] == ["tuned"]  # the samples are no study of their own
