@@ -158,7 +158,7 @@ def _check_searched_key(study: Study, key: str, spaces: List[KeySpace]) -> None:
         raise ConfigError(loc, "the dataset and the backbone's pretraining are made once for the whole "
                                "search; they can be swept, not searched")
     param = _check_key(spaces, key, loc)
-    if param.kind not in ("number", "integer"):
+    if param.kind not in ("number", "integer") and not _takes_numbers(param):
         raise ConfigError(loc, f"only numbers and integers can be searched; this key takes {param.describe()}")
     swept = [f"sweep.variants[{j}]" for j, v in enumerate(study.sweep.variants) if key in v]
     if key in study.sweep.grid:
@@ -176,3 +176,16 @@ def _check_searched_key(study: Study, key: str, spaces: List[KeySpace]) -> None:
             param.check(value)
         except ParamError as e:
             raise ConfigError(loc + (end,), e.msg) from None
+    if not rng.low < rng.high:
+        raise ConfigError(loc + ("high",), f"must be above low ({show(rng.low)}), got {show(rng.high)}")
+    if rng.log and rng.low <= 0:
+        raise ConfigError(loc + ("low",), f"a log range needs low > 0, got {show(rng.low)}")
+
+
+def _takes_numbers(param: Param) -> bool:
+    """Whether a key of several forms (focal's alpha: a number, a list or a name) takes a plain number."""
+    try:
+        param.check(0.5)
+    except ParamError as e:
+        return not e.expected  # a range violation still means numbers are what it takes
+    return True

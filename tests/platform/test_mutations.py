@@ -219,6 +219,8 @@ def _context(study: Study, loc: Tuple) -> Tuple[Study, List[str], bool]:
         return base, loc[3].split("."), False
     if loc[:2] == ("sweep", "grid") and len(loc) == 4:
         return study, loc[2].split("."), False
+    if loc[:3] == ("sweep", "tune", "space") and len(loc) == 5 and loc[4] in ("low", "high"):
+        return study, loc[3].split("."), False  # a searched range's ends take the key's own range
     if loc[:2] == ("sweep", "seeds"):
         return study, ["sweep", "seeds"], len(loc) == 3
     element = isinstance(loc[-1], int)

@@ -30,9 +30,10 @@ def study_file(tmp_path, tune=None, **sweep):
     ({"space": {"train.lrr": {"low": 0.1, "high": 1}}}, "sweep.tune.space.train.lrr: no such key in the study "
                                                          "config; did you mean 'train.lr'?"),
     ({"space": {"train.lr": {"low": -1, "high": 1e-2}}}, "sweep.tune.space.train.lr.low: must be in (0, 10]"),
-    ({"space": {"train.lr": {"low": 0.01, "high": 0.001}}}, "sweep.tune.space.train.lr: low (0.01) must be "
-                                                            "below high (0.001)"),
-    ({"space": {"train.lr": {"low": 0, "high": 0.01, "log": True}}}, "a log range needs low > 0"),
+    ({"space": {"train.lr": {"low": 0.01, "high": 0.001}}}, "sweep.tune.space.train.lr.high: must be above low "
+                                                            "(0.01), got 0.001"),
+    ({"space": {"loss.params.alpha": {"low": 0, "high": 0.5, "log": True}}},
+     "sweep.tune.space.loss.params.alpha.low: a log range needs low > 0, got 0.0"),
     ({"space": {"train.warmup_iters": {"low": 0.5, "high": 9}}}, "sweep.tune.space.train.warmup_iters.low: "
                                                                  "this key takes integers, got 0.5"),
     ({"space": {"loss.params.gamma": {"low": 0, "high": 2}}}, "sweep.tune.space.loss.params.gamma: also set by "
