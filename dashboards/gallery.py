@@ -286,7 +286,9 @@ def build_gallery(ctx: PageContext, gallery: dict) -> str:
     images = {img["id"]: img for img in gt.get("images", [])}
     rel = os.path.relpath(gallery["thumbs"], ctx.study_dir).replace(os.sep, "/")
     seeds = ", ".join(f"{v}: seed {t['seed']}" for v, t in gallery["trials"].items())
-    parts = [INTRO.format(seeds=esc(seeds), boxes=MAX_BOXES, min_score=MIN_SCORE), _controls(names, colours)]
+    parts = ["<style>.gcard .modebar-container{display:none}</style>",  # it would cover the last panel's title
+             INTRO.format(seeds=esc(seeds), boxes=MAX_BOXES, min_score=MIN_SCORE),
+             _controls(names, colours)]
     left_out = [v for v in sd.variants if v not in gallery["trials"]]
     if left_out:
         parts.append(f"<p class=note>Not drawn (no detections on this val set): {esc(', '.join(left_out))}.</p>")

@@ -24,6 +24,7 @@ pages (under REPORTS_DIR/<study>/; open index.html in a browser, no server neede
   accuracy.html  COCO metrics, swept parameter vs AP, per-class AP, PR curves
   speed.html     speed and size figures, speed-accuracy scatter with the Pareto frontier
   loss.html      training losses; loss diagnostics (focal loss paper, Fig. 4) where stored
+  gallery.html   val images with the ground truth and each variant's detections (images on disk)
 REPORTS_DIR/index.html lists every study in the store.
 
 examples:
