@@ -67,7 +67,7 @@ def _per_image(gt: dict, detections: List[dict], max_dets: int):
         dets[d["image_id"]].append(d)
     for img in gt.get("images", []):
         ds = sorted(dets.get(img["id"], []), key=lambda d: -d["score"])[:max_dets]
-        yield gts.get(img["id"], []), ds
+        yield img, gts.get(img["id"], []), ds
 
 
 def average_precision(points: List[tuple], num_gt: int) -> float:
@@ -88,36 +88,34 @@ def _mean_ap(points: Dict[int, list], num_gt: Dict[int, int]) -> float:
     return float(np.mean([average_precision(points.get(c, []), num_gt.get(c, 0)) for c in classes])) if classes else 0.0
 
 
-def tide_errors(gt: dict, detections: List[dict], max_dets: int = 100) -> dict:
-    """TIDE's main errors of one detection set (see the module docstring).
+def classify(gt: dict, detections: List[dict], max_dets: int = 100) -> List[dict]:
+    """Every detection (an image's ``max_dets`` highest-scoring) and every missed object with its TIDE type.
 
-    Returns ``{"AP50": float, "dAP": {type: float}, "counts": {type: int}}``, AP in [0, 1].
+    Returns records in image order, each ``{"image_id", "type", "class", "bbox"}`` (xywh px) where ``type`` is
+    ``"tp"`` or one of ``ERROR_TYPES``; a detection's also has ``"score"`` and ``"rank"`` (0-based, by score
+    within its image), a ``cls`` / ``loc`` error ``"fix_class"`` and ``"fix"`` (the key of the box it would
+    take, None when that box is already found), a miss ``"score": None``. See the module docstring.
     """
-    tps: Dict[int, list] = defaultdict(list)        # class -> (score, True) of true positives
-    num_gt: Dict[int, int] = defaultdict(int)
-    errors: List[dict] = []                         # type, class, score, and the box it could fix
-    best: Dict[tuple, tuple] = {}                   # (image, gt index) -> (score, error index) fixing it
-    for img_i, (gts, dets) in enumerate(_per_image(gt, detections, max_dets)):
-        for a in gts:
-            num_gt[a["category_id"]] += 1
+    records: List[dict] = []
+    for img, gts, dets in _per_image(gt, detections, max_dets):
         g_box = np.array([_xyxy(a["bbox"]) for a in gts]).reshape(-1, 4)
         g_cls = np.array([a["category_id"] for a in gts])
         iou = _iou(np.array([_xyxy(d["bbox"]) for d in dets]).reshape(-1, 4), g_box)
         same = g_cls[None, :] == np.array([d["category_id"] for d in dets])[:, None] if len(dets) else iou > 1
         used = np.zeros(len(gts), dtype=bool)
-        fp = []
-        for p, d in enumerate(dets):
+        kinds: List[dict] = []
+        for p in range(len(dets)):
             cand = np.where(same[p] & ~used, iou[p], 0.0)
             g = int(cand.argmax()) if len(gts) else -1
-            if g >= 0 and cand[g] >= FG_IOU:
+            kinds.append({"type": "tp"} if g >= 0 and cand[g] >= FG_IOU else {})
+            if kinds[-1]:
                 used[g] = True
-                tps[d["category_id"]].append((d["score"], True))
-            else:
-                fp.append(p)
-        for p in fp:
-            d = dets[p]
-            err = {"class": d["category_id"], "score": d["score"], "fix": None}
+        fixable = set()
+        for p, err in enumerate(kinds):
+            if err:
+                continue
             same_iou, other_iou = np.where(same[p], iou[p], 0.0), np.where(same[p], 0.0, iou[p])
+            err["fix"] = None
             if not len(gts):
                 err["type"] = "bkg"
             elif BG_IOU <= same_iou.max() <= FG_IOU:
@@ -133,16 +131,37 @@ def tide_errors(gt: dict, detections: List[dict], max_dets: int = 100) -> dict:
             if err["fix"] is not None:
                 g = err["fix"]
                 err["fix_class"] = int(g_cls[g])
-                if used[g]:  # the box is already detected: fixing this error could only duplicate it
-                    err["fix"] = None
-                else:
-                    key = (img_i, g)
-                    if key not in best or best[key][0] < d["score"]:
-                        best[key] = (d["score"], len(errors))
-            errors.append(err)
-        fixable = {g for (i, g) in best if i == img_i}
-        errors += [{"type": "miss", "class": int(g_cls[g])} for g in range(len(gts))
-                   if not used[g] and g not in fixable]
+                # an already found box: fixing this error could only duplicate it
+                err["fix"] = None if used[g] else (img["id"], g)
+                if err["fix"] is not None:
+                    fixable.add(g)
+        for p, (d, kind) in enumerate(zip(dets, kinds)):
+            records.append({"image_id": img["id"], "class": d["category_id"], "bbox": d["bbox"],
+                            "score": d["score"], "rank": p, **kind})
+        records += [{"image_id": img["id"], "type": "miss", "class": int(g_cls[g]), "bbox": gts[g]["bbox"],
+                     "score": None} for g in range(len(gts)) if not used[g] and g not in fixable]
+    return records
+
+
+def tide_errors(gt: dict, detections: List[dict], max_dets: int = 100) -> dict:
+    """TIDE's main errors of one detection set (see the module docstring).
+
+    Returns ``{"AP50": float, "dAP": {type: float}, "counts": {type: int}}``, AP in [0, 1].
+    """
+    records = classify(gt, detections, max_dets)
+    num_gt: Dict[int, int] = defaultdict(int)
+    for _, gts, _ in _per_image(gt, [], max_dets):
+        for a in gts:
+            num_gt[a["category_id"]] += 1
+    tps: Dict[int, list] = defaultdict(list)        # class -> (score, True) of true positives
+    errors = [r for r in records if r["type"] != "tp"]
+    best: Dict[tuple, tuple] = {}                   # box key -> (score, error index) fixing it, the highest score
+    for i, e in enumerate(errors):
+        if e.get("fix") is not None and (e["fix"] not in best or best[e["fix"]][0] < e["score"]):
+            best[e["fix"]] = (e["score"], i)
+    for r in records:
+        if r["type"] == "tp":
+            tps[r["class"]].append((r["score"], True))
     chosen = {e for _, e in best.values()}
 
     def ap_fixing(kind: str) -> float:
@@ -175,7 +194,7 @@ def confusion_counts(gt: dict, detections: List[dict], class_ids: Sequence[int],
     index = {c: i for i, c in enumerate(class_ids)}
     k = len(class_ids)
     counts = np.zeros((k + 1, k + 1), dtype=np.int64)
-    for gts, dets in _per_image(gt, detections, 100):
+    for _, gts, dets in _per_image(gt, detections, 100):
         dets = dets[:len(gts)]
         ov = _iou(np.array([_xyxy(d["bbox"]) for d in dets]).reshape(-1, 4),
                   np.array([_xyxy(a["bbox"]) for a in gts]).reshape(-1, 4))

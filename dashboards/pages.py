@@ -3,7 +3,8 @@
     build_reports(store, "focal_gamma_sweep", "reports")  # -> reports/focal_gamma_sweep/index.html
 
 writes ``reports/<study>/{index,accuracy,speed,loss}.html`` (and ``tuning.html`` for a study with tuning
-trials: ``dashboards.tuning``), ``reports/index.html``
+trials: ``dashboards.tuning``; ``gallery.html`` where its val images are on disk: ``dashboards.gallery``),
+``reports/index.html``
 (every study) and ``reports/plotly.min.js`` (once; every page loads it with a
 relative link, so the pages work offline from file://). Rebuild at any time
 with ``python -m platform.report STUDY``.
@@ -24,6 +25,7 @@ from dashboards.convergence import fmt_slope
 from dashboards.data import fmt_value, load_study
 from dashboards.errors import ERROR_LABELS, ERROR_TYPES, study_errors
 from dashboards.fingerprint import fingerprint, mark_current
+from dashboards.gallery import GALLERY_PAGE, build_gallery, load_gallery
 from dashboards.html import Figures, esc, interval, mean_ci, num, table, write_plotly_js
 from dashboards.imbalance import imbalance_levels
 from dashboards.stats import IMPROVEMENT_RESAMPLES, t_interval
@@ -438,13 +440,19 @@ def build_study(store, study_name: str, reports_dir: str, resamples: int | None 
     cache = os.path.join(os.path.abspath(reports_dir), study_name, BOOTSTRAP_CACHE)
     an = Analysis(sd, cache_path=cache) if resamples is None else Analysis(sd, resamples, cache_path=cache)
     tuning = load_tuning(store, study_name)
+    gallery = load_gallery(sd, os.path.abspath(reports_dir))
     ctx = PageContext(sd, an, os.path.abspath(reports_dir), pretrainings=store.pretrainings(),
-                      pages=PAGES + ((TUNING_PAGE,) if tuning else ()))
+                      pages=PAGES + ((GALLERY_PAGE,) if gallery else ()) + ((TUNING_PAGE,) if tuning else ()))
     write_plotly_js(ctx.reports_dir)
     build_study_index(ctx)
     build_accuracy(ctx)
     build_speed(ctx)
     build_loss(ctx)
+    # an optional page from an earlier build would be out of date and linked from nowhere
+    if gallery:
+        build_gallery(ctx, gallery)
+    else:
+        _remove(os.path.join(ctx.study_dir, GALLERY_PAGE[1]))
     if tuning:
         build_tuning(ctx, tuning)
     else:  # a tuning page from an earlier build of the study would be out of date and linked from nowhere

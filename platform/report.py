@@ -25,6 +25,7 @@ pages (under REPORTS_DIR/<study>/; open index.html in a browser, no server neede
   speed.html     speed and size figures, speed-accuracy scatter with the Pareto frontier
   loss.html      training losses; loss diagnostics (focal loss paper, Fig. 4) where stored
   tuning.html    with sweep.tune: each variant's search, chosen values, expected best AP after n samples
+  gallery.html   val images with the ground truth and each variant's detections (images on disk)
 REPORTS_DIR/index.html lists every study in the store.
 
 examples:

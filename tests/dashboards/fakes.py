@@ -70,6 +70,28 @@ def write_ground_truth(path: str, num_images: int = 30, seed: int = 0) -> str:
     return path
 
 
+# Class colours of the fake val images (tests/dashboards/test_gallery.py finds an object by its colour).
+FILL = {1: (230, 30, 30), 2: (30, 160, 30), 3: (30, 60, 230)}
+BACKGROUND = (128, 128, 128)
+
+
+def write_images(gt: dict, images_dir: str) -> str:
+    """One PNG per ground-truth image: grey, each object a filled box of its class's ``FILL`` colour, drawn in
+    annotation order (a later object covers an earlier one)."""
+    from PIL import Image, ImageDraw
+
+    os.makedirs(images_dir, exist_ok=True)
+    for img in gt["images"]:
+        im = Image.new("RGB", (img["width"], img["height"]), BACKGROUND)
+        draw = ImageDraw.Draw(im)
+        for a in gt["annotations"]:
+            if a["image_id"] == img["id"]:
+                x, y, w, h = a["bbox"]
+                draw.rectangle([x, y, x + w, y + h], fill=FILL[a["category_id"]])
+        im.save(os.path.join(images_dir, img["file_name"]))
+    return images_dir
+
+
 def fake_detections(gt: dict, jitter: float, false_pos: int, seed: int) -> List[dict]:
     rng = np.random.default_rng(seed)
     dets = []
@@ -88,11 +110,12 @@ def fake_detections(gt: dict, jitter: float, false_pos: int, seed: int) -> List[
     return dets
 
 
-def trial_dict(variant: str, gamma: float, alpha: float, seed: int, gt_path: str) -> Dict:
+def trial_dict(variant: str, gamma: float, alpha: float, seed: int, gt_path: str,
+               images_dir: str = "/nonexistent") -> Dict:
     return {
         "study": STUDY, "trial_key": f"{variant}/seed={seed}", "variant": variant, "seed": seed,
         "config_hash": f"{variant}-{seed}".replace("=", "").replace(",", "-").replace(".", "p"),
-        "dataset": {"kind": "synthetic", "val_annotations": gt_path, "val_images": "/nonexistent",
+        "dataset": {"kind": "synthetic", "val_annotations": gt_path, "val_images": images_dir,
                     "synthetic": {"num_train": 64, "num_val": 30, "image_size": 128, "num_classes": 3, "seed": 0}},
         "detector": {"name": "retinanet", "scale": "tiny", "params": {}},
         "loss": {"name": "focal", "params": {"gamma": gamma, "alpha": alpha}},
@@ -116,8 +139,11 @@ def _diagnostics(gamma: float, alpha: float, seed: int) -> dict:
                           "score": (np.linspace(0.4, 0.95, 50) ** (1 + gamma / 5)).round(3).tolist()}}
 
 
-def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, dict]:
-    """Write the fake study into ``store``; returns trial_key -> trial dict (failed one included)."""
+def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7", images: bool = False) -> Dict[str, dict]:
+    """Write the fake study into ``store``; returns trial_key -> trial dict (failed one included).
+
+    ``images``: also write the val images (``write_images``) and keep the annotations file, which names them:
+    the gallery page draws on them (without, the study has no gallery)."""
     from detectors.evaluation.cocotools import bbox_ground_truth, coco_ground_truth
     from detectors.evaluation.evaluate import evaluate_coco
 
@@ -125,6 +151,7 @@ def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, 
     with open(gt_path) as f:
         gt = json.load(f)
     coco = coco_ground_truth(gt)
+    images_dir = write_images(gt, os.path.join(tmp_dir, "val")) if images else "/nonexistent"
     spec = {"name": STUDY, "tracking": {"mlflow_uri": f"sqlite:///{tmp_dir}/mlflow.db"}}
     store.upsert_study(STUDY, "Fake focal-loss sweep for the dashboard tests.", spec,
                        os.path.join(tmp_dir, f"{STUDY}.yaml"), mlflow_experiment_id=mlflow_experiment_id,
@@ -133,7 +160,7 @@ def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, 
     trials = {}
     for n, (variant, (gamma, alpha, jitter, fp)) in enumerate(VARIANTS.items()):
         for seed in SEEDS:
-            trial = trial_dict(variant, gamma, alpha, seed, gt_path)
+            trial = trial_dict(variant, gamma, alpha, seed, gt_path, images_dir)
             trials[trial["trial_key"]] = trial
             run_id = f"run{n}{seed}" + "0" * 26
             store.mark_running(STUDY, trial, run_id)
@@ -163,7 +190,8 @@ def populate(store, tmp_dir: str, mlflow_experiment_id: str = "7") -> Dict[str, 
     trials[trial["trial_key"]] = trial
     store.mark_running(STUDY, trial, "runfailed" + "0" * 23)
     store.record_failed(STUDY, trial, "RuntimeError: loss is NaN at step 3", "runfailed" + "0" * 23, attempts=2)
-    os.remove(gt_path)  # the trial configs still name it; the pages must not need it
+    if not images:
+        os.remove(gt_path)  # the trial configs still name it; the pages must not need it
     return trials
 
 

@@ -104,3 +104,54 @@ def test_links_between_pages_work_from_file_urls(browser, fake_reports):
         assert browser.current_url.endswith(f"/{fakes.STUDY}/{page}")
         assert label.lower() in browser.title.lower() or page.split(".")[0] in browser.title.lower()
     assert not [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def test_gallery_draws_a_known_box_where_its_object_is(browser, gallery_reports):
+    """The first image's last object (drawn on top in the fake image: its centre has its class's colour): its
+    ground-truth rect lies over the thumbnail where the box's pixels put it, and the threshold hides boxes."""
+    import io
+
+    from PIL import Image
+
+    path = os.path.join(str(gallery_reports["reports"]), fakes.STUDY, "gallery.html")
+    browser.get_log("browser")
+    browser.get("file://" + path)
+    expected = gallery_reports["ctx"].plots["gallery.html"]
+    assert _rendered(browser, expected) == expected
+    store = gallery_reports["store"]
+    gt = store.ground_truth(next(iter(store.trial_data(fakes.STUDY, "val_ground_truth").values())))
+    image_id = int(browser.find_element("css selector", ".gcard").get_attribute("data-image"))
+    obj = [a for a in gt["annotations"] if a["image_id"] == image_id][-1]
+    x, y, w, h = obj["bbox"]
+    size = next(img for img in gt["images"] if img["id"] == image_id)
+    # the ground-truth panel's thumbnail (the first <image> of the figure) and the object's rect, in page px
+    geo = browser.execute_script("""
+        const gd = document.querySelector('.gcard .js-plotly-plot'), box = arguments[0];
+        const i = gd.layout.shapes.findIndex(s => s.name.startsWith('gt|') && s.x0 === box[0] && s.y0 === box[1]);
+        gd.scrollIntoView();
+        const r = e => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+        const img = gd.querySelector('image');  // the first layout image: the ground-truth panel's
+        return {image: r(img), shape: r(gd.querySelector(`.shapelayer path[data-index="${i}"]`)),
+                dpr: window.devicePixelRatio, loaded: img.href.baseVal};
+    """, [x, y])
+    il, it, ir, ib = geo["image"]
+    sx, sy = (ir - il) / size["width"], (ib - it) / size["height"]
+    assert sx == pytest.approx(sy, rel=0.02) and sx > 1  # square pixels, the 128 px image drawn larger
+    want = (il + x * sx, it + y * sy, il + (x + w) * sx, it + (y + h) * sy)
+    # the rect's bounding box includes half its 2.5 px line on each side
+    assert geo["shape"] == pytest.approx(want, abs=2.5)
+    assert geo["loaded"].endswith(f"/{image_id}.jpg")
+    # the screenshot: the thumbnail's pixels at the rect's centre are the object's colour
+    shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+    cx, cy = (want[0] + want[2]) / 2 * geo["dpr"], (want[1] + want[3]) / 2 * geo["dpr"]
+    pixel = shot.getpixel((int(cx), int(cy)))
+    assert max(abs(p - q) for p, q in zip(pixel, fakes.FILL[obj["category_id"]])) < 40, pixel
+    # score threshold 1: no detection is left, the ground truth stays
+    visible = browser.execute_script("""
+        const t = document.getElementById('g-thr'); t.value = 1; t.dispatchEvent(new Event('input'));
+        const gd = document.querySelector('.gcard .js-plotly-plot');
+        return gd.layout.shapes.filter(s => s.visible !== false).map(s => s.name.split('|')[0]);
+    """)
+    assert visible and set(visible) <= {"gt", "miss"} and "gt" in visible
+    assert not [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    _screenshot(browser, f"{fakes.STUDY}_gallery.html")
