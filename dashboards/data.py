@@ -205,3 +205,10 @@ def fmt_value(v: Any) -> str:
     if isinstance(v, float) and math.isfinite(v) and v == int(v):
         return str(int(v))
     return str(v)
+
+
+def synthetic_text(syn: Dict[str, Any]) -> str:
+    """A generated set in words: "800 train / 150 val images, 128 px, 5 classes (generator seed 0)"."""
+    return (f"{syn.get('num_train', '?')} train / {syn.get('num_val', '?')} val images, "
+            f"{syn.get('image_size', '?')} px, {syn.get('num_classes', '?')} classes "
+            f"(generator seed {syn.get('seed', '?')})")

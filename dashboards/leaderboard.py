@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from dashboards.data import synthetic_text
 from dashboards.html import esc, mean_ci, num, table
 
 BUDGET_RULE = (
@@ -95,10 +96,7 @@ def dataset_text(ds: Mapping[str, Any]) -> str:
     """"synthetic: 64 train / 30 val images, 128 px, 3 classes (generator seed 0)" or "COCO: train
     instances_train2017.json, val instances_val2017.json", with the digest's first 12 characters."""
     if ds.get("kind") == "synthetic":
-        syn = ds.get("synthetic") or {}
-        text = (f"synthetic: {syn.get('num_train', '?')} train / {syn.get('num_val', '?')} val images, "
-                f"{syn.get('image_size', '?')} px, {syn.get('num_classes', '?')} classes "
-                f"(generator seed {syn.get('seed', '?')})")
+        text = "synthetic: " + synthetic_text(ds.get("synthetic") or {})
     else:
         names = [os.path.basename(str(ds.get(k) or "?")) for k in ("train_annotations", "val_annotations")]
         text = f"COCO: train {names[0]}, val {names[1]}"

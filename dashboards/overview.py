@@ -13,7 +13,7 @@ from dashboards import stats
 from dashboards.analysis import RULE, Analysis, latency_budgets, verdict
 from dashboards.context import TUNING_PAGE, PageContext
 from dashboards.convergence import BOX_TOLERANCE_PX
-from dashboards.data import fmt_value, load_study
+from dashboards.data import fmt_value, load_study, synthetic_text
 from dashboards.html import Figures, esc, interval, kv, mean_ci, nav, num, table, write_page
 from dashboards.leaderboard import LeaderboardEntry, leaderboard_section
 from dashboards.paper import comparisons
@@ -49,10 +49,7 @@ def setup_section(ctx: PageContext) -> str:
                     for k in sd.swept) or "<li>nothing (one variant)</li>"
     ds = cfg.get("dataset", {})
     if ds.get("kind") == "synthetic":
-        syn = ds.get("synthetic") or {}
-        data = (f"generated synthetic set: {syn.get('num_train', '?')} train / {syn.get('num_val', '?')} val images, "
-                f"{syn.get('image_size', '?')} px, {syn.get('num_classes', '?')} classes "
-                f"(generator seed {syn.get('seed', '?')})")
+        data = "generated synthetic set: " + synthetic_text(ds.get("synthetic") or {})
     else:
         data = (f"COCO format: train <code>{esc(ds.get('train_annotations'))}</code>, "
                 f"val <code>{esc(ds.get('val_annotations'))}</code>")
