@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, TextIO
 from ray.tune import Callback
 
 from detectors.evaluation.cocotools import bbox_ground_truth
+from platform.runner.failures import last_failure, short_error
 from platform.runner.timing import TrialClock
 
 # Keys Tune adds to every result; everything else in a result is ours.
@@ -29,15 +30,20 @@ def our_metrics(result: Dict) -> Dict[str, float]:
             if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def trial_error_text(trial) -> str:
-    """The last line of the worker's traceback (Tune writes it to the trial's error file)."""
+def trial_error_file(trial) -> Optional[str]:
+    """What Tune wrote to the trial's error file (every failure of it so far), or None."""
     path = getattr(trial, "error_file", None)
     if path and os.path.exists(path):
         with open(path) as f:
-            lines = [ln.strip() for ln in f.read().strip().splitlines() if ln.strip()]
-        if lines:
-            return lines[-1]
-    return "trial failed (no error file)"
+            return f.read()
+    return None
+
+
+def trial_error_text(trial) -> str:
+    """The trial's error in one line (``platform.runner.failures``): what killed its worker or
+    node, or the last line of the worker's traceback."""
+    text = trial_error_file(trial)
+    return short_error(text) if text and text.strip() else "trial failed (no error file)"
 
 
 def tuning_data(trial: dict, epoch_rows: List[dict]) -> Dict[str, dict]:
@@ -191,9 +197,14 @@ class ProgressCallback(Callback):
     """
 
     def __init__(self, total: int, concurrency: int, metric: str = "AP50",
-                 every: float = 30.0, out: TextIO = sys.stdout, clock: Optional[TrialClock] = None) -> None:
+                 every: float = 30.0, out: TextIO = sys.stdout, clock: Optional[TrialClock] = None,
+                 retries: int = 0, log: Optional[str] = None) -> None:
         self.total, self.concurrency, self.metric = total, max(1, concurrency), metric
         self.every, self.out = every, out
+        self.retries = retries  # resources.max_failures: a trial runs at most 1 + retries times
+        self.log = log          # the study's ray.log, where a failure's whole text goes
+        self.attempts: Dict[str, int] = {}
+        self.last_epoch: Dict[str, int] = {}  # trial id -> the last epoch it reported, as the lines number it
         self.clock = clock or TrialClock()  # trial durations: the same figures as the store and MLflow
         self.t0 = time.monotonic()
         self.last_line = 0.0
@@ -223,6 +234,7 @@ class ProgressCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.begun[trial.trial_id] = self.clock.start(trial.trial_id)
+        self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
         self._say(f"start  {trial.config['trial']['trial_key']}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -231,7 +243,8 @@ class ProgressCallback(Callback):
             ap = result.get(f"val/{self.metric}")
             shown = f", val {self.metric} {ap:.3f}" if ap is not None else ""
             loss = result.get("train/loss", float("nan"))
-            self._say(f"       {key}: epoch {int(result['epoch']) + 1}, loss {loss:.4f}{shown}")
+            self.last_epoch[trial.trial_id] = int(result["epoch"]) + 1
+            self._say(f"       {key}: epoch {self.last_epoch[trial.trial_id]}, loss {loss:.4f}{shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.begun.pop(trial.trial_id, None)
@@ -249,11 +262,25 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.begun.pop(trial.trial_id, None)
         self.failed += 1
-        self._say(f"FAILED {trial.config['trial']['trial_key']}: {trial_error_text(trial)}")
+        self._say(f"FAILED {trial.config['trial']['trial_key']}: {self._failure(trial)}; no retries left")
         self._say(self.status())
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._say(f"retry  {trial.config['trial']['trial_key']}: {trial_error_text(trial)}")
+        tid = trial.trial_id
+        epoch = self.last_epoch.get(tid)
+        after = f" (after epoch {epoch})" if epoch else ""
+        attempt = self.attempts.get(tid, 1) + 1
+        self._say(f"retry  {trial.config['trial']['trial_key']}: {self._failure(trial)}; resuming from its last "
+                  f"checkpoint{after}, attempt {attempt} of {1 + self.retries}")
+
+    def _failure(self, trial) -> str:
+        """The failure in one line (:func:`trial_error_text`); its whole text appended to ray.log."""
+        text = trial_error_file(trial)
+        if self.log and text:
+            with open(self.log, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} detbench trial {trial.config['trial']['trial_key']} "
+                        f"(attempt {self.attempts.get(trial.trial_id, 1)}) failed:\n{last_failure(text)}\n")
+        return trial_error_text(trial)
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()

@@ -277,7 +277,8 @@ def _run_trials_and_speed(run: _Run, concurrency: int) -> None:
         t["speed_phase"] = uses_speed_phase(t)
     clock = TrialClock()  # one start and end per trial for the progress line, the store and MLflow
     run.recorder = StudyCallback(study.name, run.tracker, run.store, force=args.force, clock=clock)
-    progress = ProgressCallback(len(run.todo), concurrency, clock=clock)
+    progress = ProgressCallback(len(run.todo), concurrency, clock=clock, retries=study.resources.max_failures,
+                                log=run.ray_log)
     if run.todo:  # (after tuning, every trial may be cached)
         print(f"running {len(run.todo)} trials, up to {concurrency} at a time; Ray logs: {run.ray_log}")
         run_trials(study, run.todo, [run.recorder, progress], concurrency)
@@ -300,7 +301,8 @@ def _tune(run: _Run, concurrency: int) -> bool:
 
     def callbacks(todo: int) -> list:
         run.recorder = StudyCallback(name, run.tracker, store, clock=clock)
-        return [run.recorder, ProgressCallback(todo, min(concurrency, todo), metric="AP", clock=clock)]
+        return [run.recorder, ProgressCallback(todo, min(concurrency, todo), metric="AP", clock=clock,
+                                               retries=study.resources.max_failures, log=run.ray_log)]
 
     if not run_searches(run.tuning, prepare_dataset(run.trials), callbacks, concurrency):
         run.interrupted = True
@@ -385,6 +387,18 @@ def _ray_logs_to_file(path: str) -> None:
         lg.handlers = [handler]
         lg.propagate = False
         lg.setLevel(logging.INFO)
+    worker = sys.modules.get("ray._private.worker")
+    if worker is not None and hasattr(worker, "print_to_stdstream"):
+        # The messages Ray pushes to the driver (a worker or node died: a paragraph each) are
+        # printed by its listener thread through this function whatever log_to_driver says;
+        # the progress line of the trial says it in one line (platform.runner.failures).
+        worker.print_to_stdstream = _ray_message_to_log
+
+
+def _ray_message_to_log(data: dict, ignore_prefix: bool = False) -> None:
+    """Ray's stand-in for printing a message to the driver's terminal: into ray.log instead."""
+    lines = "\n".join(str(ln) for ln in data.get("lines", []))
+    logging.getLogger("ray").warning("(%s) %s", data.get("pid", "ray"), lines)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -2,8 +2,10 @@
 
     store = Store("sqlite:////abs/runs/results.db")   # any SQLAlchemy URL (PostgreSQL too)
 
-The driver is the only writer; dashboards read through the read API at the
-bottom and never see the ORM classes. Metrics are stored long (one row per
+The driver is the only writer (one per study: two studies running at once
+share a runs directory's file, each write waiting for the other's, and a new
+file's tables made by one at a time, ``platform.track.locks``); dashboards read
+through the read API at the bottom and never see the ORM classes. Metrics are stored long (one row per
 trial, name and step; ``step IS NULL`` for final metrics) so a new metric needs
 no schema change. Everything a finished trial produced is written in one
 transaction: a failure leaves the trial's earlier rows as they were. The val
@@ -31,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from platform.track.locks import creating, sqlite_file
 
 Timestamp = Union[datetime, float, int, None]
 
@@ -214,7 +218,8 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         if not readonly:
-            Base.metadata.create_all(self.engine)
+            with creating(sqlite_file(url)):  # another driver may be creating them now (platform.track.locks)
+                Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

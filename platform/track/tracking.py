@@ -1,9 +1,13 @@
 """MLflow bookkeeping for a study, done by the driver alone.
 
-SQLite has no busy timeout, so Ray workers never talk to MLflow: the driver's
-Tune callback (``platform.runner.callbacks``) calls the functions here. One
-experiment per study, one parent run per invocation, one child run per trial;
-a retried or resumed trial reuses its child run (found by its config hash).
+Ray workers never talk to MLflow (a SQLite file takes one writer at a time, and
+every worker of a study would queue on it): the driver's Tune callback
+(``platform.runner.callbacks``) calls the functions here. One experiment per
+study, one parent run per invocation, one child run per trial; a retried or
+resumed trial reuses its child run (found by its config hash). Two studies
+running at once on one runs directory share its ``mlflow.db``: their writes wait
+for each other (MLflow sets a 20 s busy timeout on each of its sessions), and a
+new file's tables are made by one driver at a time (``platform.track.locks``).
 
 What the MLflow UI shows from it: the experiment is tagged as model training
 (``mlflow.experimentKind``; MLflow 3.17's UI follows a global switch instead,
@@ -29,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from dashboards.data import flatten
 from platform.runner.cluster import is_server
 from platform.runner.timing import millis
+from platform.track.locks import creating, sqlite_file
 
 HASH_TAG = "detbench.config_hash"
 STUDY_TAG = "detbench.study"
@@ -149,24 +154,30 @@ class StudyTracker:
 
     def __init__(self, tracking_uri: str, study_name: str, artifact_root: str) -> None:
         self.tolerate, self.offline = False, False
-        self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
+        # MLflow creates a new SQLite file's tables as the client is made; another driver on the
+        # same file (a second study) may be doing so at this moment (platform.track.locks)
+        with creating(sqlite_file(tracking_uri)):
+            self.client = MlflowClient(tracking_uri)
+            self.experiment_id = self._experiment(study_name, tracking_uri, artifact_root)
+        self.study_name = study_name
+        self.parent_run_id: Optional[str] = None
+
+    def _experiment(self, study_name: str, tracking_uri: str, artifact_root: str) -> str:
+        """The study's experiment id, the experiment created if missing."""
         exp = self.client.get_experiment_by_name(study_name)
         if exp is None and is_server(tracking_uri):
             # the server's own artifact store (``mlflow-artifacts:``, uploads through the server):
             # a path on the driver's disk would mean nothing to the server or to anyone else
-            self.experiment_id = self.client.create_experiment(study_name, tags={KIND_TAG: TRAINING_KIND})
-        elif exp is None:
+            return self.client.create_experiment(study_name, tags={KIND_TAG: TRAINING_KIND})
+        if exp is None:
             os.makedirs(artifact_root, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(
+            return self.client.create_experiment(
                 study_name, artifact_location=f"file://{os.path.abspath(artifact_root)}",
                 tags={KIND_TAG: TRAINING_KIND})
-        else:
-            self.experiment_id = exp.experiment_id
-            if KIND_TAG not in exp.tags:  # made by an older detbench; a kind set by hand stays
-                self.client.set_experiment_tag(self.experiment_id, KIND_TAG, TRAINING_KIND)
-        self.study_name = study_name
-        self.parent_run_id: Optional[str] = None
+        if KIND_TAG not in exp.tags:  # made by an older detbench; a kind set by hand stays
+            self.client.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_KIND)
+        return exp.experiment_id
 
     def start_parent(self, study_file: str, repo_root: str, params: Dict[str, Any], code_version: str,
                      description: Optional[str] = None, trials: Iterable[Dict[str, Any]] = ()) -> str:

@@ -128,11 +128,13 @@ def test_dry_run_reads_cached_trials_without_touching_the_store(tmp_path):
     store.close()
     db = tmp_path / "runs" / "results.db"
     before = db.read_bytes()
+    # the store and the lock file its tables were created under (platform.track.locks)
+    assert sorted(os.listdir(db.parent)) == ["results.db", "results.db.lock"]
     code, out, err = run_cli(str(study_file), "--dry-run", "--max-concurrent", "1")
     assert code == 0, err
     rows = [line.split() for line in out.splitlines() if "/seed=" in line]
     assert rows == [["gamma=0/seed=0", trials[0]["config_hash"][:12], "no"],
                     ["gamma=2/seed=0", trials[1]["config_hash"][:12], "yes"]]
     assert "2 trials: 1 cached, 1 to run" in out
-    assert db.read_bytes() == before and sorted(os.listdir(db.parent)) == ["results.db"]
+    assert db.read_bytes() == before and sorted(os.listdir(db.parent)) == ["results.db", "results.db.lock"]
     assert not (tmp_path / "reports").exists()

@@ -25,13 +25,18 @@ def test_two_worker_trial_resumes_after_a_worker_is_killed_mid_epoch(tmp_path):
     assert len(workers) == 2, [p.name() for p in workers]
     t_kill = drv.now()
     workers[-1].kill()  # SIGKILL, mid-way through epoch 2
-    j, _, _ = drv.wait_for(f"retry  {KEY}", after=i)
+    j, _, retry = drv.wait_for(f"retry  {KEY}", after=i)
     _, t_back, _ = drv.wait_for(f"{KEY}: epoch", after=j)
     rc = drv.finish()
     out = drv.output
     assert rc == 0, out
     assert "1/1 done" in out
     assert continued(epochs_of(out, KEY), 3), epochs_of(out, KEY)  # from its last epoch, not from epoch 1
+    # one line: which worker died and how, and what happens next; Ray's paragraphs go to ray.log
+    assert f"(pid {workers[-1].pid}) died: killed (SIGKILL" in retry and "attempt 2 of 2" in retry, retry
+    assert "Some common causes" not in out and "(raylet)" not in out
+    with open(tmp_path / "runs" / "ddp" / "ray.log") as f:
+        assert "Some common causes" in f.read()
     print(f"\nkilled worker -> trial reporting its next epoch again: {t_back - t_kill:.1f} s "
           f"(first epoch report {t_first:.1f} s after the driver started)")
 
