@@ -4,6 +4,7 @@ callback holds no per-trial epochs once a trial is stored."""
 from contextlib import contextmanager
 from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import event
 
 from dashboards.data import load_study
@@ -85,3 +86,31 @@ def test_study_callback_keeps_no_epochs_of_finished_or_failed_trials(tmp_path):
     assert sorted(store.trial_epochs("s", trial(0)["config_hash"])) == [8, 16]
     assert [t["status"] for t in store.trials("s")] == ["finished", "failed", "running"]
     store.close()
+
+
+def test_growth_is_the_slope_on_log_log_axes():
+    from platform.bench.scale import growth
+
+    rows = [{"trials": 10, "x": 2.0}, {"trials": 100, "x": 20.0}, {"trials": 1000, "x": 20.0},
+            {"trials": 10_000, "x": 2000.0}]
+    # log(20 / 2) / log(10) = 1 (grows with the trials); 20 -> 20: 0 (flat); 20 -> 2000: log(100) / log(10) = 2
+    assert growth(rows, "x") == [None, 1.0, 0.0, 2.0]
+
+
+@pytest.mark.slow  # Ray, MLflow, a whole study of 10 stand-in trials, a cached re-run and Chromium
+def test_scale_bench_runs_ten_stand_in_trials_through_the_driver(tmp_path):
+    import json
+
+    from platform.bench import main
+
+    assert main(["--scale", "--sizes", "10", "--backends", "sqlite", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "scale.json").read_text())["results"]["sqlite"][0]
+    # per trial: a store row started, 8 epochs, finished (1 + 8 + 1); MLflow: the child run, 8 epochs' and
+    # the final metrics, the config and per-class AP, the artifacts, the end (1 + 9 + 2 + 1 + 1)
+    assert (r["trials"], r["store_calls"], r["mlflow_calls"]) == (10, 100, 140)
+    assert sorted(r["pages"]) == ["index.html", "scale10/accuracy.html", "scale10/index.html",
+                                  "scale10/loss.html", "scale10/speed.html"]
+    assert all(p["mb"] > 0 and p["tti_s"] > 0 for p in r["pages"].values())
+    assert r["cached_s"] > 0 and r["report_s"] > 0 and r["rss_mb"] > 0
+    assert "| growth" not in (tmp_path / "scale.md").read_text()  # one size: nothing to grow from
+    assert (tmp_path / "scale.html").stat().st_size > 1_000_000  # the plot, plotly.js included
