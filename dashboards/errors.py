@@ -105,8 +105,15 @@ def tide_errors(gt: dict, detections: List[dict], max_dets: int = 100) -> dict:
         iou = _iou(np.array([_xyxy(d["bbox"]) for d in dets]).reshape(-1, 4), g_box)
         same = g_cls[None, :] == np.array([d["category_id"] for d in dets])[:, None] if len(dets) else iou > 1
         used = np.zeros(len(gts), dtype=bool)
+        # A detection overlapping no box at FG_IOU matches none, and one under BG_IOU with every box is
+        # background: most of a set's detections, settled without the per-detection work (issue 22: the
+        # pages of a thousand trials)
+        top = iou.max(axis=1) if len(gts) else np.zeros(len(dets))
         fp = []
         for p, d in enumerate(dets):
+            if top[p] < FG_IOU:
+                fp.append(p)
+                continue
             cand = np.where(same[p] & ~used, iou[p], 0.0)
             g = int(cand.argmax()) if len(gts) else -1
             if g >= 0 and cand[g] >= FG_IOU:
@@ -117,6 +124,9 @@ def tide_errors(gt: dict, detections: List[dict], max_dets: int = 100) -> dict:
         for p in fp:
             d = dets[p]
             err = {"class": d["category_id"], "score": d["score"], "fix": None}
+            if top[p] < BG_IOU:
+                errors.append(dict(err, type="bkg"))
+                continue
             same_iou, other_iou = np.where(same[p], iou[p], 0.0), np.where(same[p], 0.0, iou[p])
             if not len(gts):
                 err["type"] = "bkg"
