@@ -110,7 +110,12 @@ def _standin_driver(template: str, seconds: float, timer: _Timer) -> Iterator[No
         timer.patch(stack, callbacks.StudyCallback, CALLBACKS)
         timer.patch(stack, Store, STORE_WRITES + READS["Store"])
         timer.patch(stack, StudyTracker, MLFLOW_WRITES + READS["StudyTracker"])
-        report = timer.timed("report", orchestrate.write_report)
+        build = timer.timed("report", orchestrate.write_report)
+
+        def report(*args, **kwargs):  # the peak before the pages: what the trials cost, apart from the report's
+            timer.rss_before_report_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return build(*args, **kwargs)
+
         stack.enter_context(mock.patch.object(orchestrate, "write_report", report))
         yield
 
@@ -164,6 +169,7 @@ def one(n: int, root: str, store_url: Optional[str], mlflow_uri: Optional[str], 
     val = generate({"num_train": 16, "num_val": 150}, datasets)["val_annotations"]
     template = standin.write_template(val, os.path.join(root, "template"))
     timer = _Timer()
+    load_start = os.getloadavg()
     cpu0, t0 = time.process_time(), time.perf_counter()
     with _standin_driver(template, seconds, timer):
         code = platform_run.main([path])
@@ -186,8 +192,9 @@ def one(n: int, root: str, store_url: Optional[str], mlflow_uri: Optional[str], 
             "mlflow_writes_s": mlflow_calls / max(mlflow_s, 1e-9), "mlflow_calls": mlflow_calls,
             "cached_s": cached_s, "report_s": timer.seconds.get("report", math.nan),
             "page_mb": max(p["mb"] for p in pages.values()), "tti_s": max(p["tti_s"] for p in pages.values()),
-            "rss_mb": rss_mb, "pages": pages, "calls": timer.calls, "seconds": timer.seconds,
-            "load": os.getloadavg()}
+            "rss_mb": rss_mb, "rss_before_report_mb": getattr(timer, "rss_before_report_mb", math.nan),
+            "pages": pages, "calls": timer.calls, "seconds": timer.seconds,
+            "load": os.getloadavg(), "load_start": load_start}
 
 
 # --------------------------------------------------------------------------- the sizes, the table, the plot
