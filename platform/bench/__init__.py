@@ -30,6 +30,9 @@ sections (targets from issue 11):
   data           on the headline study's set (800 training images): an epoch of batches with / without the
                  decoded-image cache and with 0 / 2 DataLoader workers; training steps with 0 / 2 workers
 
+--scale (alone): 10, 100 and 1000 stand-in trials through the real driver on SQLite and on PostgreSQL + an
+MLflow server: overhead per trial, write rates, report, pages, cached re-run, peak RSS (platform.bench.scale).
+
 --dataset-check (alone, no sections, nothing written): the driver's COCO annotation check on a generated file of
 train2017's size (118k images, 860k boxes), first and cached (targets 20 s and 1 s; platform.bench.dataset_check).
 
@@ -388,7 +391,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", default=os.path.join("runs", "bench"), help="where bench.json and bench.md go")
     ap.add_argument("--dataset-check", action="store_true",
                     help="only time the driver's COCO annotation check, first and cached (prints; writes nothing)")
+    ap.add_argument("--scale", action="store_true",
+                    help="only a large study of stand-in trials through the real driver (platform.bench.scale)")
+    ap.add_argument("--sizes", nargs="+", type=int, default=[10, 100, 1000], help="--scale: trial counts")
+    ap.add_argument("--backends", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"],
+                    help="--scale: SQLite files, or PostgreSQL with an MLflow server")
     args = ap.parse_args(argv)
+    if args.scale:
+        from platform.bench.scale import run_sizes
+
+        run_sizes(args.sizes, args.backends, args.out)
+        return 0
     if args.dataset_check:
         from platform.bench.dataset_check import bench_dataset_check
 

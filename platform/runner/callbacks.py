@@ -79,7 +79,7 @@ class StudyCallback(Callback):
         self.study_name, self.tracker, self.store, self.force = study_name, tracker, store, force
         self.clock = clock or TrialClock()      # shared with ProgressCallback: one duration everywhere
         self.runs: Dict[str, str] = {}          # Tune trial id -> MLflow run id
-        self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}  # trial id -> step -> metrics
+        self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}  # running trial id -> step -> metrics
         self.attempts: Dict[str, int] = {}
         self._hash: Dict[str, str] = {}         # Tune trial id -> config hash
         self.nodes: Dict[str, List[str]] = {}   # Tune trial id -> Ray nodes that trained it, in order
@@ -138,7 +138,7 @@ class StudyCallback(Callback):
         # one row per epoch report, keyed by its global optimiser step; "epoch" and "phase" are metrics in it.
         # Epochs an earlier invocation saw (before its driver died) come from the store.
         epochs = {**self.store.trial_epochs(self.study_name, spec["config_hash"]),
-                  **self.epochs.get(trial.trial_id, {})}
+                  **self.epochs.pop(trial.trial_id, {})}  # dropped once stored: memory flat in the trials
         epoch_rows = [{**m, "step": s} for s, m in sorted(epochs.items())]
         data.update(tuning_data(spec, epoch_rows))
         self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id, start, end,
@@ -150,6 +150,7 @@ class StudyCallback(Callback):
         spec, run_id = trial.config["trial"], self._child(trial)
         duration, (start, end) = self.clock.stop(trial.trial_id), self.clock.span(trial.trial_id)
         error = trial_error_text(trial)
+        self.epochs.pop(trial.trial_id, None)  # a failed trial's rows are removed from the store too
         self.store.record_failed(self.study_name, spec, error, run_id, self.attempts.get(trial.trial_id, 1),
                                  start, end)
         self.tracker.end_child(run_id, "FAILED", {"detbench.error": error}, end_time=end, duration_s=duration)

@@ -435,11 +435,14 @@ def _start_ray(address: str | None, run_dir: str) -> None:
         record_local_ray(run_dir)
 
 
-def run_trials(study, trials: List[dict], callbacks, concurrency: int):
-    """One Tune trial per trial dict, at most ``concurrency`` at a time; returns the ResultGrid."""
+def run_trials(study, trials: List[dict], callbacks, concurrency: int, trainable=None):
+    """One Tune trial per trial dict, at most ``concurrency`` at a time; returns the ResultGrid.
+    ``trainable``: ``detectors.train.trainable.tune_trainable`` unless given (the scale benchmark
+    passes a stand-in, ``platform.bench.standin``; a study has no way to)."""
     from ray import tune
 
-    from detectors.train.trainable import tune_trainable
+    if trainable is None:
+        from detectors.train.trainable import tune_trainable as trainable
 
     res = study.resources
     resources = trial_request(res)  # a multi-worker trial's workers ask for themselves (platform.runner.cluster)
@@ -453,7 +456,7 @@ def run_trials(study, trials: List[dict], callbacks, concurrency: int):
         log_to_file=True,
     )
     tuner = tune.Tuner(
-        tune.with_resources(tune_trainable, resources),
+        tune.with_resources(trainable, resources),
         param_space={"trial": tune.grid_search(trials)},
         # A fresh worker per trial (Tune's default). Reusing workers saves the torch import (about 2 s a
         # trial on an idle machine), but Tune runs each trial in a new thread and glibc gives each thread

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
+from detectors.config import TrialConfig
 from detectors.evaluation.speed_phase import key_digest, key_label, speed_key, uses_speed_phase
 from platform.track.store import SPEED_KEY
 
@@ -47,9 +48,12 @@ def speed_groups(store, study_name: str, trials: List[dict], code_version: str,
     ran = set(ran)
     groups: Dict[str, Dict[str, Any]] = {}
     for t in trials:
-        if t["config_hash"] not in finished or not uses_speed_phase(t):
+        if t["config_hash"] not in finished:
             continue
-        key = speed_key(t, code_version)
+        cfg = TrialConfig.from_dict(t)  # parsed once, not per question: 1-3 ms a trial, seconds for a thousand
+        if not uses_speed_phase(cfg):
+            continue
+        key = speed_key(cfg, code_version)
         g = groups.setdefault(key_digest(key), {"key": key, "trials": []})
         g["trials"].append(t)
     if not groups:

@@ -160,6 +160,7 @@ def reconcile(tracker, store, study_name: str, run_dir: str) -> Dict[str, int]:
             counts["children"] += 1
     if os.path.exists(pending_path):
         os.remove(pending_path)
+    tracker.children = {h: run.info.run_id for h, run in latest.items()}  # start_child looks up, not searches
     for config_hash, trial in finished.items():
         run = latest.get(config_hash)
         ended = run is not None and run.info.status == "FINISHED" and "duration_s" in run.data.metrics

@@ -162,6 +162,9 @@ class StudyTracker:
             self.experiment_id = self._experiment(study_name, tracking_uri, artifact_root)
         self.study_name = study_name
         self.parent_run_id: Optional[str] = None
+        # config hash -> its newest child run, once known for the whole experiment (``reconcile`` lists
+        # every run anyway): then finding a trial's earlier run is a look-up, not a search per trial
+        self.children: Optional[Dict[str, str]] = None
 
     def _experiment(self, study_name: str, tracking_uri: str, artifact_root: str) -> str:
         """The study's experiment id, the experiment created if missing."""
@@ -208,6 +211,8 @@ class StudyTracker:
 
     def find_child(self, config_hash: str) -> Optional[str]:
         """The child run an earlier attempt or invocation made for this config, if any."""
+        if self.children is not None:
+            return self.children.get(config_hash)
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{HASH_TAG}` = '{config_hash}'",
                                        max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0].info.run_id if runs else None
@@ -227,6 +232,8 @@ class StudyTracker:
                 tags[PARENT_TAG] = self.parent_run_id
             run = self.client.create_run(self.experiment_id, start_time=start, tags=tags)
             run_id = run.info.run_id
+            if self.children is not None:
+                self.children[trial["config_hash"]] = run_id  # now the newest of its config
             params = {k: v for k, v in flatten(trial).items() if not k.startswith(("dataset.train_", "dataset.val_"))}
             self.log_params(run_id, params)
             self.client.log_inputs(run_id, datasets=[dataset_input(trial)])

@@ -100,6 +100,29 @@ def test_a_resumed_run_keeps_its_dataset_input_once(tmp_path, study_trials):
     assert len(MlflowClient(tracker.tracking_uri).get_run(first).inputs.dataset_inputs) == 1
 
 
+def test_after_reconcile_a_trial_finds_its_earlier_run_without_a_search_of_its_own(tmp_path, study_trials, monkeypatch):
+    from platform.track.reconcile import reconcile
+
+    _, _, trials = study_trials
+    tracker = tracker_for(tmp_path)
+    tracker.start_parent(study_trials[0], str(tmp_path), {}, "v1")
+    first = tracker.start_child(trials[1])
+    tracker.end_child(first, "KILLED")
+    store = Store(f"sqlite:///{tmp_path}/results.db")
+    store.upsert_study("tr", "", {"name": "tr"}, None)
+    again = tracker_for(tmp_path)
+    reconcile(again, store, "tr", str(tmp_path))  # lists the experiment's runs once
+    searches = []
+    search = again.client.search_runs
+    monkeypatch.setattr(again.client, "search_runs", lambda *a, **k: searches.append(a) or search(*a, **k))
+    again.start_parent(study_trials[0], str(tmp_path), {}, "v1")
+    assert again.start_child(trials[1]) == first  # found by its config hash, as with a search
+    fresh = again.start_child(trials[2])
+    assert fresh != first and again.start_child(trials[2]) == fresh  # a run made now is known at once
+    assert searches == []  # a thousand trials: no query each
+    store.close()
+
+
 def test_an_existing_experiment_gets_the_kind_unless_one_was_set(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     old = client.create_experiment("old")
