@@ -154,8 +154,9 @@ class Analysis:
             return
         os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
         tmp = f"{self.cache_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:  # NaN (a resample without any defined AP, an image without ground truth) is
-            json.dump({"key": key, "resamples": {v: a.tolist() for v, a in boot.items()},  # written and read back
+        # NaN (a resample without any defined AP, an image without ground truth) is written as NaN and read back
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "resamples": {v: a.tolist() for v, a in boot.items()},
                        "per_image": {v: a.tolist() for v, a in per_image.items()}}, f)
         os.replace(tmp, self.cache_path)
 
