@@ -14,13 +14,15 @@ interval alone. The pages read the store alone; the bootstrap's result is cached
 in a file beside the pages (``BOOTSTRAP_CACHE``) under a key of the data it came
 from (each compared trial's config hash and finish time, the ground truth's
 digest, the resamples and the seed), so an unchanged study is not resampled again.
+Each trial's per-image AP (``per_image_ap``, from the same evaluated records) is
+cached with it: the probability of improvement takes the val images as its tasks.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,7 @@ class Analysis:
     def __init__(self, sd: StudyData, resamples: int = BOOTSTRAP_RESAMPLES, cache_path: Optional[str] = None) -> None:
         self.sd, self.resamples, self.cache_path = sd, resamples, cache_path
         self._boot: Optional[Dict[str, np.ndarray]] = None
+        self._per_image: Optional[Dict[str, np.ndarray]] = None
         self.boot_note = ""
         self.boot_cached = False  # whether the last bootstrap came from the cache file
         self._conv: Optional[Dict[str, Dict[str, Any]]] = None
@@ -99,18 +102,29 @@ class Analysis:
             self.boot_note = "the stored val ground truth is missing"
         else:
             key = self._boot_key(next(iter(digests)))
-            self._boot = self._cached(key)
+            self._boot, self._per_image = self._cached(key)
             self.boot_cached = self._boot is not None
             gt = coco_ground_truth(stored)
             if self._boot is None:
                 by_variant = {v: [dets[t["trial_key"]] for t in finished if t["variant"] == v]
                               for v in self.sd.variants}
-                self._boot = stats.bootstrap_ap(gt, by_variant, self.resamples, BOOTSTRAP_SEED)
-                self._save(key, self._boot)
+                recs = stats.seed_records(gt, by_variant)
+                self._boot = stats.bootstrap_records(recs, self.resamples, BOOTSTRAP_SEED)
+                n_img = len(gt.getImgIds())
+                self._per_image = {v: np.stack([r.per_image_ap() for r in seed_recs]) if seed_recs
+                                   else np.empty((0, n_img)) for v, seed_recs in recs.items()}
+                self._save(key, self._boot, self._per_image)
             self.boot_note = (f"{self.resamples} bootstrap resamples of the {len(gt.getImgIds())} val images; "
                               f"in each, a variant's AP is the mean over its seeds (pooled), all variants "
                               f"on the same resampled images; AP by pycocotools COCOeval")
         return self._boot
+
+    def per_image_ap(self) -> Optional[Dict[str, np.ndarray]]:
+        """variant -> ``[seeds, val images]`` AP of each of its seeds on each val image alone (NaN on an image
+        without ground truth; ``stats.ImageRecords.per_image_ap``), from the records the bootstrap evaluated
+        and cached with it; None where the bootstrap is impossible (``boot_note`` says why)."""
+        self.bootstrap()
+        return self._per_image
 
     def _boot_key(self, gt_digest: str) -> str:
         """What the bootstrap's result depends on: the trials' identities (a re-run under the same
@@ -118,28 +132,32 @@ class Analysis:
         trials = sorted([t["variant"], t["trial_key"], t["config_hash"], str(t["finished_at"])]
                         for t in self.sd.finished)
         payload = {"trials": trials, "variants": self.sd.variants, "gt": gt_digest, "resamples": self.resamples,
-                   "seed": BOOTSTRAP_SEED, "version": 1}
+                   "seed": BOOTSTRAP_SEED, "version": 2}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
-    def _cached(self, key: str) -> Optional[Dict[str, np.ndarray]]:
+    def _cached(self, key: str) -> Tuple[Optional[Dict[str, np.ndarray]], Optional[Dict[str, np.ndarray]]]:
+        """The cached (resamples, per-image AP) under ``key``, or (None, None)."""
         if not self.cache_path or not os.path.isfile(self.cache_path):
-            return None
+            return None, None
         try:
             with open(self.cache_path) as f:
                 entry = json.load(f)
         except (OSError, ValueError):
-            return None
+            return None, None
         if entry.get("key") != key:
-            return None
-        return {v: np.asarray(x, dtype=float) for v, x in entry["resamples"].items()}
+            return None, None
+        return ({v: np.asarray(x, dtype=float) for v, x in entry["resamples"].items()},
+                {v: np.asarray(x, dtype=float) for v, x in entry["per_image"].items()})
 
-    def _save(self, key: str, boot: Dict[str, np.ndarray]) -> None:
+    def _save(self, key: str, boot: Dict[str, np.ndarray], per_image: Dict[str, np.ndarray]) -> None:
         if not self.cache_path:
             return
         os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
         tmp = f"{self.cache_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:  # NaN (a resample without any defined AP) is written as NaN and read back
-            json.dump({"key": key, "resamples": {v: a.tolist() for v, a in boot.items()}}, f)
+        # NaN (a resample without any defined AP, an image without ground truth) is written as NaN and read back
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "resamples": {v: a.tolist() for v, a in boot.items()},
+                       "per_image": {v: a.tolist() for v, a in per_image.items()}}, f)
         os.replace(tmp, self.cache_path)
 
     # ---------------------------------------------------------- differences
@@ -154,14 +172,23 @@ class Analysis:
             return None
         return stats.bootstrap_difference(boot[a], boot[b], margin=stats.EQUIVALENCE_MARGIN)
 
-    def improvement(self, a: str, b: str, metric: str = "AP") -> Dict[str, float]:
-        """P(a > b) over seeds with its 95% stratified bootstrap interval (``stats.probability_of_improvement``).
+    def improvement(self, a: str, b: str, metric: str = "AP") -> Dict[str, Any]:
+        """P(a > b) with its 95% stratified bootstrap interval (``stats.probability_of_improvement``).
 
-        The runs are the seeds' final ``metric`` and there is one task (the val set): AP is a property of a
-        set of images, not a sum of per-image scores, so the per-image records the image bootstrap resamples
-        give no per-image AP to stratify by."""
-        return stats.probability_of_improvement([list(self.per_seed(a, metric).values())],
-                                                [list(self.per_seed(b, metric).values())])
+        For AP with per-image records (``per_image_ap``) the tasks are the val images with ground truth and
+        the runs each variant's seeds, scored by their AP on that image alone; the bootstrap resamples the
+        seeds within each image. Otherwise (no stored detections or ground truth, or another metric) one
+        task, the val set, with the seeds' final ``metric``. ``over`` says which ("images" or "the val set"),
+        ``tasks`` how many, ``no_gt`` how many val images were left out for having no ground truth."""
+        per = self.per_image_ap() if metric == "AP" else None
+        if per is None or not per.get(a, np.empty(0)).size or not per.get(b, np.empty(0)).size:
+            pi = stats.probability_of_improvement([list(self.per_seed(a, metric).values())],
+                                                  [list(self.per_seed(b, metric).values())])
+            return {**pi, "over": "the val set", "no_gt": 0}
+        # An image without ground truth has no AP (NaN on every seed alike): it is no task.
+        has_gt = np.isfinite(per[a]).any(axis=0) | np.isfinite(per[b]).any(axis=0)
+        pi = stats.probability_of_improvement(per[a][:, has_gt].T, per[b][:, has_gt].T)
+        return {**pi, "over": "images", "no_gt": int(np.count_nonzero(~has_gt))}
 
     def difference(self, a: str, b: str, metric: str) -> Optional[Dict[str, Any]]:
         """a - b in metric units: ``diff`` (of the means), a 95% CI ``lo``/``hi`` for display (the

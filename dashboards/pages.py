@@ -119,25 +119,48 @@ def build_accuracy(ctx: PageContext) -> str:
 
 
 IMPROVEMENT_TEXT = (
+    "P(X &gt; Y) is the probability of improvement (Agarwal et al., NeurIPS 2021) with the val images as its "
+    "tasks: the chance that, on a val image, a seed of X scores a higher AP on that image alone than a seed of Y, "
+    "ties counting half (per image the Mann-Whitney U over all pairs of their seeds divided by the number of "
+    "pairs), averaged over the {tasks} val images with ground truth{left_out}; 95% percentile interval from "
+    f"{IMPROVEMENT_RESAMPLES} bootstrap resamples of each variant's seeds within each image. 0.5: neither tends to "
+    "beat the other; unlike the tests it says how often X wins, not by how much.")
+# Without per-image records (no stored detections or val ground truth): the seeds' final AP, one task.
+IMPROVEMENT_TEXT_VAL_SET = (
     "P(X &gt; Y) is the probability of improvement (Agarwal et al., NeurIPS 2021): the chance that a seed of X "
     "ends with a higher AP than a seed of Y, ties counting half (the Mann-Whitney U over all pairs of their "
     f"seeds divided by the number of pairs), with a 95% percentile interval from {IMPROVEMENT_RESAMPLES} "
-    "bootstrap resamples of each variant's seeds; one task, this val set (AP has no per-image score to "
-    "stratify by). 0.5: neither tends to beat the other; unlike the tests it says how often X wins, not by "
-    "how much.")
+    "bootstrap resamples of each variant's seeds; one task, this val set (no per-image AP: {why}). 0.5: neither "
+    "tends to beat the other; unlike the tests it says how often X wins, not by how much.")
+
+
+def improvement_text(pis: List[Dict], why: str) -> str:
+    """The note on P(X > Y) for the tasks the pairs used (``Analysis.improvement``'s ``over``); ``why``: why
+    there is no per-image AP, for the one-task version."""
+    texts = []
+    over_images = [pi for pi in pis if pi["over"] == "images"]
+    if over_images:
+        no_gt = over_images[0]["no_gt"]
+        left_out = f" ({no_gt} without ground truth left out)" if no_gt else ""
+        texts.append(IMPROVEMENT_TEXT.format(tasks=over_images[0]["tasks"], left_out=left_out))
+    if len(over_images) < len(pis):
+        texts.append(IMPROVEMENT_TEXT_VAL_SET.format(why=esc(why or "no per-image records")))
+    return " ".join(texts)
 
 
 def _pairwise_section(ctx: PageContext) -> str:
     """Every pair of variants, X ranked above Y by mean AP: the gap with its interval, both tests' words
-    (``Analysis.difference``) and the probability of improvement over seeds (``Analysis.improvement``)."""
+    (``Analysis.difference``) and the probability of improvement (``Analysis.improvement``: over the val images
+    where the per-image records exist, else over the seeds' final AP)."""
     an = ctx.an
     order = an.ranking("AP")
     if len(order) < 2:
         return ""
-    rows, methods = [], set()
+    rows, methods, pis = [], set(), []
     for i, x in enumerate(order):
         for y in order[i + 1:]:
             d, pi = an.difference(x, y, "AP"), an.improvement(x, y, "AP")
+            pis.append(pi)
             if d:
                 methods.add(d["method"])
             probability = num(None) if not math.isfinite(pi["p"]) else (
@@ -145,9 +168,10 @@ def _pairwise_section(ctx: PageContext) -> str:
             rows.append({"X": esc(x), "Y": esc(y),
                          "X - Y AP [95% CI]": interval(d["diff"], d["lo"], d["hi"], 4) if d else num(None),
                          "tests": esc(d["why"]) if d else "–", "P(X > Y) [CI]": probability})
+    why = "" if an.per_image_ap() is not None else an.boot_note
     return ("<h2>Pairwise comparisons (AP)</h2><p class=note>Every pair, X ranked above Y by mean AP. "
             f"X - Y: the gap of the means, 95% CI by {esc('; '.join(sorted(methods)) or 'none')}; the tests as on "
-            f"the overview. {IMPROVEMENT_TEXT}</p>" + table(pd.DataFrame(rows), left=["Y", "tests"]))
+            f"the overview. {improvement_text(pis, why)}</p>" + table(pd.DataFrame(rows), left=["Y", "tests"]))
 
 
 def _budget_section(ctx: PageContext, figs: Figures) -> str:

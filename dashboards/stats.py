@@ -22,7 +22,9 @@ Seeds are pooled: in each resample a variant's AP is the mean over its seeds.
 
 Probability of improvement (``probability_of_improvement``, Agarwal et al. 2021): how often a run of
 one variant beats a run of another (the Mann-Whitney statistic), averaged over tasks, with a bootstrap
-that resamples runs within each task. A description beside the tests, not a verdict.
+that resamples runs within each task. The pages take the val images as the tasks and each seed's AP
+on an image alone (``ImageRecords.per_image_ap``) as its score there. A description beside the tests,
+not a verdict.
 
 Verdicts (``decide``) need both kinds of evidence. Two variants *differ* only when
 the paired t test over at least ``MIN_SEEDS`` matching seeds and the image
@@ -167,8 +169,8 @@ class ImageRecords:
 
     def __init__(self, ev) -> None:
         pe = ev._paramsEval
-        n_img, self.rec_thrs = len(pe.imgIds), np.asarray(pe.recThrs)
-        self.n_iou, self.per_cat = len(pe.iouThrs), []
+        self.n_img, self.rec_thrs = len(pe.imgIds), np.asarray(pe.recThrs)
+        n_img, self.n_iou, self.per_cat = self.n_img, len(pe.iouThrs), []
         max_det = pe.maxDets[-1]
         for k in range(len(pe.catIds)):
             recs = ev.evalImgs[k * n_img:(k + 1) * n_img]
@@ -212,6 +214,11 @@ class ImageRecords:
         valid = precision[precision > -1]
         return float(valid.mean()) if valid.size else math.nan
 
+    def per_image_ap(self) -> np.ndarray:
+        """``[n_img]``: AP on each image alone (``ap`` of that one image), i.e. the mean over the categories with
+        ground truth on it; NaN for an image without ground truth of any category (no AP is defined there)."""
+        return np.array([self.ap(np.array([i])) for i in range(self.n_img)])
+
 
 def resampled_ap(gt, detections: List[dict], img_ids: Sequence[int]) -> float:
     """Reference definition: AP on a ground truth rebuilt from ``img_ids`` (repeats allowed) with fresh ids."""
@@ -234,22 +241,33 @@ def resampled_ap(gt, detections: List[dict], img_ids: Sequence[int]) -> float:
     return _ap_from(ev)
 
 
-def bootstrap_ap(gt, detections: Mapping[str, List[List[dict]]], resamples: int = 200,
-                 rng_seed: int = 0) -> Dict[str, np.ndarray]:
-    """Per variant, AP on each of ``resamples`` bootstrap image sets (mean over its seeds' detections).
+def seed_records(gt, detections: Mapping[str, List[List[dict]]]) -> Dict[str, List[ImageRecords]]:
+    """variant -> one ``ImageRecords`` per seed (COCOeval's per-image matching, run once per detection set).
 
     Args:
         gt: pycocotools COCO of the val split every detection set was made on.
         detections: variant -> one COCO results list per seed.
-    Returns:
-        variant -> float array ``[resamples]``; row b of every variant used the same images.
     """
     img_ids = sorted(gt.getImgIds())
-    recs = {v: [ImageRecords(_evaluated(gt, dets, img_ids)) for dets in per_seed] for v, per_seed in detections.items()}
+    return {v: [ImageRecords(_evaluated(gt, dets, img_ids)) for dets in per_seed] for v, per_seed in detections.items()}
+
+
+def bootstrap_ap(gt, detections: Mapping[str, List[List[dict]]], resamples: int = 200,
+                 rng_seed: int = 0) -> Dict[str, np.ndarray]:
+    """Per variant, AP on each of ``resamples`` bootstrap image sets (mean over its seeds' detections);
+    ``gt`` and ``detections`` as in ``seed_records``."""
+    return bootstrap_records(seed_records(gt, detections), resamples, rng_seed)
+
+
+def bootstrap_records(recs: Mapping[str, List[ImageRecords]], resamples: int = 200,
+                      rng_seed: int = 0) -> Dict[str, np.ndarray]:
+    """``bootstrap_ap`` on records already made (``seed_records``): variant -> float array ``[resamples]``;
+    row b of every variant used the same images."""
+    n_img = next((r.n_img for seed_recs in recs.values() for r in seed_recs), 0)
     rng = np.random.default_rng(rng_seed)
     out = {v: np.empty(resamples) for v in recs}
     for b in range(resamples):
-        idx = rng.integers(0, len(img_ids), size=len(img_ids))
+        idx = rng.integers(0, n_img, size=n_img)
         for v, seed_recs in recs.items():
             out[v][b] = float(np.nanmean([r.ap(idx) for r in seed_recs]))
     return out
@@ -276,12 +294,18 @@ IMPROVEMENT_RESAMPLES = 2000
 IMPROVEMENT_SEED = 0
 
 
+# Elements of one stacked pair comparison ([resamples, tasks, n, m]) at most: bounds the memory of a chunk of tasks.
+_PAIRS_PER_CHUNK = 1 << 23
+
+
 def _u_share(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Mann-Whitney U of ``x`` against ``y`` over the last axis divided by n * m, i.e. P(X > Y) + 0.5 P(X = Y)
     over all run pairs; ``x`` ``[..., n]``, ``y`` ``[..., m]`` with the same leading shape (one value each)."""
-    # Only the statistic is used; "asymptotic" skips the exact p-value's enumeration.
-    u = _st.mannwhitneyu(x, y, axis=-1, alternative="greater", method="asymptotic").statistic
-    return np.asarray(u, dtype=float) / (x.shape[-1] * y.shape[-1])
+    # U counted over the n * m pairs directly: the same statistic as scipy.stats.mannwhitneyu (the tests hold
+    # them equal), which ranks every row and is 15x slower on [2000 resamples, 150 images, 3 seeds].
+    above = np.count_nonzero(x[..., :, None] > y[..., None, :], axis=(-2, -1))
+    ties = np.count_nonzero(x[..., :, None] == y[..., None, :], axis=(-2, -1))
+    return (above + 0.5 * ties) / (x.shape[-1] * y.shape[-1])
 
 
 def probability_of_improvement(x: Sequence[Sequence[float]], y: Sequence[Sequence[float]],
@@ -300,21 +324,32 @@ def probability_of_improvement(x: Sequence[Sequence[float]], y: Sequence[Sequenc
         Y's runs are each resampled with replacement); ``tasks``. All NaN when a task has no runs of X or Y.
 
     Unlike a test of the mean difference, it says how often a run of X beats a run of Y, not by how much.
+    Tasks with the same run counts (every val image of a study) are stacked and resampled in one array
+    operation: 150 tasks x 2000 resamples take milliseconds, not a Python loop over tasks.
     """
     xs = [np.asarray([v for v in a if math.isfinite(v)], dtype=float) for a in x]
     ys = [np.asarray([v for v in b if math.isfinite(v)], dtype=float) for b in y]
     if not xs or len(xs) != len(ys) or any(a.size == 0 for a in xs) or any(b.size == 0 for b in ys):
         return {"p": math.nan, "lo": math.nan, "hi": math.nan, "tasks": len(xs)}
-    point = float(np.mean([_u_share(a, b) for a, b in zip(xs, ys)]))
+    by_shape: Dict[tuple, List[int]] = {}
+    for k, (a, b) in enumerate(zip(xs, ys)):
+        by_shape.setdefault((a.size, b.size), []).append(k)
     rng = np.random.default_rng(rng_seed)
-    draws = np.zeros(resamples)
-    for a, b in zip(xs, ys):  # the strata: runs are resampled within their task only
-        ra = a[rng.integers(0, a.size, size=(resamples, a.size))]
-        rb = b[rng.integers(0, b.size, size=(resamples, b.size))]
-        draws += _u_share(ra, rb)
+    points, draws = np.zeros(len(xs)), np.zeros(resamples)
+    for (n, m), tasks in by_shape.items():
+        step = max(1, _PAIRS_PER_CHUNK // (resamples * n * m))
+        for i in range(0, len(tasks), step):
+            ks = tasks[i:i + step]
+            a, b = np.stack([xs[k] for k in ks]), np.stack([ys[k] for k in ks])  # [g, n], [g, m]
+            points[ks] = _u_share(a, b)
+            # the strata: each task's runs are resampled within that task only -> [resamples, g, n] and [.., m]
+            rows = np.arange(len(ks))[:, None]
+            ra = a[rows, rng.integers(0, n, size=(resamples, len(ks), n))]
+            rb = b[rows, rng.integers(0, m, size=(resamples, len(ks), m))]
+            draws += _u_share(ra, rb).sum(axis=1)
     draws /= len(xs)
     lo, hi = np.percentile(draws, [50 * (1 - conf), 100 - 50 * (1 - conf)])
-    return {"p": point, "lo": float(lo), "hi": float(hi), "tasks": len(xs)}
+    return {"p": float(points.mean()), "lo": float(lo), "hi": float(hi), "tasks": len(xs)}
 
 
 # ------------------------------------------------------------------ verdicts

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 import fakes
 from fakes import EXPECTED_PLOTS
 
@@ -98,17 +100,24 @@ def test_accuracy_page_ranks_by_epoch_budget_and_gives_the_probability_of_improv
     rows = re.findall(r'<tr><td class="l">(\d+)</td><td class="l">(.*?)</td><td>(yes|no)</td></tr>', budget)
     assert [(e, re.findall(r"gamma=[0-9.]+,alpha=[0-9.]+", r), same) for e, r, same in rows] == [
         (str(e), order, "yes") for e in (1, 2, 3)]
-    # pairs X above Y in that order; every seed of X beats every seed of Y (below), so P(X > Y) = 9 / 9 = 1 and
-    # each bootstrap draw of the seeds keeps it: the interval is [1, 1]
+    # pairs X above Y in that order; the tasks are the 30 val images (each has ground truth), the runs the seeds
     an = fake_reports["ctx"].an
     pairs = [(order[0], order[1]), (order[0], order[2]), (order[1], order[2])]
-    for x, y in pairs:
-        assert min(an.per_seed(x, "AP").values()) > max(an.per_seed(y, "AP").values())
     pairwise = text.split("<h2>Pairwise comparisons (AP)</h2>")[1].split("<h2>")[0]
     assert "<th>P(X &gt; Y) [CI]</th>" in pairwise and "probability of improvement (Agarwal et al." in pairwise
+    assert "averaged over the 30 val images with ground truth;" in pairwise and "one task" not in pairwise
     found = re.findall(r'<tr><td class="l">([^<]+)</td><td class="l">([^<]+)</td>.*?<td>([^<]+) '
                        r'<span class="note">\[([^\]]+)\]</span></td></tr>', pairwise)
-    assert found == [(x, y, "1.00", "1.00, 1.00") for x, y in pairs]
+    pis = [an.improvement(x, y) for x, y in pairs]
+    assert [(pi["over"], pi["tasks"]) for pi in pis] == [("images", 30)] * 3
+    assert found == [(x, y, f"{pi['p']:.2f}", f"{pi['lo']:.2f}, {pi['hi']:.2f}") for (x, y), pi in zip(pairs, pis)]
+    # the tighter boxes win on most images: every interval above 0.5
+    assert all(pi["lo"] > 0.5 for pi in pis)
+    # gamma 5 against gamma 0: on every image the worst seed of gamma 5 beats the best of gamma 0, so all 3 x 3
+    # seed pairs on all 30 images go to X: P = 1, and each bootstrap draw of the seeds keeps it: [1, 1]
+    per = an.per_image_ap()
+    assert np.all(per[order[0]].min(axis=0) > per[order[2]].max(axis=0))
+    assert found[1][2:] == ("1.00", "1.00, 1.00")
 
 
 def test_loss_names_and_epochs_from_step_keyed_rows():

@@ -63,6 +63,9 @@ def test_bootstrap_is_read_back_for_the_same_trials_only(store, tmp_path):
     again = second.bootstrap()
     assert second.boot_cached
     assert all(np.array_equal(boot[v], again[v], equal_nan=True) for v in boot)
+    # the seeds' per-image AP (the probability of improvement's tasks) comes back with it, [3 seeds, 30 images]
+    per, per_again = first.per_image_ap(), second.per_image_ap()
+    assert all(per[v].shape == (3, 30) and np.array_equal(per[v], per_again[v], equal_nan=True) for v in per)
     # other resamples, or a trial finished again (a new finish time), are other data
     other = Analysis(load_study(store, fakes.STUDY), resamples=6, cache_path=cache)
     assert other.bootstrap() is not None and not other.boot_cached
