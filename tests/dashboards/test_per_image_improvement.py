@@ -124,14 +124,10 @@ def test_u_share_is_scipy_mann_whitney_u_over_pairs():
     assert np.array_equal(stats._u_share(x, y), u / 12)
 
 
-def test_many_tasks_are_fast_and_tasks_of_other_run_counts_stay_apart():
-    import time
-
+def test_many_tasks_and_tasks_of_other_run_counts_stay_apart():
     rng = np.random.default_rng(1)
-    x, y = rng.uniform(size=(150, 3)), rng.uniform(size=(150, 3))
-    t = time.perf_counter()
+    x, y = rng.uniform(size=(150, 3)), rng.uniform(size=(150, 3))  # 150 images x 3 seeds each
     pi = stats.probability_of_improvement(x, y)
-    assert time.perf_counter() - t < 1.0  # 150 images x 2000 resamples: about 0.03 s here
     assert pi["p"] == pytest.approx(np.mean(stats._u_share(x, y))) and pi["lo"] < pi["p"] < pi["hi"]
     # a task with one run of y (1 beats 0 -> 1) beside 150 of three runs: the mean of 151 tasks
     mixed = stats.probability_of_improvement(list(x) + [[1.0]], list(y) + [[0.0]])
