@@ -87,7 +87,8 @@ def comparison_key(config: Mapping[str, Any]) -> ComparisonKey:
     weights = (det.get("backbone") or {}).get("weights")
     # the digest names the weights themselves; a config from before digests has the file's name only
     backbone = "random" if weights is None else str(config.get("backbone_digest") or os.path.basename(weights))
-    tuned = (config.get("tuned") or {}).get("samples", 0)
+    choice = config.get("tuned")
+    tuned = 0 if not choice else choice.get("samples", "?")  # "?": tuned before the sample count was kept
     return (data_identity(config.get("dataset") or {}), det.get("scale", "tiny"), total_epochs(config),
             tr.get("batch_size"), tr.get("max_steps"), backbone, tuned)
 
@@ -108,7 +109,7 @@ def budget_text(key: ComparisonKey) -> str:
     _, scale, epochs, batch, max_steps, backbone, tuned = key
     steps = f"at most {max_steps} steps a phase" if max_steps else "no step cap"
     start = "random backbone" if backbone == "random" else f"pretrained backbone {backbone[:12]}"
-    tuning = f"tuned with {tuned} samples per variant" if tuned else "untuned"
+    tuning = (f"tuned with {tuned} samples per variant" if isinstance(tuned, int) else "tuned") if tuned else "untuned"
     return f"{scale} scale, {epochs} epochs, batch {batch}, {steps}, {start}, {tuning}"
 
 

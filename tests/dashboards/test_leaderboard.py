@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import fakes
 import pytest
 
-from dashboards.leaderboard import comparison_key, dataset_text, speed_label
+from dashboards.leaderboard import budget_text, comparison_key, dataset_text, speed_label
 from dashboards.overview import build_all_index
 
 DIGEST = "d" * 64
@@ -145,6 +145,8 @@ def test_comparison_key_splits_on_data_and_budget_only():
     tuned = copy.deepcopy(base)  # the same variant after 8 samples of sweep.tune: more compute, its own ranking
     tuned["tuned"] = {"sample": 3, "values": {"train.lr": 0.004}, "score": 0.3, "samples": 8}
     assert comparison_key(tuned)[-1] == 8 and comparison_key(tuned)[:-1] == key[:-1]
+    del tuned["tuned"]["samples"]  # stored before the sample count was kept: tuned all the same
+    assert comparison_key(tuned)[-1] == "?" and budget_text(comparison_key(tuned)).endswith(", tuned")
 
 
 def test_dataset_and_speed_text():
