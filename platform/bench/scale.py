@@ -38,8 +38,8 @@ from unittest import mock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGETS = {"overhead_ms": 50.0, "report_s": 30.0, "cached_s": 3.0, "page_mb": 5.0, "tti_s": 3.0}
-STORE_WRITES = ("mark_running", "record_epoch", "record_finished", "record_failed")
-MLFLOW_WRITES = ("start_child", "log_metrics", "set_tags", "log_dict", "log_artifacts", "end_child")
+STORE_WRITES = ("mark_running", "record_epochs", "record_finished", "record_failed")
+MLFLOW_WRITES = ("start_child", "log_metrics", "log_steps", "set_tags", "log_dict", "log_artifacts", "end_child")
 READS = {"Store": ("trial_epochs",), "StudyTracker": ("find_child",)}  # timed, not counted as writes
 CALLBACKS = ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error")
 EPOCHS = 8  # the headline study's

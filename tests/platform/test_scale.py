@@ -88,6 +88,34 @@ def test_study_callback_keeps_no_epochs_of_finished_or_failed_trials(tmp_path):
     store.close()
 
 
+def test_running_trials_epochs_reach_the_store_in_one_transaction_every_epoch_write_s(tmp_path, monkeypatch):
+    from platform.runner import callbacks
+
+    store = Store(f"sqlite:///{tmp_path}/results.db")
+    store.upsert_study("s", "", {"name": "s"}, None)
+    writes = []
+    record = store.record_epochs
+    monkeypatch.setattr(store, "record_epochs", lambda *a: writes.append(len(a[1])) or record(*a))
+    now = [100.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    cb = StudyCallback("s", _Tracker(), store)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": trial(i)}, checkpoint=None, last_result=None,
+                              error_file=None) for i in range(2)]
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+        cb.on_trial_result(0, trials, t, {"epoch": 0, "step": 8, "train/loss": 1.0})
+    cb.on_step_end(0, trials)
+    assert writes == [] and store.trial_epochs("s", trial(0)["config_hash"]) == {}  # held: 0 s < EPOCH_WRITE_S
+    now[0] += callbacks.EPOCH_WRITE_S
+    cb.on_step_end(0, trials)
+    assert writes == [2] and cb.epochs == {}  # both trials' epochs, one transaction
+    assert store.trial_epochs("s", trial(1)["config_hash"]) == {8: {"epoch": 0.0, "step": 8.0, "train/loss": 1.0}}
+    cb.on_trial_result(0, trials, trials[0], {"epoch": 1, "step": 16, "train/loss": 0.5})
+    cb.on_trial_complete(0, trials, trials[0])  # its held epoch goes with the finished record
+    assert writes == [2] and sorted(store.trial_epochs("s", trial(0)["config_hash"])) == [8, 16]
+    store.close()
+
+
 def test_growth_is_the_slope_on_log_log_axes():
     from platform.bench.scale import growth
 

@@ -83,6 +83,23 @@ def test_recording_again_replaces_rows(store, tmp_path):
     assert rows(tmp_path, "select count(*) from trials") == [(1,)]
 
 
+def test_epochs_stored_before_stay_when_the_finished_record_keeps_them(store):
+    other = trial("gamma=2/seed=1", "b" * 64, 1)
+    # one transaction for two running trials' epochs; step 8 of the first is reported twice (a resumed
+    # epoch): the second report replaces the first
+    store.record_epochs("s", [(trial(), {8: {"loss": 2.0}, 16: {"loss": 1.0}}), (other, {8: {"loss": 3.0}})])
+    store.record_epochs("s", [(trial(), {8: {"loss": 1.5}})])
+    assert store.trial_epochs("s", "a" * 64) == {8: {"loss": 1.5}, 16: {"loss": 1.0}}
+    assert [t["status"] for t in store.trials("s")] == ["running", "running"]
+    finish(store, epoch_metrics=[{"step": 16, "loss": 0.9}, {"step": 24, "loss": 0.5}], keep_epochs=True)
+    # 8 kept from before, 16 replaced by the record's, 24 added; the final metrics are the record's
+    assert store.trial_epochs("s", "a" * 64) == {8: {"loss": 1.5}, 16: {"loss": 0.9}, 24: {"loss": 0.5}}
+    assert store.trial_final("s", "a" * 64) == {"AP": 0.31, "AP50": 0.5, "speed/latency_ms": 12.5}
+    assert store.trial_epochs("s", "b" * 64) == {8: {"loss": 3.0}}  # the other trial's untouched
+    finish(store, epoch_metrics=[{"step": 8, "loss": 1.0}])  # without keep_epochs every earlier row goes
+    assert store.trial_epochs("s", "a" * 64) == {8: {"loss": 1.0}}
+
+
 def test_val_ground_truth_is_stored_once_per_content(store, tmp_path):
     gt = {"images": [{"id": 1, "width": 8, "height": 8}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
     finish(store, val_ground_truth=gt)
