@@ -138,6 +138,11 @@ class GroundTruthRow(Base):
 GROUND_TRUTH_KEY = "val_ground_truth"  # trial-data key holding the digest
 
 
+class RawJSON(str):
+    """Trial data that is JSON text already (a file the worker wrote with ``json.dump``): stored as
+    it is, not parsed and dumped again (a trial's val detections are about 240 KB)."""
+
+
 class SpeedRow(Base):
     """One isolated speed measurement (``detectors.evaluation.speed_phase``), shared by every trial whose
     speed key has this digest; trials name it in their data key ``speed_key``."""
@@ -224,6 +229,7 @@ class Store:
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._gt_text: Optional[tuple] = None  # (the last val ground truth recorded, its digest, its text)
         if not readonly:
             with creating(sqlite_file(url)):  # another driver may be creating them now (platform.track.locks)
                 Base.metadata.create_all(self.engine)
@@ -309,8 +315,7 @@ class Store:
         data = dict(data)
         gt_text = None
         if val_ground_truth is not None:
-            gt_text = json.dumps(val_ground_truth, sort_keys=True, separators=(",", ":"))
-            data[GROUND_TRUTH_KEY] = hashlib.sha256(gt_text.encode()).hexdigest()
+            data[GROUND_TRUTH_KEY], gt_text = self._ground_truth_text(val_ground_truth)
         with self._tx() as s:
             if gt_text is not None and s.get(GroundTruthRow, data[GROUND_TRUTH_KEY]) is None:
                 s.add(GroundTruthRow(digest=data[GROUND_TRUTH_KEY], json=gt_text))
@@ -326,12 +331,21 @@ class Store:
             for epoch in epoch_metrics:
                 rows += _metric_rows(row.id, {k: v for k, v in epoch.items() if k != "step"}, int(epoch["step"]))
             _insert_metrics(s, rows)
-            s.add_all([TrialDataRow(trial_id=row.id, key=k, json=json.dumps(v)) for k, v in data.items()])
+            s.add_all([TrialDataRow(trial_id=row.id, key=k, json=v if isinstance(v, RawJSON) else json.dumps(v))
+                       for k, v in data.items()])
             row.error, row.mlflow_run_id = None, mlflow_run_id
             row.started_at = started or row.started_at
             row.finished_at = finished
             row.duration_s = (finished - row.started_at).total_seconds() if row.started_at else None
             row.attempts = max(row.attempts or 0, 1)
+
+    def _ground_truth_text(self, gt: Mapping[str, Any]) -> tuple:
+        """``(digest, canonical JSON)`` of a val ground truth; the same object as the last call's
+        (the driver passes one per val file, ``platform.runner.callbacks``) is not dumped again."""
+        if self._gt_text is None or self._gt_text[0] is not gt:
+            text = json.dumps(gt, sort_keys=True, separators=(",", ":"))
+            self._gt_text = (gt, hashlib.sha256(text.encode()).hexdigest(), text)
+        return self._gt_text[1:]
 
     def record_epoch(self, study_name: str, trial: Mapping[str, Any], step: int, values: Mapping[str, Any]) -> None:
         """One epoch report of a running trial (rows at ``step``, replacing that step's)."""

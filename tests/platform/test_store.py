@@ -117,6 +117,25 @@ def test_val_ground_truth_is_stored_once_per_content(store, tmp_path):
     assert store.ground_truth("0" * 64) is None
 
 
+def test_raw_json_data_is_stored_as_given_and_a_repeated_ground_truth_is_dumped_once(store, tmp_path, monkeypatch):
+    import json
+
+    from platform.track import store as store_module
+
+    text = '[{"image_id": 1, "score": 0.5}]'
+    gt = {"images": [{"id": 1, "width": 8, "height": 8}], "annotations": [], "categories": []}
+    dumps, seen = json.dumps, []
+    monkeypatch.setattr(store_module.json, "dumps", lambda obj, **kw: seen.append(obj is gt) or dumps(obj, **kw))
+    for i, h in enumerate(("a", "b")):
+        finish(store, t=trial(f"gamma={i}/seed=0", h * 64), data={"detections": store_module.RawJSON(text)},
+               val_ground_truth=gt)
+    assert seen.count(True) == 1  # the second record's ground truth is the first's object: no second dump
+    assert rows(tmp_path, "select json from trial_data where key = 'detections'") == [(text,), (text,)]
+    assert store.trial_data("s", "detections")["gamma=1/seed=0"] == [{"image_id": 1, "score": 0.5}]
+    (digest,) = set(store.trial_data("s", "val_ground_truth").values())
+    assert store.ground_truth(digest) == gt
+
+
 def test_nan_metric_survives(store):
     finish(store, final_metrics={"AP": float("nan")})
     assert math.isnan(store.final_metrics("s")[0]["value"])
