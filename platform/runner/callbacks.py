@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, TextIO
 
 from ray.tune import Callback
 
+from dashboards.errors import ERRORS_KEY, trial_errors
 from detectors.evaluation.cocotools import bbox_ground_truth
 from platform.runner.failures import last_failure, short_error
 from platform.runner.timing import TrialClock
@@ -74,6 +75,25 @@ def tuning_data(trial: dict, epoch_rows: List[dict]) -> Dict[str, dict]:
     return {"tuning": record}
 
 
+class TrialErrors:
+    """What the report pages derive from a finished trial's detections, computed on the study callback's
+    second thread and stored beside its record: TIDE's error breakdown and the confusion counts
+    (``dashboards.errors.trial_errors``, about 20 ms a trial, which every build of the pages would
+    otherwise spend on every trial). A trial whose result is missing (a driver killed first, a failure
+    here) has it computed by the pages."""
+
+    def __init__(self, store, study_name: str) -> None:
+        self.store, self.study_name = store, study_name
+
+    def record(self, config_hash: str, detections: str, gt: dict) -> None:
+        try:
+            self.store.record_trial_data(self.study_name, config_hash, ERRORS_KEY,
+                                         trial_errors(gt, json.loads(detections)))
+        except Exception as exc:  # the pages compute it instead
+            print(f"warning: the error breakdown of trial {config_hash[:12]} was not stored "
+                  f"({type(exc).__name__}: {exc}); the report computes it", file=sys.stderr, flush=True)
+
+
 def val_ground_truth(trial: dict) -> Optional[dict]:
     """What the pages' image bootstrap needs of the trial's val annotation file, so that
     the pages read the store alone; None when the file is gone."""
@@ -91,6 +111,7 @@ class StudyCallback(Callback):
                  clock: Optional[TrialClock] = None) -> None:
         self.study_name, self.tracker, self.store, self.force = study_name, tracker, store, force
         self.mlflow = TrackerWriter(tracker)   # the tracker's writes, off Tune's loop
+        self.derived = TrackerWriter(TrialErrors(store, study_name), name="trial-errors")
         self.clock = clock or TrialClock()      # shared with ProgressCallback: one duration everywhere
         self.runs: Dict[str, Pending] = {}      # Tune trial id -> its MLflow run id, once the writer made it
         # running trial id -> step -> metrics of the epochs not in the store yet
@@ -141,8 +162,10 @@ class StudyCallback(Callback):
         self.epochs_written = time.monotonic()
 
     def flush(self) -> None:
-        """Every MLflow write queued so far done (before the parent run ends or the speed phase writes)."""
+        """Every MLflow write and stored error breakdown queued so far done (before the parent run ends,
+        the speed phase writes or the report reads)."""
         self.mlflow.flush()
+        self.derived.flush()
 
     def on_step_end(self, iteration, trials, **info):
         self._write_epochs()
@@ -200,8 +223,11 @@ class StudyCallback(Callback):
             unstored = {**self.store.trial_epochs(self.study_name, spec["config_hash"]), **unstored}
         epoch_rows = [{**m, "step": s} for s, m in sorted(unstored.items())]
         data.update(tuning_data(spec, epoch_rows))
+        gt = self._val_ground_truth(spec)
         self.store.record_finished(self.study_name, spec, final, epoch_rows, data, self._run_id(trial), start, end,
-                                   val_ground_truth=self._val_ground_truth(spec), keep_epochs=True)
+                                   val_ground_truth=gt, keep_epochs=True)
+        if gt is not None and "detections" in data:
+            self.derived.call("record", spec["config_hash"], data["detections"], gt)
         self.mlflow.call("end_child", run, "FINISHED", end_time=end, duration_s=duration)
         self.finished.append({"trial": spec, "metrics": final})
 

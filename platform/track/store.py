@@ -366,6 +366,18 @@ class Store:
                     rows += _metric_rows(row.id, values, int(step))
             _insert_metrics(s, rows)
 
+    def record_trial_data(self, study_name: str, config_hash: str, key: str, obj: Any) -> bool:
+        """One data key of a finished trial (replacing its value), for what is derived from the trial after
+        its record (``dashboards.errors.trial_errors``); False, writing nothing, if the trial is not finished."""
+        with self._tx() as s:
+            trial_id = s.scalar(select(TrialRow.id).join(StudyRow).where(
+                StudyRow.name == study_name, TrialRow.config_hash == config_hash, TrialRow.status == "finished"))
+            if trial_id is None:
+                return False
+            s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id == trial_id, TrialDataRow.key == key))
+            s.add(TrialDataRow(trial_id=trial_id, key=key, json=json.dumps(obj)))
+            return True
+
     def set_mlflow_run_id(self, study_name: str, config_hash: str, run_id: str) -> None:
         """The trial's MLflow run, after it was (re)made from the store (``platform.track.reconcile``)."""
         with self._tx() as s:

@@ -1,5 +1,8 @@
 """The study tracker's writes on a thread of their own, so that Ray Tune's event loop never waits on MLflow.
 
+(The study callback also runs its other work that may lag, the error breakdown of finished trials, on
+a ``TrackerWriter`` of another object: any object's methods run this way.)
+
     writer = TrackerWriter(tracker)            # a platform.track.tracking.StudyTracker
     run = writer.call("start_child", spec)     # a Pending: the run id once the thread got to it
     writer.call("log_metrics", run, {"loss": 0.5}, 8)   # a Pending argument is the value it resolved to
@@ -61,8 +64,8 @@ def _resolve(value: Any) -> Any:
 class TrackerWriter:
     """One thread (started at the first write) running a tracker's methods in the order they were called."""
 
-    def __init__(self, tracker) -> None:
-        self.tracker = tracker
+    def __init__(self, tracker, name: str = "mlflow-writer") -> None:
+        self.tracker, self.name = tracker, name
         self._init()
 
     def _init(self) -> None:
@@ -73,16 +76,16 @@ class TrackerWriter:
     # Tune pickles its callbacks with the experiment: the writer pickles as its tracker, and a
     # copy starts a thread of its own when written to.
     def __getstate__(self) -> dict:
-        return {"tracker": self.tracker}
+        return {"tracker": self.tracker, "name": self.name}
 
     def __setstate__(self, state: dict) -> None:
-        self.tracker = state["tracker"]
+        self.tracker, self.name = state["tracker"], state["name"]
         self._init()
 
     def call(self, method: str, *args, **kwargs) -> Pending:
         """Queue ``tracker.<method>(*args, **kwargs)``; ``Pending`` arguments are resolved when it runs."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
+            self._thread = threading.Thread(target=self._drain, name=self.name, daemon=True)
             self._thread.start()
         pending = Pending()
         self._queue.put((method, args, kwargs, pending))
