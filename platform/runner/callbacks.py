@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, TextIO
 
 from ray.tune import Callback
 
+from dashboards.convergence import INPUT_KEY, input_dependence
 from dashboards.errors import ERRORS_KEY, trial_errors
 from detectors.evaluation.cocotools import bbox_ground_truth
 from platform.runner.failures import last_failure, short_error
@@ -79,16 +80,19 @@ class TrialErrors:
     """What the report pages derive from a finished trial's detections, computed on the study callback's
     second thread and stored beside its record: TIDE's error breakdown and the confusion counts
     (``dashboards.errors.trial_errors``, about 20 ms a trial, which every build of the pages would
-    otherwise spend on every trial). A trial whose result is missing (a driver killed first, a failure
-    here) has it computed by the pages."""
+    otherwise spend on every trial) and whether its top boxes follow the image
+    (``dashboards.convergence.input_dependence``; with it stored, a build parses no trial's
+    detections but those it draws). A trial whose results are missing (a driver killed first, a
+    failure here) has them computed by the pages."""
 
     def __init__(self, store, study_name: str) -> None:
         self.store, self.study_name = store, study_name
 
     def record(self, config_hash: str, detections: str, gt: dict) -> None:
         try:
-            self.store.record_trial_data(self.study_name, config_hash, ERRORS_KEY,
-                                         trial_errors(gt, json.loads(detections)))
+            dets = json.loads(detections)
+            self.store.record_trial_data(self.study_name, config_hash, {ERRORS_KEY: trial_errors(gt, dets),
+                                                                        INPUT_KEY: input_dependence(dets)})
         except Exception as exc:  # the pages compute it instead
             print(f"warning: the error breakdown of trial {config_hash[:12]} was not stored "
                   f"({type(exc).__name__}: {exc}); the report computes it", file=sys.stderr, flush=True)

@@ -366,16 +366,17 @@ class Store:
                     rows += _metric_rows(row.id, values, int(step))
             _insert_metrics(s, rows)
 
-    def record_trial_data(self, study_name: str, config_hash: str, key: str, obj: Any) -> bool:
-        """One data key of a finished trial (replacing its value), for what is derived from the trial after
-        its record (``dashboards.errors.trial_errors``); False, writing nothing, if the trial is not finished."""
+    def record_trial_data(self, study_name: str, config_hash: str, data: Mapping[str, Any]) -> bool:
+        """Data keys of a finished trial (``{key: object}``, replacing their values), for what is derived
+        from the trial after its record (``dashboards.errors.trial_errors``); False, writing nothing, if
+        the trial is not finished."""
         with self._tx() as s:
             trial_id = s.scalar(select(TrialRow.id).join(StudyRow).where(
                 StudyRow.name == study_name, TrialRow.config_hash == config_hash, TrialRow.status == "finished"))
             if trial_id is None:
                 return False
-            s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id == trial_id, TrialDataRow.key == key))
-            s.add(TrialDataRow(trial_id=trial_id, key=key, json=json.dumps(obj)))
+            s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id == trial_id, TrialDataRow.key.in_(list(data))))
+            s.add_all([TrialDataRow(trial_id=trial_id, key=k, json=json.dumps(v)) for k, v in data.items()])
             return True
 
     def set_mlflow_run_id(self, study_name: str, config_hash: str, run_id: str) -> None:
@@ -498,12 +499,15 @@ class Store:
                                        MetricRow.step.is_(None)))
             return {name: math.nan if value is None else value for name, value in s.execute(q)}
 
-    def trial_data(self, study_name: str, key: str) -> Dict[str, Any]:
-        """``{trial_key: object}`` for one data key (per-class AP, PR curves...) of finished trials."""
+    def trial_data(self, study_name: str, key: str, trial_keys: Optional[List[str]] = None) -> Dict[str, Any]:
+        """``{trial_key: object}`` for one data key (per-class AP, PR curves...) of finished trials
+        (those of ``trial_keys`` only, when given)."""
         with self._session() as s:
             q = (select(TrialRow.trial_key, TrialDataRow.json).join(TrialRow, TrialDataRow.trial_id == TrialRow.id)
                  .join(StudyRow).where(StudyRow.name == study_name, TrialRow.status == "finished",
                                        TrialDataRow.key == key).order_by(TrialRow.id))
+            if trial_keys is not None:
+                q = q.where(TrialRow.trial_key.in_(list(trial_keys)))
             return {k: json.loads(text) for k, text in s.execute(q)}
 
     def speed_figures(self, digests: Optional[Set[str]] = None) -> Dict[str, Dict[str, Any]]:

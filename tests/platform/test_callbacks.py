@@ -67,5 +67,5 @@ def test_a_finished_trials_error_breakdown_is_stored_beside_its_record(tmp_path)
     assert store.trial_data("s", "detections")["v/seed=0"] == dets
     assert store.trial_epochs("s", "a" * 64) == {} and store.trials("s")[0]["mlflow_run_id"] == "run1"
     # a trial that is not finished gets no data
-    assert not store.record_trial_data("s", "b" * 64, ERRORS_KEY, {})
+    assert not store.record_trial_data("s", "b" * 64, {ERRORS_KEY: {}})
     store.close()

@@ -136,6 +136,22 @@ def test_raw_json_data_is_stored_as_given_and_a_repeated_ground_truth_is_dumped_
     assert store.ground_truth(digest) == gt
 
 
+def test_trial_data_of_some_trials_and_data_derived_after_the_record(store):
+    from dashboards.data import load_study
+
+    for i, h in enumerate("abc"):
+        finish(store, t=trial(f"gamma={i}/seed=0", h * 64), data={"detections": [i]})
+    assert store.trial_data("s", "detections", trial_keys=["gamma=0/seed=0", "gamma=2/seed=0", "gone"]) == {
+        "gamma=0/seed=0": [0], "gamma=2/seed=0": [2]}
+    assert store.record_trial_data("s", "b" * 64, {"errors": {"AP50": 0.5}, "detections": [10]})
+    assert store.trial_data("s", "detections") == {"gamma=0/seed=0": [0], "gamma=1/seed=0": [10],
+                                                   "gamma=2/seed=0": [2]}
+    sd = load_study(store, "s")
+    assert sd.data_of("detections", ["gamma=1/seed=0"]) == {"gamma=1/seed=0": [10]}
+    assert "detections" not in sd._cache  # the others were not read
+    assert sd.data_of("errors", ["gamma=0/seed=0", "gamma=1/seed=0"]) == {"gamma=1/seed=0": {"AP50": 0.5}}
+
+
 def test_nan_metric_survives(store):
     finish(store, final_metrics={"AP": float("nan")})
     assert math.isnan(store.final_metrics("s")[0]["value"])
