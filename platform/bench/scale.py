@@ -10,8 +10,9 @@ started as the tests do with ``scripts/tracking_server.py``):
   overhead/trial   the driver's own work per trial: wall time inside the Tune callbacks (store and
                    MLflow writes, reading the checkpoint), during which Tune schedules nothing
                    (target <= 50 ms at 1000 trials); the driver's CPU per trial is shown beside it
-  store / MLflow   write calls per second of time spent in them (Store.mark_running / record_epoch /
-                   record_finished; StudyTracker.start_child / log_metrics / log_dict / log_artifacts...)
+  store / MLflow   write calls per second of time spent in them (Store.mark_running / record_epochs /
+                   record_finished; StudyTracker.start_child / log_metrics / log_dict / log_artifacts...;
+                   these run on the driver's MLflow writer thread, outside the callbacks' time)
   report           the pages built at the end of the run (target <= 30 s)
   cached re-run    the same command again in a fresh process, everything cached (target <= 3 s)
   pages            each page's size (target <= 5 MB) and its time to interactive in headless Chromium:
