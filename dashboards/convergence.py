@@ -31,6 +31,9 @@ CONF = 0.95
 MIN_EPOCHS = 3            # a line through 2 points has no residual, so no interval
 BOX_TOLERANCE_PX = 1.0
 MARKS = ("no detections", "input-independent", "still improving")   # the order a variant's marks are listed in
+# A finished trial's input_dependence, stored by the driver as the trial finishes (``platform.runner.callbacks``)
+# so that the pages need not read every trial's detections; its state is decided again from images and spread.
+INPUT_KEY = "input_dependence"
 
 
 def last_epochs(n: int) -> int:
@@ -86,21 +89,28 @@ def input_dependence(detections: Optional[Sequence[Dict[str, Any]]]) -> Dict[str
     if detections is None:
         return {"state": "unknown", "images": 0, "spread": math.nan}
     boxes = np.array(list(top_boxes(detections).values()), dtype=float).reshape(-1, 4)
-    if len(boxes) == 0:
-        return {"state": "no detections", "images": 0, "spread": math.nan}
-    spread = float((boxes.max(axis=0) - boxes.min(axis=0)).max())
-    if len(boxes) < 2:
+    spread = float((boxes.max(axis=0) - boxes.min(axis=0)).max()) if len(boxes) else math.nan
+    return _dependence(len(boxes), spread)
+
+
+def _dependence(images: int, spread: float) -> Dict[str, Any]:
+    """:func:`input_dependence` from the number of images with a detection and the top boxes' spread."""
+    if images == 0:
+        state = "no detections"
+    elif images < 2:
         state = "unknown"
     else:
         state = "input-independent" if spread <= BOX_TOLERANCE_PX else "depends"
-    return {"state": state, "images": len(boxes), "spread": spread}
+    return {"state": state, "images": images, "spread": spread}
 
 
 def trial_convergence(epochs: Sequence[float], ap: Sequence[float],
-                      detections: Optional[Sequence[Dict[str, Any]]]) -> Dict[str, Any]:
-    """Both checks of one trial: ``slope`` (``ap_slope``), ``input`` (``input_dependence``) and
-    ``marks``, the names in ``MARKS`` that apply."""
-    slope, inp = ap_slope(epochs, ap), input_dependence(detections)
+                      detections: Optional[Sequence[Dict[str, Any]]],
+                      stored: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Both checks of one trial: ``slope`` (``ap_slope``), ``input`` (``input_dependence`` of the
+    detections, or of a stored result of it, ``stored``) and ``marks``, the names in ``MARKS`` that apply."""
+    inp = _dependence(stored["images"], stored["spread"]) if stored else input_dependence(detections)
+    slope = ap_slope(epochs, ap)
     marks = [m for m in MARKS if (m == "still improving" and slope["state"] == "improving") or inp["state"] == m]
     return {"slope": slope, "input": inp, "marks": marks}
 
@@ -143,12 +153,15 @@ def study_convergence(sd) -> Dict[str, Dict[str, Any]]:
     ep = sd.epochs
     ap = ep[ep["name"] == "val/AP"] if "name" in ep else ep
     curves = {k: g for k, g in ap.groupby("trial_key")} if not ap.empty else {}
-    dets = sd.data("detections")
+    stored = sd.data(INPUT_KEY)
+    # the detections are read only for trials without a stored result (a store of an older detbench)
+    dets = sd.data("detections") if any(t["trial_key"] not in stored for t in sd.finished) else {}
     trials: Dict[str, Dict[str, Any]] = {}
     for t in sd.finished:
         g = curves.get(t["trial_key"])
         epochs, values = (g["epoch"].tolist(), g["value"].tolist()) if g is not None else ([], [])
-        trials[t["trial_key"]] = {**trial_convergence(epochs, values, dets.get(t["trial_key"])),
+        check = trial_convergence(epochs, values, dets.get(t["trial_key"]), stored.get(t["trial_key"]))
+        trials[t["trial_key"]] = {**check,
                                   "seed": t["seed"], "variant": t["variant"]}
     variants = {v: variant_marks([c for c in trials.values() if c["variant"] == v]) for v in sd.variants}
     return {"trials": trials, "variants": variants}

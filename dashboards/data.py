@@ -82,6 +82,16 @@ class StudyData:
             self._cache[key] = self._store.trial_data(self.name, key) if self._store is not None else {}
         return self._cache[key]
 
+    def data_of(self, key: str, trial_keys: List[str]) -> Dict[str, Any]:
+        """:meth:`data` of some trials only (those that have the key), read without the others'."""
+        if key in self._cache:
+            return {k: v for k, v in self._cache[key].items() if k in trial_keys}
+        some = self._cache.setdefault(f"{key} (some)", {})
+        missing = [k for k in trial_keys if k not in some]
+        if missing and self._store is not None:
+            some.update(self._store.trial_data(self.name, key, trial_keys=missing))
+        return {k: some[k] for k in trial_keys if k in some}
+
     def speed_figures(self, digests) -> Dict[str, Dict[str, Any]]:
         """The isolated speed figures (``key``, ``figures``, ``hardware``, ``method``, ``measured_at``)
         with these digests (trial data ``speed_key``); empty for a store without them."""

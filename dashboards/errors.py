@@ -3,6 +3,7 @@ detections and ground truth (COCO format: ``bbox`` is xywh pixels).
 
     tide_errors(gt, detections)     # {"AP50": ..., "dAP": {"cls": ..., ...}, "counts": {...}}
     confusion_counts(gt, detections, class_ids)
+    trial_errors(gt, detections)    # both for one trial, JSON-able: what the driver stores as it finishes
 
 TIDE (Bolya et al., "TIDE: A General Toolbox for Identifying Object Detection
 Errors", ECCV 2020, sec. 2) at foreground IoU ``t_f = 0.5`` and background IoU
@@ -40,6 +41,11 @@ ERROR_TYPES = ("cls", "loc", "both", "dupe", "bkg", "miss")
 ERROR_LABELS = {"cls": "classification", "loc": "localisation", "both": "both (cls + loc)",
                 "dupe": "duplicate", "bkg": "background", "miss": "missed"}
 FG_IOU, BG_IOU = 0.5, 0.1
+# A finished trial's trial_errors, stored by the driver (``platform.runner.callbacks``) so that the pages
+# need not run TIDE on every trial's detections (about 20 ms a trial). A stored result of another
+# version is computed again: bump it when what tide_errors or confusion_counts return changes.
+ERRORS_KEY = "errors"
+ERRORS_VERSION = 1
 
 
 def _xyxy(bbox: Sequence[float]) -> List[float]:
@@ -220,16 +226,29 @@ def confusion_counts(gt: dict, detections: List[dict], class_ids: Sequence[int],
     return counts
 
 
+def trial_errors(gt: dict, detections: List[dict]) -> dict:
+    """One trial's :func:`tide_errors` and :func:`confusion_counts` (over the ground truth's categories
+    in id order), JSON-able: ``{"version", "AP50", "dAP", "counts", "confusion": [[int]]}``."""
+    class_ids = [c["id"] for c in sorted(gt.get("categories", []), key=lambda c: c["id"])]
+    return {"version": ERRORS_VERSION, **tide_errors(gt, detections),
+            "confusion": confusion_counts(gt, detections, class_ids).tolist()}
+
+
 def study_errors(sd) -> dict:
-    """TIDE per finished trial and confusion counts per variant (seeds pooled), from the store.
+    """TIDE per finished trial and confusion counts per variant (seeds pooled), from the store: a trial's
+    stored :func:`trial_errors` (``ERRORS_KEY``), else computed from its detections.
 
     Returns ``{"tide": DataFrame(trial_key, variant, seed, AP50, dAP/<type>, n/<type>),
     "confusion": {variant: counts}, "classes": [names]}``, or ``{"note": why not}``.
     """
     import pandas as pd
 
-    dets, digests = sd.data("detections"), sd.data("val_ground_truth")
-    finished = [t for t in sd.finished if t["trial_key"] in dets and t["trial_key"] in digests]
+    stored, digests = sd.data(ERRORS_KEY), sd.data("val_ground_truth")
+    stored = {k: r for k, r in stored.items() if r.get("version") == ERRORS_VERSION}
+    # the detections (2,400 a trial on 150 val images) are read only for trials without a stored result
+    dets = sd.data("detections") if any(t["trial_key"] not in stored for t in sd.finished) else {}
+    finished = [t for t in sd.finished if (t["trial_key"] in stored or t["trial_key"] in dets)
+                and t["trial_key"] in digests]
     if not finished:
         return {"note": "no stored detections with their val ground truth"}
     gts: Dict[str, dict] = {}
@@ -244,11 +263,11 @@ def study_errors(sd) -> dict:
         cats = sorted(gt.get("categories", []), key=lambda c: c["id"])
         names = [c.get("name", str(c["id"])) for c in cats]
         classes = classes or names
-        r = tide_errors(gt, dets[t["trial_key"]])
+        r = stored.get(t["trial_key"]) or trial_errors(gt, dets[t["trial_key"]])
         rows.append({"trial_key": t["trial_key"], "variant": t["variant"], "seed": t["seed"], "AP50": r["AP50"],
                      **{f"dAP/{k}": v for k, v in r["dAP"].items()}, **{f"n/{k}": v for k, v in r["counts"].items()}})
         if names == classes:
-            c = confusion_counts(gt, dets[t["trial_key"]], [c["id"] for c in cats])
+            c = np.asarray(r["confusion"], dtype=np.int64)
             confusion[t["variant"]] = confusion.get(t["variant"], 0) + c
     if not rows:
         return {"note": "the stored val ground truth is missing"}

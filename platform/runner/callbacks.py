@@ -2,6 +2,16 @@
 
 They run in the driver process only (Tune calls callbacks there), which makes
 the driver the single writer to MLflow's SQLite store and to the results store.
+
+Tune schedules nothing while a callback runs, so the study callback keeps its
+work there short (``python -m platform.bench --scale`` measures it per trial):
+MLflow's writes go to the driver's writer thread (``platform.track.writer``), and
+epoch reports reach the store in one transaction every ``EPOCH_WRITE_S`` seconds
+(and with the trial's finished record), not one each. What a killed driver can
+lose is therefore MLflow writes (the next run's reconcile makes them again from
+the store) and up to ``EPOCH_WRITE_S`` of a running trial's epochs (their
+checkpoints are dropped too, ``platform.track.reconcile.prune_checkpoints``, so
+the resumed trial runs them again); never a finished trial.
 """
 from __future__ import annotations
 
@@ -13,9 +23,13 @@ from typing import Dict, List, Optional, TextIO
 
 from ray.tune import Callback
 
+from dashboards.convergence import INPUT_KEY, input_dependence
+from dashboards.errors import ERRORS_KEY, trial_errors
 from detectors.evaluation.cocotools import bbox_ground_truth
 from platform.runner.failures import last_failure, short_error
 from platform.runner.timing import TrialClock
+from platform.track.store import RawJSON
+from platform.track.writer import Pending, TrackerWriter
 
 # Keys Tune adds to every result; everything else in a result is ours.
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "hostname",
@@ -23,6 +37,7 @@ TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_
              "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "done", "experiment_id",
              "episodes_total", "timesteps_total", "timesteps_since_restore", "warmup_time"}
 ARTIFACTS = ("detections.json", "eval.json", "speed.json", "diagnostics.json", "model.pt")
+EPOCH_WRITE_S = 10.0  # running trials' epoch reports go to the store at most this often, in one transaction
 
 
 def our_metrics(result: Dict) -> Dict[str, float]:
@@ -61,6 +76,28 @@ def tuning_data(trial: dict, epoch_rows: List[dict]) -> Dict[str, dict]:
     return {"tuning": record}
 
 
+class TrialErrors:
+    """What the report pages derive from a finished trial's detections, computed on the study callback's
+    second thread and stored beside its record: TIDE's error breakdown and the confusion counts
+    (``dashboards.errors.trial_errors``, about 20 ms a trial, which every build of the pages would
+    otherwise spend on every trial) and whether its top boxes follow the image
+    (``dashboards.convergence.input_dependence``; with it stored, a build parses no trial's
+    detections but those it draws). A trial whose results are missing (a driver killed first, a
+    failure here) has them computed by the pages."""
+
+    def __init__(self, store, study_name: str) -> None:
+        self.store, self.study_name = store, study_name
+
+    def record(self, config_hash: str, detections: str, gt: dict) -> None:
+        try:
+            dets = json.loads(detections)
+            self.store.record_trial_data(self.study_name, config_hash, {ERRORS_KEY: trial_errors(gt, dets),
+                                                                        INPUT_KEY: input_dependence(dets)})
+        except Exception as exc:  # the pages compute it instead
+            print(f"warning: the error breakdown of trial {config_hash[:12]} was not stored "
+                  f"({type(exc).__name__}: {exc}); the report computes it", file=sys.stderr, flush=True)
+
+
 def val_ground_truth(trial: dict) -> Optional[dict]:
     """What the pages' image bootstrap needs of the trial's val annotation file, so that
     the pages read the store alone; None when the file is gone."""
@@ -77,9 +114,15 @@ class StudyCallback(Callback):
     def __init__(self, study_name: str, tracker, store, force: bool = False,
                  clock: Optional[TrialClock] = None) -> None:
         self.study_name, self.tracker, self.store, self.force = study_name, tracker, store, force
+        self.mlflow = TrackerWriter(tracker)   # the tracker's writes, off Tune's loop
+        self.derived = TrackerWriter(TrialErrors(store, study_name), name="trial-errors")
         self.clock = clock or TrialClock()      # shared with ProgressCallback: one duration everywhere
-        self.runs: Dict[str, str] = {}          # Tune trial id -> MLflow run id
-        self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}  # running trial id -> step -> metrics
+        self.runs: Dict[str, Pending] = {}      # Tune trial id -> its MLflow run id, once the writer made it
+        # running trial id -> step -> metrics of the epochs not in the store yet
+        self.epochs: Dict[str, Dict[int, Dict[str, float]]] = {}
+        self.specs: Dict[str, dict] = {}        # running trial id -> its trial dict, for those epochs' rows
+        self.epochs_written = time.monotonic()
+        self.ground_truths: Dict[tuple, Optional[dict]] = {}  # (val file, mtime, size) -> val_ground_truth
         self.attempts: Dict[str, int] = {}
         self._hash: Dict[str, str] = {}         # Tune trial id -> config hash
         self.nodes: Dict[str, List[str]] = {}   # Tune trial id -> Ray nodes that trained it, in order
@@ -91,15 +134,54 @@ class StudyCallback(Callback):
         if tid not in self.runs:
             spec, start = trial.config["trial"], self.clock.start(tid)
             # --force runs again on purpose: a fresh child run rather than appending to the old one.
-            self.runs[tid] = self.tracker.start_child(spec, reuse=not self.force, start_time=start)
+            self.runs[tid] = self.mlflow.call("start_child", spec, reuse=not self.force, start_time=start)
             self._hash[tid] = spec["config_hash"]
-            self.store.mark_running(self.study_name, spec, self.runs[tid], started_at=start)
+            # the run id is not known yet (the writer thread asks MLflow for it): the finished or failed record names it
+            self.store.mark_running(self.study_name, spec, self.runs[tid].value, started_at=start)
         return self.runs[tid]
+
+    def _run_id(self, trial) -> Optional[str]:
+        """The trial's MLflow run id, waiting for the writer to have made the run (None: MLflow is offline)."""
+        return self._child(trial).result()
+
+    def _val_ground_truth(self, spec: dict) -> Optional[dict]:
+        """:func:`val_ground_truth`, read once per val file (its parse is 10 ms on 150 images, seconds on COCO)."""
+        path = (spec.get("dataset") or {}).get("val_annotations")
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        key = (path, st.st_mtime_ns, st.st_size) if st else None
+        if key not in self.ground_truths:
+            self.ground_truths[key] = val_ground_truth(spec)
+        return self.ground_truths[key]
+
+    def _write_epochs(self, now: bool = False) -> None:
+        """The epochs not in the store yet, in one transaction, once ``EPOCH_WRITE_S`` passed since the
+        last (or ``now``)."""
+        if not self.epochs or not (now or time.monotonic() - self.epochs_written >= EPOCH_WRITE_S):
+            return
+        self.store.record_epochs(self.study_name, [(self.specs[tid], steps) for tid, steps in self.epochs.items()])
+        self.epochs.clear()
+        self.epochs_written = time.monotonic()
+
+    def flush(self) -> None:
+        """Every MLflow write and stored error breakdown queued so far done (before the parent run ends,
+        the speed phase writes or the report reads)."""
+        self.mlflow.flush()
+        self.derived.flush()
+
+    def on_step_end(self, iteration, trials, **info):
+        self._write_epochs()
+
+    def on_experiment_end(self, trials, **info):
+        self._write_epochs(now=True)
+        self.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
         if trial.trial_id in self.runs:  # a retry after a crash: the store counts the attempt
-            self.store.mark_running(self.study_name, trial.config["trial"], self.runs[trial.trial_id],
+            self.store.mark_running(self.study_name, trial.config["trial"], self.runs[trial.trial_id].value,
                                     started_at=self.clock.start(trial.trial_id))
         self._child(trial)
 
@@ -113,56 +195,67 @@ class StudyCallback(Callback):
         node = result.get("node_id")
         if node and node not in self.nodes.setdefault(trial.trial_id, []):
             self.nodes[trial.trial_id].append(node)
-            self.tracker.set_tags(self._child(trial), {"detbench.nodes": ",".join(self.nodes[trial.trial_id])})
+            self.mlflow.call("set_tags", self._child(trial), {"detbench.nodes": ",".join(self.nodes[trial.trial_id])})
         if not metrics.pop("final", None):  # the worker's last report holds final metrics, not an epoch
+            # kept within EPOCH_WRITE_S: a run that resumes this trial after its driver died adds only later epochs
             self.epochs.setdefault(trial.trial_id, {})[step] = metrics
-            # kept at once: a run that resumes this trial after its driver died adds only later epochs
-            self.store.record_epoch(self.study_name, trial.config["trial"], step, metrics)
-        self.tracker.log_metrics(self._child(trial), metrics, step)
+            self.specs[trial.trial_id] = trial.config["trial"]
+            self._write_epochs()
+        self.mlflow.call("log_metrics", self._child(trial), metrics, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        spec, run_id = trial.config["trial"], self._child(trial)
+        spec, run = trial.config["trial"], self._child(trial)
         duration, (start, end) = self.clock.stop(trial.trial_id), self.clock.span(trial.trial_id)
         final = our_metrics(trial.last_result or {})
         final.pop("final", None)
         ckpt_dir = trial.checkpoint.path if trial.checkpoint else None
         data = self._trial_data(ckpt_dir)
-        self.tracker.log_dict(run_id, spec, "resolved_config.json")
+        self.mlflow.call("log_dict", run, spec, "resolved_config.json")
         if ckpt_dir:
-            self.tracker.log_artifacts(run_id, [os.path.join(ckpt_dir, f) for f in ARTIFACTS])
+            self.mlflow.call("log_artifacts", run, [os.path.join(ckpt_dir, f) for f in ARTIFACTS])
         if "per_class_ap" in data:
             table = {"class": list(data["per_class_ap"]), "AP": list(data["per_class_ap"].values())}
-            self.tracker.log_dict(run_id, table, "per_class_ap.json")
+            self.mlflow.call("log_dict", run, table, "per_class_ap.json")
         if self.nodes.get(trial.trial_id):
             data["nodes"] = self.nodes[trial.trial_id]
         # one row per epoch report, keyed by its global optimiser step; "epoch" and "phase" are metrics in it.
-        # Epochs an earlier invocation saw (before its driver died) come from the store.
-        epochs = {**self.store.trial_epochs(self.study_name, spec["config_hash"]),
-                  **self.epochs.pop(trial.trial_id, {})}  # dropped once stored: memory flat in the trials
-        epoch_rows = [{**m, "step": s} for s, m in sorted(epochs.items())]
+        # The epochs not stored yet go with the finished record; those stored before (by this run, or an
+        # earlier one whose driver died) stay. Dropped here: memory flat in the trials.
+        unstored = self.epochs.pop(trial.trial_id, {})
+        self.specs.pop(trial.trial_id, None)
+        if spec.get("tuning"):  # a tuning sample's record counts every epoch
+            unstored = {**self.store.trial_epochs(self.study_name, spec["config_hash"]), **unstored}
+        epoch_rows = [{**m, "step": s} for s, m in sorted(unstored.items())]
         data.update(tuning_data(spec, epoch_rows))
-        self.store.record_finished(self.study_name, spec, final, epoch_rows, data, run_id, start, end,
-                                   val_ground_truth=val_ground_truth(spec))
-        self.tracker.end_child(run_id, "FINISHED", end_time=end, duration_s=duration)
+        gt = self._val_ground_truth(spec)
+        self.store.record_finished(self.study_name, spec, final, epoch_rows, data, self._run_id(trial), start, end,
+                                   val_ground_truth=gt, keep_epochs=True)
+        if gt is not None and "detections" in data:
+            self.derived.call("record", spec["config_hash"], data["detections"], gt)
+        self.mlflow.call("end_child", run, "FINISHED", end_time=end, duration_s=duration)
         self.finished.append({"trial": spec, "metrics": final})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        spec, run_id = trial.config["trial"], self._child(trial)
+        spec, run = trial.config["trial"], self._child(trial)
         duration, (start, end) = self.clock.stop(trial.trial_id), self.clock.span(trial.trial_id)
         error = trial_error_text(trial)
         self.epochs.pop(trial.trial_id, None)  # a failed trial's rows are removed from the store too
-        self.store.record_failed(self.study_name, spec, error, run_id, self.attempts.get(trial.trial_id, 1),
-                                 start, end)
-        self.tracker.end_child(run_id, "FAILED", {"detbench.error": error}, end_time=end, duration_s=duration)
+        self.specs.pop(trial.trial_id, None)
+        self.store.record_failed(self.study_name, spec, error, self._run_id(trial),
+                                 self.attempts.get(trial.trial_id, 1), start, end)
+        self.mlflow.call("end_child", run, "FAILED", {"detbench.error": error}, end_time=end, duration_s=duration)
         self.failed.append({"trial": spec, "error": error})
 
     def close_unfinished(self) -> int:
-        """After an interruption: mark child runs of trials that neither finished nor
-        failed as KILLED (a re-run resumes them in the same child run)."""
+        """After an interruption: store the epochs still held, mark child runs of trials that
+        neither finished nor failed as KILLED (a re-run resumes them in the same child run),
+        and wait for MLflow's writes."""
+        self._write_epochs(now=True)
         done = {f["trial"]["config_hash"] for f in self.finished + self.failed}
-        open_runs = [(tid, rid) for tid, rid in self.runs.items() if self._hash.get(tid) not in done]
-        for _, run_id in open_runs:
-            self.tracker.end_child(run_id, "KILLED")
+        open_runs = [(tid, run) for tid, run in self.runs.items() if self._hash.get(tid) not in done]
+        for _, run in open_runs:
+            self.mlflow.call("end_child", run, "KILLED")
+        self.flush()
         return len(open_runs)
 
     @staticmethod
@@ -176,6 +269,9 @@ class StudyCallback(Callback):
             if not (path and os.path.exists(path)):
                 continue
             with open(path) as f:
+                if key == "detections":  # stored as the worker wrote it: only the pages parse it
+                    data[key] = RawJSON(f.read())
+                    continue
                 obj = json.load(f)
             if key is None:
                 data.update({k: v for k, v in obj.items() if k != "summary"})

@@ -282,6 +282,7 @@ def _run_trials_and_speed(run: _Run, concurrency: int) -> None:
     if run.todo:  # (after tuning, every trial may be cached)
         print(f"running {len(run.todo)} trials, up to {concurrency} at a time; Ray logs: {run.ray_log}")
         run_trials(study, run.todo, [run.recorder, progress], concurrency)
+        run.recorder.flush()  # the trials' MLflow writes done before the speed phase writes to their runs
     ran = {f["trial"]["config_hash"] for f in run.recorder.finished}
     groups = speed_groups(run.store, study.name, run.trials, detectors_code_version(), ran, args.force)
     run_speed_phase(run.store, study.name, groups, tracker=run.tracker)
@@ -344,6 +345,7 @@ def _finish(run: _Run) -> int:
     interrupted = run.interrupted or len(recorder.finished) + len(recorder.failed) < len(run.todo)
     if interrupted:
         recorder.close_unfinished()
+    recorder.flush()  # every MLflow write of the trials done before the parent run ends
     _end_parent(run, "KILLED" if interrupted else ("FAILED" if recorder.failed else "FINISHED"))
     print_summary(run.store, run.study)
     for f in recorder.failed:

@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Union
 
 from sqlalchemy import (
     DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint, create_engine,
-    delete, event, select,
+    delete, event, insert, select,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -138,6 +138,11 @@ class GroundTruthRow(Base):
 GROUND_TRUTH_KEY = "val_ground_truth"  # trial-data key holding the digest
 
 
+class RawJSON(str):
+    """Trial data that is JSON text already (a file the worker wrote with ``json.dump``): stored as
+    it is, not parsed and dumped again (a trial's val detections are about 240 KB)."""
+
+
 class SpeedRow(Base):
     """One isolated speed measurement (``detectors.evaluation.speed_phase``), shared by every trial whose
     speed key has this digest; trials name it in their data key ``speed_key``."""
@@ -190,10 +195,17 @@ def _number(v: Any) -> Optional[float]:
     return None if math.isnan(v) else v
 
 
-def _metric_rows(trial_id: int, values: Mapping[str, Any], step: Optional[int]) -> List[MetricRow]:
-    """Numeric values become rows; None and strings (e.g. Tune's bookkeeping) are skipped."""
-    return [MetricRow(trial_id=trial_id, name=name, value=_number(v), step=step)
+def _metric_rows(trial_id: int, values: Mapping[str, Any], step: Optional[int]) -> List[Dict[str, Any]]:
+    """Numeric values become rows (for one ``insert(MetricRow)`` of many); None and strings
+    (e.g. Tune's bookkeeping) are skipped."""
+    return [{"trial_id": trial_id, "name": name, "value": _number(v), "step": step}
             for name, v in values.items() if v is not None and not isinstance(v, str)]
+
+
+def _insert_metrics(s: Session, rows: List[Dict[str, Any]]) -> None:
+    # one executemany, not an ORM object per value: a trial's 8 epochs are about 170 rows
+    if rows:
+        s.execute(insert(MetricRow), rows)
 
 
 class Store:
@@ -217,6 +229,7 @@ class Store:
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._gt_text: Optional[tuple] = None  # (the last val ground truth recorded, its digest, its text)
         if not readonly:
             with creating(sqlite_file(url)):  # another driver may be creating them now (platform.track.locks)
                 Base.metadata.create_all(self.engine)
@@ -286,11 +299,13 @@ class Store:
     def record_finished(self, study_name: str, trial: Mapping[str, Any], final_metrics: Mapping[str, Any],
                         epoch_metrics: List[Mapping[str, Any]], data: Mapping[str, Any],
                         mlflow_run_id: Optional[str], started_at: Timestamp, finished_at: Timestamp,
-                        val_ground_truth: Optional[Mapping[str, Any]] = None) -> None:
+                        val_ground_truth: Optional[Mapping[str, Any]] = None, keep_epochs: bool = False) -> None:
         """One transaction: the trial row (finished), its metrics and data replacing earlier ones.
 
         ``final_metrics``: name -> number (stored with step NULL). ``epoch_metrics``:
-        dicts with ``"step"`` and name -> number. ``data``: key -> JSON-able object.
+        dicts with ``"step"`` and name -> number. ``keep_epochs``: epoch rows stored before
+        (:meth:`record_epochs`) stay, those of ``epoch_metrics``' steps replaced; else every
+        earlier metric goes. ``data``: key -> JSON-able object.
         ``val_ground_truth``: the COCO-format dict the trial was evaluated on, stored
         once per content (see the module docstring).
         Non-numeric metric values other than None/str raise; so does non-JSON data,
@@ -300,35 +315,69 @@ class Store:
         data = dict(data)
         gt_text = None
         if val_ground_truth is not None:
-            gt_text = json.dumps(val_ground_truth, sort_keys=True, separators=(",", ":"))
-            data[GROUND_TRUTH_KEY] = hashlib.sha256(gt_text.encode()).hexdigest()
+            data[GROUND_TRUTH_KEY], gt_text = self._ground_truth_text(val_ground_truth)
         with self._tx() as s:
             if gt_text is not None and s.get(GroundTruthRow, data[GROUND_TRUTH_KEY]) is None:
                 s.add(GroundTruthRow(digest=data[GROUND_TRUTH_KEY], json=gt_text))
             row = self._trial_row(s, study_name, trial, "finished")
             s.flush()
-            s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+            gone = MetricRow.trial_id == row.id
+            if keep_epochs:
+                steps = [int(e["step"]) for e in epoch_metrics]
+                gone = gone & (MetricRow.step.is_(None) | MetricRow.step.in_(steps))
+            s.execute(delete(MetricRow).where(gone))
             s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id == row.id))
-            s.add_all(_metric_rows(row.id, final_metrics, None))
+            rows = _metric_rows(row.id, final_metrics, None)
             for epoch in epoch_metrics:
-                values = {k: v for k, v in epoch.items() if k != "step"}
-                s.add_all(_metric_rows(row.id, values, int(epoch["step"])))
-            s.add_all([TrialDataRow(trial_id=row.id, key=k, json=json.dumps(v)) for k, v in data.items()])
+                rows += _metric_rows(row.id, {k: v for k, v in epoch.items() if k != "step"}, int(epoch["step"]))
+            _insert_metrics(s, rows)
+            s.add_all([TrialDataRow(trial_id=row.id, key=k, json=v if isinstance(v, RawJSON) else json.dumps(v))
+                       for k, v in data.items()])
             row.error, row.mlflow_run_id = None, mlflow_run_id
             row.started_at = started or row.started_at
             row.finished_at = finished
             row.duration_s = (finished - row.started_at).total_seconds() if row.started_at else None
             row.attempts = max(row.attempts or 0, 1)
 
+    def _ground_truth_text(self, gt: Mapping[str, Any]) -> tuple:
+        """``(digest, canonical JSON)`` of a val ground truth; the same object as the last call's
+        (the driver passes one per val file, ``platform.runner.callbacks``) is not dumped again."""
+        if self._gt_text is None or self._gt_text[0] is not gt:
+            text = json.dumps(gt, sort_keys=True, separators=(",", ":"))
+            self._gt_text = (gt, hashlib.sha256(text.encode()).hexdigest(), text)
+        return self._gt_text[1:]
+
     def record_epoch(self, study_name: str, trial: Mapping[str, Any], step: int, values: Mapping[str, Any]) -> None:
-        """One epoch report of a running trial, kept as it arrives (rows at ``step``, replacing
-        that step's): a study whose driver dies keeps the epochs its trials reported, and the
-        run that resumes them adds the rest (:meth:`trial_epochs`)."""
+        """One epoch report of a running trial (rows at ``step``, replacing that step's)."""
+        self.record_epochs(study_name, [(trial, {step: values})])
+
+    def record_epochs(self, study_name: str, epochs: List[tuple]) -> None:
+        """Epoch reports of running trials in one transaction: ``[(trial, {step: {name: value}}), ...]``,
+        each step's rows replacing that step's. A study whose driver dies keeps the epochs its trials
+        reported, and the run that resumes them adds the rest (:meth:`trial_epochs`)."""
         with self._tx() as s:
-            row = self._trial_row(s, study_name, trial, "running")
-            s.flush()
-            s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id, MetricRow.step == int(step)))
-            s.add_all(_metric_rows(row.id, values, int(step)))
+            rows = []
+            for trial, steps in epochs:
+                row = self._trial_row(s, study_name, trial, "running")
+                s.flush()
+                s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id,
+                                                  MetricRow.step.in_([int(k) for k in steps])))
+                for step, values in steps.items():
+                    rows += _metric_rows(row.id, values, int(step))
+            _insert_metrics(s, rows)
+
+    def record_trial_data(self, study_name: str, config_hash: str, data: Mapping[str, Any]) -> bool:
+        """Data keys of a finished trial (``{key: object}``, replacing their values), for what is derived
+        from the trial after its record (``dashboards.errors.trial_errors``); False, writing nothing, if
+        the trial is not finished."""
+        with self._tx() as s:
+            trial_id = s.scalar(select(TrialRow.id).join(StudyRow).where(
+                StudyRow.name == study_name, TrialRow.config_hash == config_hash, TrialRow.status == "finished"))
+            if trial_id is None:
+                return False
+            s.execute(delete(TrialDataRow).where(TrialDataRow.trial_id == trial_id, TrialDataRow.key.in_(list(data))))
+            s.add_all([TrialDataRow(trial_id=trial_id, key=k, json=json.dumps(v)) for k, v in data.items()])
+            return True
 
     def set_mlflow_run_id(self, study_name: str, config_hash: str, run_id: str) -> None:
         """The trial's MLflow run, after it was (re)made from the store (``platform.track.reconcile``)."""
@@ -380,7 +429,7 @@ class Store:
                                               MetricRow.name.in_(list(metrics))))
             for trial_id in ids:
                 s.add(TrialDataRow(trial_id=trial_id, key=SPEED_KEY, json=json.dumps(digest)))
-                s.add_all(_metric_rows(trial_id, metrics, None))
+                _insert_metrics(s, _metric_rows(trial_id, metrics, None))
 
     # ----------------------------------------------------------------- reads
 
@@ -450,12 +499,15 @@ class Store:
                                        MetricRow.step.is_(None)))
             return {name: math.nan if value is None else value for name, value in s.execute(q)}
 
-    def trial_data(self, study_name: str, key: str) -> Dict[str, Any]:
-        """``{trial_key: object}`` for one data key (per-class AP, PR curves...) of finished trials."""
+    def trial_data(self, study_name: str, key: str, trial_keys: Optional[List[str]] = None) -> Dict[str, Any]:
+        """``{trial_key: object}`` for one data key (per-class AP, PR curves...) of finished trials
+        (those of ``trial_keys`` only, when given)."""
         with self._session() as s:
             q = (select(TrialRow.trial_key, TrialDataRow.json).join(TrialRow, TrialDataRow.trial_id == TrialRow.id)
                  .join(StudyRow).where(StudyRow.name == study_name, TrialRow.status == "finished",
                                        TrialDataRow.key == key).order_by(TrialRow.id))
+            if trial_keys is not None:
+                q = q.where(TrialRow.trial_key.in_(list(trial_keys)))
             return {k: json.loads(text) for k, text in s.execute(q)}
 
     def speed_figures(self, digests: Optional[Set[str]] = None) -> Dict[str, Dict[str, Any]]:

@@ -268,9 +268,18 @@ class StudyTracker:
 
     @_tolerant
     def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int) -> None:
+        self._log_steps(run_id, {step: metrics})
+
+    @_tolerant
+    def log_steps(self, run_id: str, steps: Dict[int, Dict[str, float]]) -> None:
+        """Several steps' metrics (``{step: {name: value}}``) in as few ``log_batch`` calls as MLflow takes."""
+        self._log_steps(run_id, steps)
+
+    def _log_steps(self, run_id: str, steps: Dict[int, Dict[str, float]]) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(k.replace("@", "_"), float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
+        items = [Metric(k.replace("@", "_"), float(v), now, step) for step, metrics in steps.items()
+                 for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):  # MLflow's batch limit on metrics
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
     @_tolerant

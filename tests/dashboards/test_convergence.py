@@ -181,3 +181,15 @@ def test_set_aside_variants_are_off_the_winner_line_and_the_budget_table(tmp_pat
     everything = (tmp_path / "reports" / "index.html").read_text()
     assert ("no winner: detector=gfl ahead but still improving; set aside: detector=gfl, detector=yolov1"
             in everything)
+
+
+def test_a_stored_input_dependence_is_decided_again_from_its_images_and_spread():
+    # stored by the driver as the trial finished; the tolerance (1 px) is applied when the page reads it
+    flat = [1, 2, 3], [0.0, 0.0, 0.0]
+    assert trial_convergence(*flat, None, {"images": 5, "spread": 0.5})["marks"] == ["input-independent"]
+    assert trial_convergence(*flat, None, {"images": 5, "spread": 3.0})["marks"] == []
+    assert trial_convergence(*flat, None, {"images": 0, "spread": float("nan")})["marks"] == ["no detections"]
+    # the same as computing it from the detections: two images whose top boxes differ by 0.5 px
+    dets = [_det(1, [1, 2, 3, 4]), _det(2, [1.5, 2, 3, 4])]
+    stored = input_dependence(dets)
+    assert trial_convergence(*flat, None, stored) == trial_convergence(*flat, dets)

@@ -92,3 +92,37 @@ def test_the_accuracy_page_shows_the_breakdown(fake_reports):
     assert "Confusion between classes" in text
     for v in fakes.VARIANTS:
         assert v in text
+
+
+class _Study:
+    """What study_errors reads of a StudyData; counts the trial-data keys it asks for."""
+
+    def __init__(self, data):
+        self._data, self.asked = data, []
+        self.finished = [{"trial_key": k, "variant": "v", "seed": i} for i, k in enumerate(("a", "b"))]
+
+    def data(self, key):
+        self.asked.append(key)
+        return self._data.get(key, {})
+
+    def ground_truth(self, digest):
+        return GT
+
+
+def test_stored_errors_are_used_and_the_detections_read_only_for_trials_without_them():
+    from dashboards.errors import ERRORS_KEY, ERRORS_VERSION, study_errors, trial_errors
+
+    computed = trial_errors(GT, DETS)
+    assert computed["version"] == ERRORS_VERSION
+    assert computed["confusion"] == confusion_counts(GT, DETS, [1, 2]).tolist()
+    mark = {**computed, "AP50": 0.123}  # a stored result: the page shows it as it is
+    digests = {"a": "g", "b": "g"}
+    sd = _Study({ERRORS_KEY: {"a": mark, "b": mark}, "val_ground_truth": digests})
+    res = study_errors(sd)
+    assert res["tide"]["AP50"].tolist() == [0.123, 0.123] and "detections" not in sd.asked
+    assert res["confusion"]["v"].tolist() == (2 * confusion_counts(GT, DETS, [1, 2])).tolist()
+    # b's result is of an older version: computed again from its detections
+    sd = _Study({ERRORS_KEY: {"a": mark, "b": {**mark, "version": 0}}, "val_ground_truth": digests,
+                 "detections": {"b": DETS}})
+    res = study_errors(sd)
+    assert res["tide"]["AP50"].tolist() == [0.123, pytest.approx(computed["AP50"])]

@@ -83,6 +83,23 @@ def test_recording_again_replaces_rows(store, tmp_path):
     assert rows(tmp_path, "select count(*) from trials") == [(1,)]
 
 
+def test_epochs_stored_before_stay_when_the_finished_record_keeps_them(store):
+    other = trial("gamma=2/seed=1", "b" * 64, 1)
+    # one transaction for two running trials' epochs; step 8 of the first is reported twice (a resumed
+    # epoch): the second report replaces the first
+    store.record_epochs("s", [(trial(), {8: {"loss": 2.0}, 16: {"loss": 1.0}}), (other, {8: {"loss": 3.0}})])
+    store.record_epochs("s", [(trial(), {8: {"loss": 1.5}})])
+    assert store.trial_epochs("s", "a" * 64) == {8: {"loss": 1.5}, 16: {"loss": 1.0}}
+    assert [t["status"] for t in store.trials("s")] == ["running", "running"]
+    finish(store, epoch_metrics=[{"step": 16, "loss": 0.9}, {"step": 24, "loss": 0.5}], keep_epochs=True)
+    # 8 kept from before, 16 replaced by the record's, 24 added; the final metrics are the record's
+    assert store.trial_epochs("s", "a" * 64) == {8: {"loss": 1.5}, 16: {"loss": 0.9}, 24: {"loss": 0.5}}
+    assert store.trial_final("s", "a" * 64) == {"AP": 0.31, "AP50": 0.5, "speed/latency_ms": 12.5}
+    assert store.trial_epochs("s", "b" * 64) == {8: {"loss": 3.0}}  # the other trial's untouched
+    finish(store, epoch_metrics=[{"step": 8, "loss": 1.0}])  # without keep_epochs every earlier row goes
+    assert store.trial_epochs("s", "a" * 64) == {8: {"loss": 1.0}}
+
+
 def test_val_ground_truth_is_stored_once_per_content(store, tmp_path):
     gt = {"images": [{"id": 1, "width": 8, "height": 8}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
     finish(store, val_ground_truth=gt)
@@ -98,6 +115,41 @@ def test_val_ground_truth_is_stored_once_per_content(store, tmp_path):
     assert store.ground_truth(digests["gamma=5/seed=0"]) == gt
     assert store.ground_truth(digests["gamma=0/seed=0"]) == other
     assert store.ground_truth("0" * 64) is None
+
+
+def test_raw_json_data_is_stored_as_given_and_a_repeated_ground_truth_is_dumped_once(store, tmp_path, monkeypatch):
+    import json
+
+    from platform.track import store as store_module
+
+    text = '[{"image_id": 1, "score": 0.5}]'
+    gt = {"images": [{"id": 1, "width": 8, "height": 8}], "annotations": [], "categories": []}
+    dumps, seen = json.dumps, []
+    monkeypatch.setattr(store_module.json, "dumps", lambda obj, **kw: seen.append(obj is gt) or dumps(obj, **kw))
+    for i, h in enumerate(("a", "b")):
+        finish(store, t=trial(f"gamma={i}/seed=0", h * 64), data={"detections": store_module.RawJSON(text)},
+               val_ground_truth=gt)
+    assert seen.count(True) == 1  # the second record's ground truth is the first's object: no second dump
+    assert rows(tmp_path, "select json from trial_data where key = 'detections'") == [(text,), (text,)]
+    assert store.trial_data("s", "detections")["gamma=1/seed=0"] == [{"image_id": 1, "score": 0.5}]
+    (digest,) = set(store.trial_data("s", "val_ground_truth").values())
+    assert store.ground_truth(digest) == gt
+
+
+def test_trial_data_of_some_trials_and_data_derived_after_the_record(store):
+    from dashboards.data import load_study
+
+    for i, h in enumerate("abc"):
+        finish(store, t=trial(f"gamma={i}/seed=0", h * 64), data={"detections": [i]})
+    assert store.trial_data("s", "detections", trial_keys=["gamma=0/seed=0", "gamma=2/seed=0", "gone"]) == {
+        "gamma=0/seed=0": [0], "gamma=2/seed=0": [2]}
+    assert store.record_trial_data("s", "b" * 64, {"errors": {"AP50": 0.5}, "detections": [10]})
+    assert store.trial_data("s", "detections") == {"gamma=0/seed=0": [0], "gamma=1/seed=0": [10],
+                                                   "gamma=2/seed=0": [2]}
+    sd = load_study(store, "s")
+    assert sd.data_of("detections", ["gamma=1/seed=0"]) == {"gamma=1/seed=0": [10]}
+    assert "detections" not in sd._cache  # the others were not read
+    assert sd.data_of("errors", ["gamma=0/seed=0", "gamma=1/seed=0"]) == {"gamma=1/seed=0": {"AP50": 0.5}}
 
 
 def test_nan_metric_survives(store):

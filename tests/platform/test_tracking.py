@@ -172,6 +172,7 @@ def test_one_duration_covers_every_attempt_in_progress_store_and_mlflow(tmp_path
     event("on_trial_recover", ok, 1_000_030.0)   # the first attempt crashed
     event("on_trial_start", ok, 1_000_040.0)     # the retry: the clock keeps the first start
     event("on_trial_complete", ok, 1_000_081.25)
+    callbacks[0].flush()  # MLflow's writes are the writer thread's (platform.track.writer)
 
     # ok: 1_000_081.25 - 1_000_000.0 = 81.25 s over both attempts; bad: 1_000_014.5 - 1_000_002.0 = 12.5 s
     rows = {t["trial_key"]: t for t in store.trials("tr")}
