@@ -29,7 +29,7 @@ import pandas as pd
 
 from dashboards import stats
 from dashboards.convergence import study_convergence
-from dashboards.data import StudyData
+from dashboards.data import StudyData, dataset_identity
 from detectors.evaluation.cocotools import coco_ground_truth
 
 BOOTSTRAP_RESAMPLES = 200
@@ -214,16 +214,18 @@ class Analysis:
     def headline(self, metric: str = "AP") -> Dict[str, Any]:
         """Winner by mean AP, the runner-up, and both tests of the lead (``stats.decide``), both among the
         variants not set aside (``set_aside``); ``set_aside`` lists the ranked ones that were, with why.
-        When every ranked variant is set aside, ``winner`` is None; so it is when variants still improving
+        When every ranked variant is set aside, or the variants span several datasets (``datasets``),
+        ``winner`` is None; so it is when variants still improving
         rank above the best candidate (``ahead_improving``; ``best_settled`` names that candidate)."""
         ranked = self.ranking(metric)
         if not ranked:
             return {}
         aside = self.set_aside()
         order = [v for v in ranked if v not in aside]
-        out: Dict[str, Any] = {"winner": None, "runner_up": None, "ahead_improving": [],
+        datasets = {dataset_identity(t["config"]) for t in self.sd.finished}
+        out: Dict[str, Any] = {"winner": None, "runner_up": None, "ahead_improving": [], "datasets": len(datasets),
                                "set_aside": {v: aside[v] for v in ranked if v in aside}}
-        if not order:
+        if not order or len(datasets) > 1:  # AP on other data is no rival: the pages compare within each
             return out
         # A variant still improving that ranks above every candidate could only gain with more epochs:
         # the best settled variant does not win, the budget decides (the zoo crowned YOLOv1 at AP 0.006).
@@ -251,6 +253,9 @@ def verdict(h: Dict[str, Any]) -> str:
     (>= MIN_SEEDS seeds) and the image bootstrap both say so."""
     if not h:
         return "No finished trials."
+    if h["winner"] is None and h.get("datasets", 1) > 1:
+        return (f"No winner: the variants trained and were scored on {h['datasets']} different datasets, "
+                "so their APs do not rank against each other.")
     if h["winner"] is None and h.get("ahead_improving"):
         ahead = h["ahead_improving"]
         verb = ("ranks above every settled variant but is" if len(ahead) == 1

@@ -16,6 +16,8 @@ The newest finished row (the store's order) is the one the pages use, as
 """
 from __future__ import annotations
 
+import json
+
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -222,3 +224,14 @@ def synthetic_text(syn: Dict[str, Any]) -> str:
     return (f"{syn.get('num_train', '?')} train / {syn.get('num_val', '?')} val images, "
             f"{syn.get('image_size', '?')} px, {syn.get('num_classes', '?')} classes "
             f"(generator seed {syn.get('seed', '?')})")
+
+
+def dataset_identity(config: Dict[str, Any]) -> str:
+    """A trial's dataset identity: ``dataset.digest`` (the sha256 the driver writes), or for a config from
+    before digests its kind, annotation files and generator settings. Trials with equal identities trained
+    and were scored on the same data."""
+    ds = config.get("dataset") or {}
+    if ds.get("digest"):
+        return str(ds["digest"])
+    return json.dumps({k: ds.get(k) for k in ("kind", "train_annotations", "val_annotations", "synthetic")},
+                      sort_keys=True, default=str)

@@ -25,15 +25,10 @@ import math
 from typing import Any, Dict, List, Optional
 
 from dashboards.data import StudyData, flatten
+from dashboards.data import dataset_identity
 from dashboards.stats import paired_difference, significant, t_interval
 
 FIGURES = ("train/fg_fraction", "train/anchors_per_image")
-
-
-def dataset_identity(config: Dict[str, Any]) -> str:
-    """The dataset's identity: its digest where the driver wrote one, else its section (paths, generator)."""
-    ds = config.get("dataset") or {}
-    return ds.get("digest") or json.dumps(ds, sort_keys=True, default=str)
 
 
 def loss_identity(config: Dict[str, Any]) -> str:

@@ -25,7 +25,6 @@ two latencies compare only when their configurations read the same.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from dashboards.data import synthetic_text
+from dashboards.data import dataset_identity, synthetic_text
 from dashboards.html import esc, mean_ci, num, table
 
 BUDGET_RULE = (
@@ -72,14 +71,6 @@ def total_epochs(config: Mapping[str, Any]) -> Any:
         return (config.get("train") or {}).get("epochs")
 
 
-def data_identity(ds: Mapping[str, Any]) -> str:
-    """The dataset's digest, or where a config has none, its kind, annotation files and generator settings."""
-    if ds.get("digest"):
-        return str(ds["digest"])
-    return json.dumps({k: ds.get(k) for k in ("kind", "train_annotations", "val_annotations", "synthetic")},
-                      sort_keys=True, default=str)
-
-
 def comparison_key(config: Mapping[str, Any]) -> ComparisonKey:
     """(data identity, scale, total epochs, batch size, max steps, backbone start, tuning samples): the
     variants whose results may be ranked together have equal keys."""
@@ -89,7 +80,7 @@ def comparison_key(config: Mapping[str, Any]) -> ComparisonKey:
     backbone = "random" if weights is None else str(config.get("backbone_digest") or os.path.basename(weights))
     choice = config.get("tuned")
     tuned = 0 if not choice else choice.get("samples", "?")  # "?": tuned before the sample count was kept
-    return (data_identity(config.get("dataset") or {}), det.get("scale", "tiny"), total_epochs(config),
+    return (dataset_identity(config), det.get("scale", "tiny"), total_epochs(config),
             tr.get("batch_size"), tr.get("max_steps"), backbone, tuned)
 
 

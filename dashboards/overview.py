@@ -183,7 +183,11 @@ def result_section(ctx: PageContext, figs: Figures) -> str:
     h = an.headline()
     if not h:
         return "<h2>Result</h2><p>No finished trials yet.</p>"
-    if h["winner"] is None and h["ahead_improving"]:
+    if h["winner"] is None and h["datasets"] > 1:
+        parts = [f"<p><b>No winner</b>: the variants trained and were scored on {h['datasets']} different "
+                 "datasets, so their APs do not rank against each other; compare variants on the same data "
+                 "(the accuracy page, and the leaderboard of every study).</p>"]
+    elif h["winner"] is None and h["ahead_improving"]:
         ahead, b = h["ahead_improving"], h["best_settled_ci"]
         verb = ("ranks above every settled variant but is" if len(ahead) == 1
                 else "rank above every settled variant but are")
@@ -362,7 +366,9 @@ def build_all_index(store, reports_dir: str, built: str) -> int:
         name = f'<a href="{esc(href)}">{esc(info["name"])}</a>' if href else esc(info["name"])
         entries.append(LeaderboardEntry(sd, s["an"], href))
         statuses = status_counts(sd.trials)
-        if h and h["winner"] is None and h["ahead_improving"]:
+        if h and h["winner"] is None and h["datasets"] > 1:
+            head = f"no winner: variants on {h['datasets']} datasets"
+        elif h and h["winner"] is None and h["ahead_improving"]:
             head = f"no winner: {esc(', '.join(h['ahead_improving']))} ahead but still improving"
         elif h and h["winner"] is None:
             head = "no winner: every variant is set aside"

@@ -1,6 +1,7 @@
 """The imbalance section of the accuracy page on a fake study with hand-set AP (fakes.IMBALANCE)."""
 import copy
 import math
+import os
 
 import pytest
 
@@ -76,3 +77,17 @@ def test_unknown_foreground_fraction_says_so(imbalance):
     res = imbalance_levels(sd)
     assert res["trend"] is None and all(math.isnan(lv["fg_fraction"]) for lv in res["levels"])
     assert _trend_sentence(res).startswith("Which level is more imbalanced is unknown")
+
+
+def test_no_winner_across_datasets(imbalance):
+    """Two imbalance levels are two datasets: AP on 384 px images does not rank against AP on 128 px ones,
+    so the overview declares no winner (the accuracy page compares within each level)."""
+    from dashboards.analysis import verdict
+
+    ctx = imbalance[0]
+    h = ctx.an.headline()
+    assert h["winner"] is None and h["datasets"] == 2
+    assert verdict(h).startswith("No winner: the variants trained and were scored on 2 different datasets")
+    text = open(os.path.join(ctx.study_dir, "index.html")).read()
+    assert "<b>No winner</b>: the variants trained and were scored on 2 different datasets" in text
+    assert "Winner:" not in text
