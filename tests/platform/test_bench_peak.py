@@ -75,6 +75,9 @@ def test_peak_alone_runs_the_zoo_first_and_reuses_its_figures(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert bench.main(["--smoke", "--only", "peak", "--out", str(tmp_path / "b")]) == 0
     assert zoo_calls == [1]  # once, for the peak section; not measured twice
+    assert bench.main(["--smoke", "--only", "peak", "zoo", "--out", str(tmp_path / "c")]) == 0
+    assert zoo_calls == [1, 1]  # asked for after the peak: still once, and first
+    assert list(json.loads((tmp_path / "c" / "bench.json").read_text())["sections"]) == ["zoo", "peak"]
     result = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert list(result["sections"]) == ["zoo", "peak"]
     row = result["sections"]["peak"]["detectors"][0]
