@@ -394,7 +394,8 @@ def markdown(result: Dict[str, Any]) -> str:
                   "| fraction of peak |", "|---|---|---|---|---|---|"]
         for r in p["detectors"]:
             lines.append(f"| {r['detector']} | {r['train_gflops']:.3f} | {r['counted_passes']:.2f} | "
-                         f"{r['train_img_s']:.1f} | {r['achieved_gflop_s']:.1f} | {r['fraction_of_peak']:.3f} |")
+                         f"{r['train_img_s']:.1f} ± {r['train_img_s_spread'] / 2:.1f} | {r['achieved_gflop_s']:.1f} | "
+                         f"{r['fraction_of_peak']:.3f} |")
         if p.get("note"):
             lines.append(f"\n{p['note']}")
     if "memory" in s:

@@ -41,8 +41,8 @@ def peak_gflop_s(flop: float, seconds: List[float]) -> Dict[str, float]:
 
 def fraction_rows(zoo: List[Dict[str, Any]], peak: float) -> List[Dict[str, Any]]:
     """One row per zoo row that has training figures: its forward GFLOPs per training image, the counted
-    (forward + backward) / forward ratio, train img/s, achieved GFLOP/s and that as a fraction of ``peak``
-    (GFLOP/s on as many threads as the zoo used)."""
+    (forward + backward) / forward ratio, train img/s (and its spread, max - min), achieved GFLOP/s and that
+    as a fraction of ``peak`` (GFLOP/s on as many threads as the zoo used)."""
     rows = []
     for z in zoo:
         if "train_img_s" not in z:
@@ -50,7 +50,8 @@ def fraction_rows(zoo: List[Dict[str, Any]], peak: float) -> List[Dict[str, Any]
         achieved = training_gflop_s(z["train_gflops"], z["train_img_s"])
         rows.append({"detector": z["detector"], "train_gflops": z["train_gflops"],
                      "counted_passes": z["train_gflops_fwd_bwd"] / z["train_gflops"],
-                     "train_img_s": z["train_img_s"], "achieved_gflop_s": achieved,
+                     "train_img_s": z["train_img_s"], "train_img_s_spread": z.get("train_img_s_spread", 0.0),
+                     "achieved_gflop_s": achieved,
                      "fraction_of_peak": achieved / peak})
     return rows
 

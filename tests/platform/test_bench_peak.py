@@ -8,8 +8,9 @@ from platform.bench import markdown
 from platform.bench.peak import fraction_rows, over_peak_note, peak_gflop_s, training_gflop_s
 
 
-def zoo_row(name, fwd, fwd_bwd, img_s):
-    return {"detector": name, "threads": 1, "train_gflops": fwd, "train_gflops_fwd_bwd": fwd_bwd, "train_img_s": img_s}
+def zoo_row(name, fwd, fwd_bwd, img_s, spread=0.0):
+    return {"detector": name, "threads": 1, "train_gflops": fwd, "train_gflops_fwd_bwd": fwd_bwd, "train_img_s": img_s,
+            "train_img_s_spread": spread}
 
 
 def test_training_gflop_s_is_forward_flops_times_three_times_img_s():
@@ -45,14 +46,14 @@ def test_fraction_of_peak_and_the_note_above_one():
 def test_peak_table_in_the_markdown():
     mm = {"n": 2048, "threads": 1, "wall_s": [0.2, 0.3, 0.25], "gflop_s": {"median": 68.72, "best": 85.9},
           "cpu_gflop_s": {"median": 70.0, "best": 86.0}}
-    rows = fraction_rows([zoo_row("retinanet", 0.111, 0.32856, 110.0)], peak=68.72)
+    rows = fraction_rows([zoo_row("retinanet", 0.111, 0.32856, 110.0, spread=8.0)], peak=68.72)
     md = markdown({"mode": "full", "started": "now", "machine": {"cpu": "AMD EPYC", "cpu_cores": 2},
                    "load_before": 0.1, "load_after": 0.2, "sections": {"peak": {"matmul": mm, "detectors": rows,
                                                                                   "note": over_peak_note(rows)}}})
     assert "2048 x 2048 matrices on 1 torch thread, 68.7 GFLOP/s (median of 3 runs" in md
     assert "best 85.9; from CPU time 70.0) on AMD EPYC" in md
-    # 36.63 / 68.72 = 0.53303...
-    assert "| retinanet | 0.111 | 2.96 | 110.0 | 36.6 | 0.533 |" in md
+    # 36.63 / 68.72 = 0.53303...; the spread of 8 img/s prints halved
+    assert "| retinanet | 0.111 | 2.96 | 110.0 ± 4.0 | 36.6 | 0.533 |" in md
     assert "above 1" not in md
 
 
@@ -83,5 +84,5 @@ def test_peak_alone_runs_the_zoo_first_and_reuses_its_figures(tmp_path, monkeypa
     row = result["sections"]["peak"]["detectors"][0]
     assert row["fraction_of_peak"] == pytest.approx(36.63 / 33.554432)
     md = (tmp_path / "b" / "bench.md").read_text()
-    assert "| retinanet | 0.111 | 2.96 | 110.0 | 36.6 | 1.092 |" in md and "retinanet above 1" in md
+    assert "| retinanet | 0.111 | 2.96 | 110.0 ± 0.0 | 36.6 | 1.092 |" in md and "retinanet above 1" in md
     assert "| retinanet | 0.366 | 0.111 | 10.0 | 12.0 | 150.0 | 110.0 | 0.111 |" in md  # the zoo's new columns
