@@ -22,7 +22,12 @@ sections (targets from issue 11):
   concurrency    4 one-CPU trials one at a time against two at a time (plain processes): speedup (target >= 1.8)
   evaluation     pycocotools against faster-coco-eval on 500 and 5000 images of detections (same numbers?
                  how much faster?), and the image bootstrap's resample: COCOeval's accumulate against ours
-  zoo            every registered detector at tiny scale: params, FLOPs, latency, throughput (1 thread)
+  zoo            every registered detector at tiny scale: params, FLOPs, latency, throughput, training img/s and
+                 FLOPs per training image (1 thread)
+  peak           the physical limit beside every training speed: this machine's dense fp32 matmul GFLOP/s on one
+                 thread (torch.mm, n = 2048) and each zoo detector's achieved training GFLOP/s (forward GFLOPs per
+                 training image x 3 x training img/s) as a fraction of it (platform.bench.peak); reuses the zoo's
+                 figures, and runs the zoo first when it is not among the sections
   memory         a Ray worker's resident memory as it loads what a trial needs, and after a tiny trial
                  (target <= 1.5 GB)
   padding        paper-scale RetinaNet and Faster R-CNN (FPN) on one 800 x 1333 image padded to 32 against the
@@ -54,22 +59,25 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SECTIONS = ("retinanet", "orchestration", "concurrency", "evaluation", "zoo", "memory", "data", "padding")
+SECTIONS = ("retinanet", "orchestration", "concurrency", "evaluation", "zoo", "peak", "memory", "data", "padding")
 
 # quick / full sizes of everything that costs time
 SIZES = {
     "quick": dict(rounds=12, steps=8, profile_repeats=10, trials=2, train_images=200, epochs=2, conc_trials=4,
                   conc_train_images=160, conc_epochs=2, eval_images=(500, 5000), eval_repeats=(3, 1), zoo_images=10,
-                  data_steps=10, padding_repeats=3, bootstrap_resamples=20,
+                  zoo_train_steps=5, peak_n=2048, peak_repeats=5, data_steps=10, padding_repeats=3,
+                  bootstrap_resamples=20,
                   data_set={"num_train": 800, "num_val": 150}),
     "full": dict(rounds=20, steps=5, profile_repeats=30, trials=3, train_images=800, epochs=6, conc_trials=4,
                  conc_train_images=400, conc_epochs=3, eval_images=(500, 5000), eval_repeats=(5, 3), zoo_images=30,
-                 data_steps=30, padding_repeats=5, bootstrap_resamples=50,
+                 zoo_train_steps=10, peak_n=2048, peak_repeats=9, data_steps=30, padding_repeats=5,
+                 bootstrap_resamples=50,
                  data_set={"num_train": 800, "num_val": 150}),
     # --smoke: that the command runs (the tests); its numbers mean nothing
     "smoke": dict(rounds=2, steps=1, profile_repeats=2, trials=1, train_images=16, epochs=1, conc_trials=2,
                   conc_train_images=16, conc_epochs=1, eval_images=(20, 40), eval_repeats=(1, 1), zoo_images=2,
-                  data_steps=2, padding_repeats=1, bootstrap_resamples=2, data_set={"num_train": 16, "num_val": 8}),
+                  zoo_train_steps=1, peak_n=256, peak_repeats=2, data_steps=2, padding_repeats=1,
+                  bootstrap_resamples=2, data_set={"num_train": 16, "num_val": 8}),
 }
 
 
@@ -251,7 +259,24 @@ def bench_bootstrap(resamples: int, images: int = 150) -> Dict[str, Any]:
 def bench_zoo(paths: dict, size: dict) -> List[Dict[str, Any]]:
     from platform.bench.measurements import detector_zoo
 
-    return detector_zoo(paths, latency_images=size["zoo_images"], warmup=3, repeats=3)
+    return detector_zoo(paths, latency_images=size["zoo_images"], warmup=3, repeats=3,
+                        train_steps=size["zoo_train_steps"])
+
+
+def bench_peak(size: dict, zoo: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The single-thread matmul peak (after the zoo, so both are timed on the machine as it is then) and each
+    zoo detector's achieved training GFLOP/s as a fraction of it."""
+    from platform.bench.measurements import matmul_peak
+    from platform.bench.peak import fraction_rows, over_peak_note, peak_gflop_s
+
+    threads = {z["threads"] for z in zoo}
+    if threads != {1}:
+        raise ValueError(f"the peak is per thread; the zoo ran on {sorted(threads)} threads")
+    mm = matmul_peak(n=size["peak_n"], repeats=size["peak_repeats"], threads=1)
+    gflop_s = peak_gflop_s(mm["flop"], mm["wall_s"])
+    rows = fraction_rows(zoo, gflop_s["median"])
+    return {"matmul": dict(mm, gflop_s=gflop_s, cpu_gflop_s=peak_gflop_s(mm["flop"], mm["cpu_s"])),
+            "detectors": rows, "note": over_peak_note(rows)}
 
 
 def bench_padding(size: dict) -> List[Dict[str, Any]]:
@@ -351,12 +376,31 @@ def markdown(result: Dict[str, Any]) -> str:
                      f"identical AP: {b['identical_ap']}).")
     if "zoo" in s:
         lines += ["\n## Every registered detector (tiny, untrained, 1 thread)\n",
-                  "| detector | params M | GFLOPs/img | latency p50 ms | p95 ms | throughput img/s (batch 8) |",
-                  "|---|---|---|---|---|---|"]
+                  "| detector | params M | GFLOPs/img | latency p50 ms | p95 ms | throughput img/s (batch 8) "
+                  "| train img/s (batch 8) | train GFLOPs/img (forward) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in s["zoo"]:
             lines.append(f"| {r['detector']} | {r['params'] / 1e6:.3f} | {r['gflops']:.3f} | "
                          f"{r['latency_ms_p50']:.1f} | "
-                         f"{r['latency_ms_p95']:.1f} | {r['throughput_img_s']:.1f} |")
+                         f"{r['latency_ms_p95']:.1f} | {r['throughput_img_s']:.1f} | "
+                         + (f"{r['train_img_s']:.1f} | {r['train_gflops']:.3f} |" if "train_img_s" in r else "- | - |"))
+    if "peak" in s:
+        p, hw = s["peak"], result["machine"]
+        mm = p["matmul"]
+        lines += ["\n## How far from the hardware each detector trains (tiny, 1 thread)\n",
+                  f"Peak: dense fp32 torch.mm of two {mm['n']} x {mm['n']} matrices on {mm['threads']} torch thread, "
+                  f"{mm['gflop_s']['median']:.1f} GFLOP/s (median of {len(mm['wall_s'])} runs after 2 warm-up; "
+                  f"best {mm['gflop_s']['best']:.1f}; from CPU time {mm['cpu_gflop_s']['median']:.1f}) on "
+                  f"{hw.get('cpu')}. Achieved = forward GFLOPs per training image x 3 x training img/s; "
+                  f"counted (forward + backward) / forward beside it.\n",
+                  "| detector | train GFLOPs/img (forward) | counted fwd+bwd / fwd | train img/s | achieved GFLOP/s "
+                  "| fraction of peak |", "|---|---|---|---|---|---|"]
+        for r in p["detectors"]:
+            lines.append(f"| {r['detector']} | {r['train_gflops']:.3f} | {r['counted_passes']:.2f} | "
+                         f"{r['train_img_s']:.1f} ± {r['train_img_s_spread'] / 2:.1f} | {r['achieved_gflop_s']:.1f} | "
+                         f"{r['fraction_of_peak']:.3f} |")
+        if p.get("note"):
+            lines.append(f"\n{p['note']}")
     if "memory" in s:
         m = s["memory"]
         lines += ["\n## Memory of a Ray worker running a tiny trial (target: peak <= 1.5 GB)\n",
@@ -420,9 +464,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     jobs: Dict[str, Callable[[], Any]] = {
         "retinanet": lambda: bench_retinanet(paths, size), "orchestration": lambda: bench_orchestration(size, cache),
         "concurrency": lambda: bench_concurrency(size, cache), "evaluation": lambda: bench_evaluation(size),
-        "zoo": lambda: bench_zoo(paths, size), "memory": lambda: bench_memory(paths),
+        "zoo": lambda: bench_zoo(paths, size), "peak": lambda: bench_peak(size, result["sections"]["zoo"]),
+        "memory": lambda: bench_memory(paths),
         "data": lambda: bench_data(generate(size["data_set"], cache), size), "padding": lambda: bench_padding(size)}
-    for name in args.only or SECTIONS:
+    names = list(args.only or SECTIONS)
+    if "peak" in names:  # the peak section reads the zoo's training figures: the zoo runs (once) before it
+        names = [n for n in names if n != "zoo"]
+        names.insert(names.index("peak"), "zoo")
+    for name in names:
         t0 = time.perf_counter()
         print(f"bench: {name} ...", flush=True)
         result["sections"][name] = jobs[name]()

@@ -13,7 +13,9 @@ so side-by-side ratios are read from it (on an idle machine the two agree).
 - :func:`step_profile`: the parts of a training step and of inference that differ
   between the two (assignment, loss forward + backward, post-processing);
 - :func:`detector_zoo`: every registered detector at a scale: params, FLOPs,
-  latency, throughput;
+  latency, throughput, and its training images/s and FLOPs per training image;
+- :func:`matmul_peak`: seconds of a large dense fp32 ``torch.mm``, the physical limit the
+  training speeds are set beside (``platform.bench.peak``);
 - :func:`padding_cost`: FLOPs and latency of paper-scale RetinaNet and Faster R-CNN on
   one 800 x 1333 image padded to 32 (now) and to the coarsest stride (before, issue 22);
 - :func:`data_path`: an epoch of batches with and without the decoded-image
@@ -179,9 +181,10 @@ def step_profile(paths: dict, repeats: int = 20, batch_size: int = 8, threads: i
 
 
 def detector_zoo(paths: dict, scale: str = "tiny", threads: int = 1, latency_images: int = 20,
-                 warmup: int = 5, repeats: int = 3) -> List[Dict[str, object]]:
+                 warmup: int = 5, repeats: int = 3, train_steps: int = 5) -> List[Dict[str, object]]:
     """Params, GFLOPs, latency p50/p95 (batch 1) and throughput (batch 8) of every registered detector,
-    untrained, each with its default losses."""
+    untrained, each with its default losses; with ``train_steps`` > 0 also its training figures
+    (:func:`training_figures`, ``repeats`` times ``train_steps`` steps)."""
     import torch
 
     from detectors.build import build_detector
@@ -200,8 +203,64 @@ def detector_zoo(paths: dict, scale: str = "tiny", threads: int = 1, latency_ima
         model = build_detector(trial, len(val.cat_ids), [1] * len(val.cat_ids))
         f = measure_speed(model, val, "cpu", latency_images=latency_images, warmup=warmup, throughput_batch=8,
                           throughput_batches=2, repeats=repeats)
+        if train_steps > 0:
+            f.update(training_figures(trial, train_steps, repeats))
         rows.append({"detector": name, "scale": scale, "threads": threads, **f})
     return rows
+
+
+def training_figures(trial: dict, steps: int, repeats: int) -> Dict[str, float]:
+    """A trial's training speed as its study's speed phase measures it (``train_img_s`` and its spread: the
+    trial's first phase, its batch size, wall clock, ``repeats`` times ``steps`` steps after two warm-up
+    steps), and the FLOPs of one training image (``torch.utils.flop_counter``, a multiply-add = 2):
+    ``train_gflops`` of the forward pass in train mode, losses included, on a batch of the training set at
+    the input size the detector's transform gives it, and ``train_gflops_fwd_bwd`` with the backward of
+    the summed losses too (what the usual "x 3" for a training step stands for)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from detectors.build import build_detector
+    from detectors.config import TrialConfig
+    from detectors.data.coco import collate
+    # the speed phase's own measurement, so the figure is the one a study reports for this trial
+    from detectors.evaluation.speed_phase import _train_speed
+    from detectors.train.run import load_datasets
+
+    cfg = TrialConfig.from_dict(trial)
+    train_ds, val_ds = load_datasets(cfg)
+    torch.manual_seed(0)
+    model = build_detector(cfg, len(train_ds.cat_ids), train_ds.class_counts)
+    if hasattr(model, "attach_datasets"):  # cached selective-search proposals: training steps read them
+        model.attach_datasets([train_ds, val_ds])
+    bs = cfg.train.batch_size
+    images, targets = collate([train_ds[i % len(train_ds)] for i in range(bs)])
+    model.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        losses = model(list(images), list(targets))
+        forward = counter.get_total_flops()
+        sum(losses.values()).backward()
+        forward_backward = counter.get_total_flops()
+    model.zero_grad(set_to_none=True)
+    speed = _train_speed(model, train_ds, cfg, torch.device("cpu"), steps, repeats)
+    return {**speed, "train_batch": bs, "train_gflops": forward / bs / 1e9,
+            "train_gflops_fwd_bwd": forward_backward / bs / 1e9}
+
+
+def matmul_peak(n: int = 2048, warmup: int = 2, repeats: int = 5, threads: int = 1) -> Dict[str, object]:
+    """Seconds (wall and CPU) of ``repeats`` dense fp32 ``torch.mm`` of two n x n matrices after ``warmup``
+    untimed ones, on ``threads`` threads: 2 n^3 FLOPs each, so a GFLOP/s near the best this machine's BLAS
+    reaches per thread (n = 2048: 17.2 GFLOP, 16 MiB a matrix, far past the caches' reuse limits)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a, b, c = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g), torch.empty(n, n)
+    for _ in range(warmup):
+        torch.mm(a, b, out=c)
+    runs = [timed(partial(torch.mm, out=c), a, b) for _ in range(repeats)]
+    return {"n": n, "threads": torch.get_num_threads(), "flop": 2 * n ** 3,
+            "wall_s": [t["wall"] for t in runs], "cpu_s": [t["cpu"] for t in runs]}
 
 
 # (detector, builder overrides, the multiple its transform padded to before anchors took declared strides)

@@ -7,12 +7,13 @@ import pytest
 from platform.bench import main
 
 
-@pytest.mark.slow  # the benchmark command end to end: four sections, every registered detector
+@pytest.mark.slow  # the benchmark command end to end: five sections, every registered detector
 def test_bench_writes_json_and_markdown_tables(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # its dataset cache goes under ./runs
-    assert main(["--smoke", "--only", "retinanet", "evaluation", "zoo", "data", "--out", str(tmp_path / "b")]) == 0
+    assert main(["--smoke", "--only", "retinanet", "evaluation", "zoo", "peak", "data",
+                 "--out", str(tmp_path / "b")]) == 0
     result = json.loads((tmp_path / "b" / "bench.json").read_text())
-    assert set(result["sections"]) == {"retinanet", "evaluation", "zoo", "data"}
+    assert set(result["sections"]) == {"retinanet", "evaluation", "zoo", "peak", "data"}
     r = result["sections"]["retinanet"]
     assert r["cpu"]["ratio"]["n"] == 2 and r["cpu"]["ratio"]["median"] > 0
     assert set(r["profile_ms"]) == {f"{p}_{w}" for p in ("assign", "loss", "postprocess")
@@ -21,10 +22,15 @@ def test_bench_writes_json_and_markdown_tables(tmp_path, monkeypatch, capsys):
     assert ev["20_images"]["same_metrics"] and ev["bootstrap"]["identical_ap"]
     from detectors.models import MODELS
     assert [z["detector"] for z in result["sections"]["zoo"]] == MODELS.names()  # every registered detector
+    peak = result["sections"]["peak"]
+    assert peak["matmul"]["n"] == 256 and peak["matmul"]["threads"] == 1 and peak["matmul"]["gflop_s"]["median"] > 0
+    assert [r["detector"] for r in peak["detectors"]] == MODELS.names()  # the zoo's rows, each with a fraction
+    for r in peak["detectors"]:
+        assert r["train_gflops"] > 0 and r["train_img_s"] > 0 and r["fraction_of_peak"] > 0
     assert {"epoch_cache=on_workers=0", "train_2_steps_workers=2"} <= set(result["sections"]["data"])
     md = (tmp_path / "b" / "bench.md").read_text()
     for title in ("Ours vs torchvision RetinaNet", "pycocotools vs faster-coco-eval", "Every registered detector",
-                  "Data path"):
+                  "How far from the hardware", "| fraction of peak |", "| train img/s (batch 8) |", "Data path"):
         assert title in md
     assert md in capsys.readouterr().out
 
