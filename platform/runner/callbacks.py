@@ -6,12 +6,14 @@ the driver the single writer to MLflow's SQLite store and to the results store.
 Tune schedules nothing while a callback runs, so the study callback keeps its
 work there short (``python -m platform.bench --scale`` measures it per trial):
 MLflow's writes go to the driver's writer thread (``platform.track.writer``), and
-epoch reports reach the store in one transaction every ``EPOCH_WRITE_S`` seconds
-(and with the trial's finished record), not one each. What a killed driver can
-lose is therefore MLflow writes (the next run's reconcile makes them again from
-the store) and up to ``EPOCH_WRITE_S`` of a running trial's epochs (their
-checkpoints are dropped too, ``platform.track.reconcile.prune_checkpoints``, so
-the resumed trial runs them again); never a finished trial.
+epoch reports reach the store as they come (``EPOCH_WRITE_S`` = 0: a finished epoch
+is never lost, and a trial resumes after the last epoch it reported; a larger value
+writes the epochs of every running trial in one transaction that often, and with
+the trial's finished record, at the cost of up to that many seconds of epochs run
+again after a killed driver: their checkpoints are dropped,
+``platform.track.reconcile.prune_checkpoints``). What a killed driver can lose is
+therefore MLflow writes (the next run's reconcile makes them again from the store);
+never a finished trial or epoch.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_
              "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "done", "experiment_id",
              "episodes_total", "timesteps_total", "timesteps_since_restore", "warmup_time"}
 ARTIFACTS = ("detections.json", "eval.json", "speed.json", "diagnostics.json", "model.pt")
-EPOCH_WRITE_S = 10.0  # running trials' epoch reports go to the store at most this often, in one transaction
+EPOCH_WRITE_S = 0.0  # > 0: running trials' epoch reports go to the store at most this often, in one transaction
 
 
 def our_metrics(result: Dict) -> Dict[str, float]:
@@ -197,7 +199,7 @@ class StudyCallback(Callback):
             self.nodes[trial.trial_id].append(node)
             self.mlflow.call("set_tags", self._child(trial), {"detbench.nodes": ",".join(self.nodes[trial.trial_id])})
         if not metrics.pop("final", None):  # the worker's last report holds final metrics, not an epoch
-            # kept within EPOCH_WRITE_S: a run that resumes this trial after its driver died adds only later epochs
+            # stored (within EPOCH_WRITE_S): a run that resumes this trial after its driver died adds only later epochs
             self.epochs.setdefault(trial.trial_id, {})[step] = metrics
             self.specs[trial.trial_id] = trial.config["trial"]
             self._write_epochs()

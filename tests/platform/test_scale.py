@@ -78,10 +78,11 @@ def test_study_callback_keeps_no_epochs_of_finished_or_failed_trials(tmp_path):
         cb.on_trial_start(0, trials, t)
         for e in range(2):
             cb.on_trial_result(0, trials, t, {"epoch": e, "step": 8 * (e + 1), "train/loss": 1.0 / (e + 1)})
-    assert sorted(cb.epochs) == ["t0", "t1", "t2"]  # held while running
+    assert cb.epochs == {}  # each epoch stored as it came (EPOCH_WRITE_S 0), none held
+    assert sorted(store.trial_epochs("s", trial(2)["config_hash"])) == [8, 16]
     cb.on_trial_complete(0, trials, trials[0])
     cb.on_trial_error(0, trials, trials[1])
-    assert sorted(cb.epochs) == ["t2"]
+    assert cb.epochs == {}
     # the finished trial's two epochs reached the store all the same: steps 8 and 16
     assert sorted(store.trial_epochs("s", trial(0)["config_hash"])) == [8, 16]
     assert [t["status"] for t in store.trials("s")] == ["finished", "failed", "running"]
@@ -98,6 +99,7 @@ def test_running_trials_epochs_reach_the_store_in_one_transaction_every_epoch_wr
     monkeypatch.setattr(store, "record_epochs", lambda *a: writes.append(len(a[1])) or record(*a))
     now = [100.0]
     monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(callbacks, "EPOCH_WRITE_S", 10.0)  # the default, 0, writes each epoch as it comes
     cb = StudyCallback("s", _Tracker(), store)
     trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": trial(i)}, checkpoint=None, last_result=None,
                               error_file=None) for i in range(2)]
