@@ -51,7 +51,7 @@ def test_epoch_curves_mean_and_t_interval_over_the_seeds_of_each_epoch():
 
 
 def test_the_page_sentence_says_from_which_epoch_or_never():
-    from dashboards.pages import _stability_text
+    from dashboards.comparisons import _stability_text
 
     swap = {1: ["a", "b"], 2: ["a", "b"], 3: ["b", "a"]}
     assert _stability_text(swap) == ("The ranking is never stable within the run: the ordering at the last epoch "

@@ -70,7 +70,7 @@ def test_no_section_where_the_variants_share_one_dataset(fake_reports):
 
 def test_unknown_foreground_fraction_says_so(imbalance):
     from dashboards.imbalance import imbalance_levels
-    from dashboards.pages import _trend_sentence
+    from dashboards.comparisons import _trend_sentence
 
     sd = copy.copy(imbalance[0].sd)
     sd.epochs = sd.epochs[sd.epochs["name"] != "train/fg_fraction"]  # a detector that logs no assignment figures

@@ -135,7 +135,7 @@ def test_many_tasks_and_tasks_of_other_run_counts_stay_apart():
 
 
 def test_page_note_says_which_tasks():
-    from dashboards.pages import improvement_text
+    from dashboards.comparisons import improvement_text
 
     images = {"p": 0.9, "lo": 0.8, "hi": 1.0, "tasks": 3, "over": "images", "no_gt": 1}
     text = improvement_text([images], "")
