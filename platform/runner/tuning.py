@@ -126,12 +126,16 @@ def run_searches(plan: TuningPlan, untuned: List[dict], callbacks: Callable[[int
 
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a trial's last report holds final metrics only
     first = {t["variant"]: t for t in reversed(untuned)}
+    spent: List[float] = []  # seconds per sample run so far, for the stage's time left
     for i, search in enumerate(plan.searches):
         todo = plan.spec.samples - len(search.done)
+        left = sum(max(0, plan.spec.samples - len(s.done)) for s in plan.searches[i:])
+        eta = f"; about {_minutes(left * sum(spent) / len(spent))} left in the tuning stage" if spent else ""
         print(f"tuning {i + 1}/{len(plan.searches)}: {search.label}: {plan.spec.samples} samples, "
-              f"{len(search.done)} cached, {max(0, todo)} to run")
+              f"{len(search.done)} cached, {max(0, todo)} to run{eta}")
         if todo <= 0:
             continue
+        t0 = time.monotonic()
         split = _split(first[search.label], plan.spec)
         epochs = sum(p.epochs for p in trial_phases(first[search.label]))
         given = callbacks(todo)
@@ -139,7 +143,12 @@ def run_searches(plan: TuningPlan, untuned: List[dict], callbacks: Callable[[int
         recorder = given[0]
         if len(recorder.finished) + len(recorder.failed) < todo:
             return False
+        spent += [(time.monotonic() - t0) / todo] * todo
     return True
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _split(trial: dict, spec) -> Dict[str, str]:
