@@ -168,6 +168,18 @@ def test_failure_inside_record_finished_writes_nothing(store, tmp_path):
     assert store.finished_hashes("s") == set()
 
 
+def test_a_trial_row_rolled_back_is_not_taken_for_stored_by_the_next_epoch_write(store, tmp_path):
+    # record_finished of a new trial fails: its row, flushed inside the transaction, is rolled back, and the
+    # trial id the store keeps for epoch writes is kept only once committed; the next epoch write makes the row
+    with pytest.raises(TypeError):
+        finish(store, data={"bad": {1, 2, 3}})
+    assert rows(tmp_path, "select count(*) from trials") == [(0,)]
+    store.record_epochs("s", [(trial(), {8: {"loss": 2.0}})])
+    store.record_epochs("s", [(trial(), {16: {"loss": 1.0}})])  # the id is known now: no lookup
+    assert store.trial_epochs("s", "a" * 64) == {8: {"loss": 2.0}, 16: {"loss": 1.0}}
+    assert [(t["status"], t["trial_key"]) for t in store.trials("s")] == [("running", "gamma=2/seed=0")]
+
+
 def test_failure_keeps_an_earlier_result_intact(store):
     finish(store)
     with pytest.raises(TypeError):
