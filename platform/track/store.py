@@ -94,9 +94,11 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._gt_text: Optional[tuple] = None  # (the last val ground truth recorded, its digest, its text)
-        # (study, config hash) -> trials.id of the rows this object wrote: trial rows are never deleted, so
-        # an epoch write needs no lookup (two statements, not five: ``python -m platform.bench --scale``)
-        self._trial_ids: Dict[tuple, int] = {}
+        # Ids of the rows this object wrote or looked up, kept once their transaction committed:
+        # ("study", name), ("trial", study, config hash), ("ground_truth", digest). No such row is
+        # ever deleted, so the writes of a running study look none up again (an epoch report is two
+        # SQL statements, not five: the driver's time per trial, ``python -m platform.bench --scale``).
+        self._ids: Dict[tuple, Any] = {}
         if not readonly:
             with creating(sqlite_file(url)):  # another driver may be creating them now (platform.track.locks)
                 Base.metadata.create_all(self.engine)
@@ -122,7 +124,12 @@ class Store:
     def _tx(self) -> Iterator[Session]:
         with self._session() as session, session.begin():
             yield session
-        self._trial_ids.update(session.info.get("trial_ids", {}))  # known once committed
+        self._ids.update({k: v.id if isinstance(v, TrialRow) else v for k, v in session.info.get("ids", {}).items()})
+
+    @staticmethod
+    def _keep(s: Session, key: tuple, value: Any) -> None:
+        """A row id to keep in ``_ids`` if ``s``'s transaction commits (a rolled-back row is not kept)."""
+        s.info.setdefault("ids", {})[key] = value
 
     # ----------------------------------------------------------------- writes
 
@@ -141,21 +148,24 @@ class Store:
             if last_parent_run_id is not None:
                 row.last_parent_run_id = last_parent_run_id
             s.flush()
+            self._keep(s, ("study", name), row.id)
             return row.id
 
     def _trial_row(self, s: Session, study_name: str, trial: Mapping[str, Any], status: str) -> TrialRow:
-        study = s.scalar(select(StudyRow).where(StudyRow.name == study_name))
-        if study is None:
-            raise KeyError(f"study '{study_name}' is not in the store (call upsert_study first)")
-        row = s.scalar(select(TrialRow).where(TrialRow.study_id == study.id,
+        study_id = self._ids.get(("study", study_name))
+        if study_id is None:
+            study_id = s.scalar(select(StudyRow.id).where(StudyRow.name == study_name))
+            if study_id is None:
+                raise KeyError(f"study '{study_name}' is not in the store (call upsert_study first)")
+            self._keep(s, ("study", study_name), study_id)
+        row = s.scalar(select(TrialRow).where(TrialRow.study_id == study_id,
                                               TrialRow.config_hash == trial["config_hash"]))
         if row is None:
-            row = TrialRow(study_id=study.id, config_hash=trial["config_hash"], attempts=0)
+            row = TrialRow(study_id=study_id, config_hash=trial["config_hash"], attempts=0)
             s.add(row)
         row.trial_key, row.variant, row.seed = trial["trial_key"], trial["variant"], int(trial["seed"])
         row.config_json, row.status = json.dumps(trial, sort_keys=True), status
-        s.flush()
-        s.info.setdefault("trial_ids", {})[(study_name, trial["config_hash"])] = row.id
+        self._keep(s, ("trial", study_name, trial["config_hash"]), row)  # its id once flushed
         return row
 
     def mark_running(self, study_name: str, trial: Mapping[str, Any], mlflow_run_id: Optional[str],
@@ -187,8 +197,11 @@ class Store:
         if val_ground_truth is not None:
             data[GROUND_TRUTH_KEY], gt_text = self._ground_truth_text(val_ground_truth)
         with self._tx() as s:
-            if gt_text is not None and s.get(GroundTruthRow, data[GROUND_TRUTH_KEY]) is None:
-                s.add(GroundTruthRow(digest=data[GROUND_TRUTH_KEY], json=gt_text))
+            gt_key = ("ground_truth", data.get(GROUND_TRUTH_KEY))
+            if gt_text is not None and gt_key not in self._ids:
+                if s.get(GroundTruthRow, gt_key[1]) is None:
+                    s.add(GroundTruthRow(digest=gt_key[1], json=gt_text))
+                self._keep(s, gt_key, gt_key[1])
             row = self._trial_row(s, study_name, trial, "finished")
             s.flush()
             gone = MetricRow.trial_id == row.id
@@ -226,14 +239,14 @@ class Store:
         each step's rows replacing that step's. A study whose driver dies keeps the epochs its trials
         reported, and the run that resumes them adds the rest (:meth:`trial_epochs`)."""
         for trial, _ in epochs:
-            if (study_name, trial["config_hash"]) not in self._trial_ids:  # not marked running by this object
+            if ("trial", study_name, trial["config_hash"]) not in self._ids:  # not marked running by this object
                 with self._tx() as s:
                     self._trial_row(s, study_name, trial, "running")
         # the driver's write per epoch report, inside Tune's loop: SQL statements, no ORM session
         with self.engine.begin() as conn:
             rows = []
             for trial, steps in epochs:
-                trial_id = self._trial_ids[(study_name, trial["config_hash"])]
+                trial_id = self._ids[("trial", study_name, trial["config_hash"])]
                 conn.execute(delete(MetricRow).where(MetricRow.trial_id == trial_id,
                                                      MetricRow.step.in_([int(k) for k in steps])))
                 for step, values in steps.items():

@@ -180,6 +180,24 @@ def test_a_trial_row_rolled_back_is_not_taken_for_stored_by_the_next_epoch_write
     assert [(t["status"], t["trial_key"]) for t in store.trials("s")] == [("running", "gamma=2/seed=0")]
 
 
+def test_a_running_trials_epoch_write_is_two_statements(store):
+    # the driver writes each epoch report inside Tune's loop: once the trial is marked running, the study and
+    # trial ids are known, and a report is one DELETE of its steps and one INSERT of its rows, nothing looked up
+    from sqlalchemy import event
+
+    seen = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: seen.append(a[2].split()[0]))
+    store.mark_running("s", trial(), "run1")
+    assert seen == ["SELECT", "INSERT"]  # the trial looked up (new: inserted); the study id kept from upsert_study
+    seen.clear()
+    store.record_epochs("s", [(trial(), {8: {"loss": 2.0, "AP": 0.1}})])
+    assert seen == ["DELETE", "INSERT"]
+    seen.clear()
+    finish(store, val_ground_truth={"images": [], "annotations": [], "categories": []})
+    finish(store, val_ground_truth={"images": [], "annotations": [], "categories": []})
+    assert seen.count("SELECT") == 3  # the ground truth looked up once, the trial row once per record
+
+
 def test_failure_keeps_an_earlier_result_intact(store):
     finish(store)
     with pytest.raises(TypeError):
