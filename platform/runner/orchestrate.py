@@ -179,7 +179,7 @@ def _sync_mlflow(run: _Run) -> None:
         print(f"MLflow brought up to date from the results store: {fixed['parents']} earlier parent runs "
               f"ended, {fixed['children']} unfinished trial runs marked KILLED, {fixed['repaired']} finished "
               f"trials' runs completed")
-    mark_synced(run.store, study.name, uri, run.run_dir)
+    mark_synced(run.store, study.name, uri, run.run_dir, run.tracker)
 
 
 def _cached_run(run: _Run) -> int:
@@ -367,7 +367,7 @@ def _end_parent(run: _Run, status: str) -> None:
     if not run.tracker.end_parent(status):
         note_pending_parent(run.run_dir, run.parent, status)  # the next run tells MLflow (platform.track.reconcile)
     elif not run.tracker.offline and status != "KILLED":
-        mark_synced(run.store, run.study.name, run.study.tracking.mlflow_uri, run.run_dir)  # every run reached MLflow
+        mark_synced(run.store, run.study.name, run.study.tracking.mlflow_uri, run.run_dir, run.tracker)  # all in MLflow
 
 
 # --------------------------------------------------------------------------- Ray, Tune, the dataset, MLflow

@@ -203,6 +203,13 @@ class StudyTracker:
         return self.parent_run_id
 
     @_tolerant
+    def set_experiment_tag(self, key: str, value: str) -> bool:
+        """A tag of the study's experiment (``platform.track.reconcile``'s record of a sync); False
+        if MLflow could not be told."""
+        self.client.set_experiment_tag(self.experiment_id, key, value)
+        return True
+
+    @_tolerant
     def end_parent(self, status: str) -> bool:
         """End this invocation's parent run; False if MLflow could not be told."""
         if self.parent_run_id:

@@ -15,6 +15,7 @@ import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from drills import Driver, epochs_of, free_port, write_study
+from platform.track.reconcile import SYNC_TAG, in_sync, server_tag
 from platform.track.store import Store
 from scripts import tracking_server
 
@@ -108,6 +109,11 @@ def test_killed_driver_resumes_and_an_outage_mid_study_is_reconciled_from_the_st
     assert third.finish(timeout=120) == 0, third.output
     assert "everything was cached" in third.output
     assert "MLflow brought up to date from the results store" in third.output
+    # and left the server's experiment tagged with what it synced: a fourth run, cached too, asks the
+    # server for that tag in one request instead of importing MLflow and listing every run
+    store = Store(services["store_url"])
+    assert server_tag(services["mlflow_uri"], "drill", SYNC_TAG) is not None
+    assert in_sync(store, "drill", services["mlflow_uri"], str(tmp_path / "runs" / "drill"))
 
     # counted through the server's API
     parents, children = _runs(client, "drill")
