@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -25,11 +24,11 @@ from typing import Any, Iterator, List, Optional
 
 from detectors.evaluation.speed_phase import uses_speed_phase
 from platform.runner.cluster import (check_tracking_server, claim_study, describe_footprint, fitting_trials,
-                              forget_local_ray, is_server, record_local_ray, release_study, stop_stale_local_ray,
-                              trial_request)
+                              forget_local_ray, is_server, release_study, trial_request)
 from platform.study.expand import detectors_code_version, resolve_dataset_paths
 from platform.track.reconcile import in_sync, mark_synced, note_pending_parent, prune_checkpoints, reconcile
 from platform.runner.pretrain import run_pretraining
+from platform.runner.ray_start import ray_logs_to_file, start_ray
 from platform.runner.speed_phase import pending, run_speed_phase, speed_groups
 from platform.track.store import Store
 from platform.runner.summary import print_summary, write_report
@@ -117,7 +116,7 @@ def _open_run(study, trials: List[dict], args) -> _Run:
     run_dir = os.path.join(study.output.runs_dir, study.name)
     os.makedirs(run_dir, exist_ok=True)
     ray_log = os.path.join(run_dir, "ray.log")
-    _ray_logs_to_file(ray_log)  # (also quiets MLflow's start-up notices)
+    ray_logs_to_file(ray_log)  # (also quiets MLflow's start-up notices)
     return _Run(study, trials, args, store, todo, run_dir, ray_log, tuning=plan)
 
 
@@ -202,14 +201,14 @@ def _speed_phase_when_cached(study, store, trials: List[dict], args) -> None:
     os.makedirs(os.path.dirname(ray_log), exist_ok=True)
 
     def start() -> bool:
-        _ray_logs_to_file(ray_log)
+        ray_logs_to_file(ray_log)
         try:
-            _start_ray(args.address, os.path.dirname(ray_log))
+            start_ray(args.address, os.path.dirname(ray_log))
         except ConnectionError as exc:
             print(f"speed: cannot reach the Ray cluster ({str(exc).splitlines()[0]}); speed not measured",
                   file=sys.stderr)
             return False
-        _ray_logs_to_file(ray_log)
+        ray_logs_to_file(ray_log)
         return True
 
     tracker = _study_tracker(study)
@@ -228,11 +227,11 @@ def _ray_session(run: _Run) -> Iterator[None]:
     import ray
 
     try:
-        _start_ray(run.args.address, run.run_dir)
+        start_ray(run.args.address, run.run_dir)
     except ConnectionError as exc:
         where = run.args.address or os.environ.get("RAY_ADDRESS")
         raise _CannotRun(f"cannot connect to the Ray cluster at {where}: {str(exc).splitlines()[0]}") from None
-    _ray_logs_to_file(run.ray_log)
+    ray_logs_to_file(run.ray_log)
     try:
         yield
     finally:
@@ -371,70 +370,6 @@ def _end_parent(run: _Run, status: str) -> None:
 
 
 # --------------------------------------------------------------------------- Ray, Tune, the dataset, MLflow
-
-
-def _ray_logs_to_file(path: str) -> None:
-    """Ray's own log lines go to a file under the run directory, not the terminal."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    # Tune's newer console output prints tables whatever the verbosity; the
-    # classic one honours verbose=0, and ProgressCallback prints instead.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # ray.init() resets the "ray" logger's handlers, so this runs again after it; the
-    # start-up auth notice comes from a child logger during init, hence named here.
-    for name in ("ray", "ray.tune", "ray.train", "ray.data",
-                 "ray._private.authentication.authentication_token_setup"):
-        lg = logging.getLogger(name)
-        lg.handlers = [handler]
-        lg.propagate = False
-        lg.setLevel(logging.INFO)
-    worker = sys.modules.get("ray._private.worker")
-    if worker is not None and hasattr(worker, "print_to_stdstream"):
-        # The messages Ray pushes to the driver (a worker or node died: a paragraph each) are
-        # printed by its listener thread through this function whatever log_to_driver says;
-        # the progress line of the trial says it in one line (platform.runner.failures).
-        worker.print_to_stdstream = _ray_message_to_log
-
-
-def _ray_message_to_log(data: dict, ignore_prefix: bool = False) -> None:
-    """Ray's stand-in for printing a message to the driver's terminal: into ray.log instead."""
-    lines = "\n".join(str(ln) for ln in data.get("lines", []))
-    logging.getLogger("ray").warning("(%s) %s", data.get("pid", "ray"), lines)
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on an address nothing listens at: ray.init would retry for minutes."""
-    if address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConnectionError(f"expected HOST:PORT, ray://HOST:PORT or auto, got '{address}'")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
-
-
-def _start_ray(address: str | None, run_dir: str) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs
-    (after stopping what a killed earlier driver of this study left of its own)."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
-    if address:
-        _check_reachable(address)
-        # Ship the worker package to the cluster; driver code never travels.
-        ray.init(address=address, runtime_env={"py_modules": [os.path.join(REPO_ROOT, "detectors")]}, **kwargs)
-    else:
-        stopped = stop_stale_local_ray(run_dir)
-        if stopped:
-            print(f"stopped {stopped} processes left of the local Ray of an earlier run that was killed")
-        # "local": always a fresh Ray of our own, never a cluster some earlier `ray start` left registered
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
-        record_local_ray(run_dir)
 
 
 def run_trials(study, trials: List[dict], callbacks, concurrency: int, trainable=None):
