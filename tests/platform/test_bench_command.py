@@ -36,7 +36,8 @@ def test_bench_writes_json_and_markdown_tables(tmp_path, monkeypatch, capsys):
 
 
 def test_orchestration_overhead_splits_into_fixed_and_per_trial_parts():
-    from platform.bench import markdown, split_overhead
+    from platform.bench import split_overhead
+    from platform.bench.tables import markdown
 
     # 1 trial: 10 s plain, 30 s platform -> overhead 20; 3 trials: 30 s plain, 56 s platform -> overhead 26.
     # Per trial (26 - 20) / (3 - 1) = 3 s; fixed 20 - 1 * 3 = 17 s.
@@ -54,7 +55,7 @@ def test_orchestration_overhead_splits_into_fixed_and_per_trial_parts():
 
 
 def test_padding_table_has_padded_size_pixels_and_flops():
-    from platform.bench import markdown
+    from platform.bench.tables import markdown
 
     def row(pad, padded, anchors, gflops, wall, cpu):
         return {"detector": "retinanet", "size_divisible": pad, "padded": padded, "anchors": anchors, "gflops": gflops,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from platform.bench import markdown
+from platform.bench.tables import markdown
 from platform.bench.peak import fraction_rows, over_peak_note, peak_gflop_s, training_gflop_s
 
 
