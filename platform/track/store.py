@@ -24,10 +24,10 @@ import json
 import math
 import os
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Union
 
 from sqlalchemy import create_engine, delete, event, insert, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from platform.track.locks import creating, sqlite_file
@@ -66,7 +66,7 @@ def _metric_rows(trial_id: int, values: Mapping[str, Any], step: Optional[int]) 
             for name, v in values.items() if v is not None and not isinstance(v, str)]
 
 
-def _insert_metrics(s: Session, rows: List[Dict[str, Any]]) -> None:
+def _insert_metrics(s: Union[Session, Connection], rows: List[Dict[str, Any]]) -> None:
     # one executemany, not an ORM object per value: a trial's 8 epochs are about 170 rows
     if rows:
         s.execute(insert(MetricRow), rows)
@@ -251,8 +251,7 @@ class Store:
                                                      MetricRow.step.in_([int(k) for k in steps])))
                 for step, values in steps.items():
                     rows += _metric_rows(trial_id, values, int(step))
-            if rows:
-                conn.execute(insert(MetricRow), rows)
+            _insert_metrics(conn, rows)
 
     def record_trial_data(self, study_name: str, config_hash: str, data: Mapping[str, Any]) -> bool:
         """Data keys of a finished trial (``{key: object}``, replacing their values), for what is derived
