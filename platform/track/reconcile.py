@@ -46,6 +46,8 @@ import urllib.parse
 import urllib.request
 from typing import Dict, Optional
 
+from platform.runner.cluster import is_server
+
 PENDING_FILE = "mlflow_pending.json"
 SYNC_FILE = "mlflow_synced.json"
 SYNC_TAG = "detbench.synced"  # on a tracking server's experiment: the state the last sync left
@@ -55,7 +57,7 @@ def _sync_state(store, study_name: str, mlflow_uri: str) -> Optional[str]:
     """A digest of what a reconcile would compare: the study's trials and final metrics in the
     store, and the SQLite MLflow file (size, modification time; a tracking server's part is the
     experiment's tag); None for a missing file or another kind of URI (always reconcile)."""
-    if mlflow_uri.startswith(("http://", "https://")):
+    if is_server(mlflow_uri):
         db = None
     elif mlflow_uri.startswith("sqlite:///"):
         try:
@@ -82,7 +84,7 @@ def in_sync(store, study_name: str, mlflow_uri: str, run_dir: str) -> bool:
     state = _sync_state(store, study_name, mlflow_uri)
     if state is None or _read(os.path.join(run_dir, SYNC_FILE)).get("state") != state:
         return False
-    return not mlflow_uri.startswith(("http://", "https://")) or server_tag(mlflow_uri, study_name) == state
+    return not is_server(mlflow_uri) or server_tag(mlflow_uri, study_name) == state
 
 
 def server_tag(uri: str, experiment: str, key: str = SYNC_TAG, timeout: float = 5.0) -> Optional[str]:
@@ -109,7 +111,7 @@ def mark_synced(store, study_name: str, mlflow_uri: str, run_dir: str, tracker=N
     tracking server, as the experiment's tag too (``tracker``: the ``StudyTracker`` that wrote)."""
     state = _sync_state(store, study_name, mlflow_uri)
     path = os.path.join(run_dir, SYNC_FILE)
-    if state is not None and mlflow_uri.startswith(("http://", "https://")):
+    if state is not None and is_server(mlflow_uri):
         try:
             told = tracker is not None and tracker.set_experiment_tag(SYNC_TAG, state)
         except Exception:  # the server failing now: only the next run's check is at stake
